@@ -1,0 +1,390 @@
+# cython: language_level=3
+"""Fused RNN kernels: forward recurrence, softmax cross-entropy and BPTT.
+
+Model (row vectors, as in the d2l chapter)::
+
+    Z_t = X_t W_xh + H_{t-1} W_hh + b_h        (pre-activation)
+    H_t = phi(Z_t)                             (phi = tanh or relu)
+    O_t = H_t W_hq + b_q                       (logits)
+
+Buffers are time-major and C-contiguous. Shapes, with dimensions T B H D V:
+
+    X_ids   (T, B)        int32 token ids          (one-hot input = row gather of W_xh)
+    X       (T*B, D)      dense inputs
+    Hs      (T+1, B, H)   Hs[0] = h0, Hs[t+1] = H_t
+    Zs      (T*B, H)      pre-activations; overwritten with dZ by the backward pass
+    O       (T*B, V)      logits; overwritten with dO = d loss / d O by the loss
+
+Only H_{t-1} W_hh (forward) and dZ_t W_hh^T (backward) run inside the serial
+time loop. The input projection, output layer, softmax-cross-entropy and the
+weight gradients are whole-sequence operations. Parallelism: the time loop
+splits the batch into one chunk per thread (no barrier per step); the
+whole-sequence operations split rows or output columns per thread. BLAS must be
+limited to one thread by the caller while these kernels run with more than one
+thread. Every thread flushes subnormals for the duration of its work and
+restores the caller's floating-point mode.
+
+The Python entry points take memoryviews; the Python layer (fastrnn._core)
+validates every argument before calling them. Nothing is allocated inside the
+kernels.
+"""
+from cython cimport floating
+from cython.parallel cimport prange, parallel
+from libc.math cimport tanh, tanhf, exp, expf, log, sqrt, fabs, isfinite
+from libc.string cimport memcpy, memset
+from libc.stdint cimport int32_t, int64_t, uint64_t
+
+from _blas cimport gemm, vecmat
+from _omp cimport FASTRNN_OMP_ENABLED, fastrnn_omp_max_threads
+from _fpmode cimport (fastrnn_fpmode_t, fastrnn_ftz_on, fastrnn_fp_restore, fastrnn_fp_get,
+                     FASTRNN_HAVE_FTZ)
+
+cdef enum:
+    TANH = 0
+    RELU = 1
+
+
+def openmp_enabled():
+    """True when the kernels were compiled with OpenMP."""
+    return bool(FASTRNN_OMP_ENABLED)
+
+
+def openmp_max_threads():
+    """omp_get_max_threads() (1 in a serial build)."""
+    return fastrnn_omp_max_threads()
+
+
+def ftz_supported():
+    """True when the kernels can flush subnormal floats on this platform."""
+    return bool(FASTRNN_HAVE_FTZ)
+
+
+def fp_mode():
+    """The calling thread's floating-point control word (for tests)."""
+    return fastrnn_fp_get()
+
+
+# ---------------------------------------------------------------------------
+# elementwise helpers
+
+cdef inline floating _tanh(floating z) noexcept nogil:
+    if floating is float:
+        return tanhf(z)
+    else:
+        return tanh(z)
+
+
+cdef inline floating _exp(floating z) noexcept nogil:
+    if floating is float:
+        return expf(z)
+    else:
+        return exp(z)
+
+
+cdef inline void _activate(floating* Z, floating* Hout, Py_ssize_t n,
+                           int nonlin) noexcept nogil:
+    """Hout = phi(Z), elementwise over n values."""
+    cdef Py_ssize_t i
+    if nonlin == TANH:
+        for i in range(n):
+            Hout[i] = _tanh(Z[i])
+    else:
+        for i in range(n):
+            Hout[i] = Z[i] if Z[i] > 0 else 0
+
+
+cdef inline void _chunk(Py_ssize_t n, int nchunks, int c,
+                        Py_ssize_t* lo, Py_ssize_t* hi) noexcept nogil:
+    """Rows [lo, hi) of chunk c when n rows are split into nchunks near-equal parts."""
+    lo[0] = (n * c) // nchunks
+    hi[0] = (n * (c + 1)) // nchunks
+
+
+# ---------------------------------------------------------------------------
+# forward: input projection + recurrence for one batch chunk
+
+cdef void _forward_chunk(
+        const floating* W_xh,      # IN  (D, H)
+        const floating* W_hh,      # IN  (H, H)
+        const floating* b_h,       # IN  (H,)
+        const int32_t* X_ids,      # IN  (T, B) token ids, or NULL
+        const floating* X,         # IN  (T*B, D) dense inputs, or NULL
+        floating* Hs,              # IN/OUT (T+1, B, H): Hs[0] = h0 on entry
+        floating* Zs,              # OUT (T*B, H) pre-activations
+        Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, Py_ssize_t D,
+        Py_ssize_t b0, Py_ssize_t b1, int nonlin) noexcept nogil:
+    cdef Py_ssize_t t, b, j, nb = b1 - b0
+    cdef floating* z
+    cdef const floating* w
+    cdef fastrnn_fpmode_t mode = fastrnn_ftz_on()
+    if nb <= 0:
+        fastrnn_fp_restore(mode)
+        return
+    # input projection for the whole sequence of this chunk (hoisted out of the loop)
+    for t in range(T):
+        z = Zs + (t * B + b0) * H
+        if X_ids != NULL:
+            for b in range(nb):
+                w = W_xh + <Py_ssize_t>X_ids[t * B + b0 + b] * H
+                for j in range(H):
+                    z[b * H + j] = w[j] + b_h[j]
+        else:
+            for b in range(nb):
+                for j in range(H):
+                    z[b * H + j] = b_h[j]
+            gemm(c'N', c'N', <int>nb, <int>H, <int>D, <floating>1.0,
+                 X + (t * B + b0) * D, <int>D, W_xh, <int>H, <floating>1.0, z, <int>H)
+    # the serial recurrence: Z_t += H_{t-1} W_hh ; H_t = phi(Z_t)
+    for t in range(T):
+        z = Zs + (t * B + b0) * H
+        if nb == 1:
+            vecmat(c'N', <int>H, <int>H, <floating>1.0, Hs + (t * B + b0) * H,
+                   W_hh, <int>H, <floating>1.0, z)
+        else:
+            gemm(c'N', c'N', <int>nb, <int>H, <int>H, <floating>1.0,
+                 Hs + (t * B + b0) * H, <int>H, W_hh, <int>H, <floating>1.0, z, <int>H)
+        _activate(z, Hs + ((t + 1) * B + b0) * H, nb * H, nonlin)
+    fastrnn_fp_restore(mode)
+
+
+# ---------------------------------------------------------------------------
+# output layer (+ optional fused softmax cross-entropy) for a block of rows
+
+cdef double _output_rows(
+        const floating* Hrows,     # IN  (n, H) hidden states H_t (rows of Hs[1:])
+        const floating* W_hq,      # IN  (H, V)
+        const floating* b_q,       # IN  (V,)
+        const int32_t* Y,          # IN  (n,) targets, or NULL for logits only
+        floating* O,               # OUT (n, V) logits, or dO = d mean-loss / dO if Y
+        Py_ssize_t n, Py_ssize_t H, Py_ssize_t V, floating scale) noexcept nogil:
+    """Logits for n rows; with targets, overwrite them with the loss gradient
+    (softmax - onehot) * scale and return the summed cross-entropy."""
+    cdef Py_ssize_t r, v
+    cdef floating* o
+    cdef floating m, e, ly
+    cdef double s, total = 0.0
+    cdef fastrnn_fpmode_t mode = fastrnn_ftz_on()
+    if n <= 0:
+        fastrnn_fp_restore(mode)
+        return 0.0
+    for r in range(n):
+        memcpy(O + r * V, b_q, V * sizeof(floating))
+    gemm(c'N', c'N', <int>n, <int>V, <int>H, <floating>1.0, Hrows, <int>H,
+         W_hq, <int>V, <floating>1.0, O, <int>V)
+    if Y != NULL:
+        for r in range(n):
+            o = O + r * V
+            m = o[0]
+            for v in range(1, V):
+                if o[v] > m:
+                    m = o[v]
+            ly = o[Y[r]] - m
+            s = 0.0
+            for v in range(V):
+                e = _exp(o[v] - m)
+                o[v] = e
+                s += e
+            # loss_r = log(sum_v exp(o_v - m)) - (o_y - m)
+            total += log(s) - ly
+            for v in range(V):
+                o[v] = <floating>(o[v] / s) * scale
+            o[Y[r]] -= scale
+    fastrnn_fp_restore(mode)
+    return total
+
+
+# ---------------------------------------------------------------------------
+# backward through time for one batch chunk
+
+cdef void _backward_chunk(
+        const floating* W_hh,      # IN  (H, H)
+        const floating* Hs,        # IN  (T+1, B, H)
+        floating* dZs,             # IN/OUT (T*B, H): dL/dH_t from the output layer on
+                                   #   entry, dL/dZ_t on exit
+        floating* dh,              # OUT (B, H): dL/dh0 on exit (WORK during the loop)
+        Py_ssize_t T, Py_ssize_t B, Py_ssize_t H,
+        Py_ssize_t b0, Py_ssize_t b1, int nonlin) noexcept nogil:
+    cdef Py_ssize_t t, i, nb = b1 - b0, n = (b1 - b0) * H
+    cdef floating* dz
+    cdef const floating* h
+    cdef floating* dhc = dh + b0 * H
+    cdef fastrnn_fpmode_t mode = fastrnn_ftz_on()
+    if nb <= 0:
+        fastrnn_fp_restore(mode)
+        return
+    memset(dhc, 0, n * sizeof(floating))
+    t = T - 1
+    while t >= 0:
+        dz = dZs + (t * B + b0) * H
+        h = Hs + ((t + 1) * B + b0) * H
+        # dZ_t = (dL/dH_t from O_t + dL/dH_t from Z_{t+1}) * phi'(Z_t)
+        if nonlin == TANH:
+            for i in range(n):
+                dz[i] = (dz[i] + dhc[i]) * (1 - h[i] * h[i])
+        else:
+            for i in range(n):
+                dz[i] = (dz[i] + dhc[i]) if h[i] > 0 else 0
+        # dL/dH_{t-1} through the recurrence = dZ_t W_hh^T
+        if nb == 1:
+            vecmat(c'T', <int>H, <int>H, <floating>1.0, dz, W_hh, <int>H,
+                   <floating>0.0, dhc)
+        else:
+            gemm(c'N', c'T', <int>nb, <int>H, <int>H, <floating>1.0, dz, <int>H,
+                 W_hh, <int>H, <floating>0.0, dhc, <int>H)
+        t -= 1
+    fastrnn_fp_restore(mode)
+
+
+cdef void _colsum(const floating* A, floating* out, Py_ssize_t n, Py_ssize_t ld,
+                  Py_ssize_t j0, Py_ssize_t j1) noexcept nogil:
+    """out[j] = sum_r A[r, j] for columns j in [j0, j1), accumulated in order."""
+    cdef Py_ssize_t r, j
+    for j in range(j0, j1):
+        out[j] = 0
+    for r in range(n):
+        for j in range(j0, j1):
+            out[j] += A[r * ld + j]
+
+
+cdef void _weight_grads_chunk(
+        const floating* Hs,        # IN  (T+1, B, H)
+        const floating* dZs,       # IN  (T*B, H)
+        const floating* dO,        # IN  (T*B, V)
+        const int32_t* X_ids,      # IN  (T*B,) or NULL
+        const floating* X,         # IN  (T*B, D) or NULL
+        floating* dW_xh,           # OUT (D, H)
+        floating* dW_hh,           # OUT (H, H)
+        floating* db_h,            # OUT (H,)
+        floating* dW_hq,           # OUT (H, V)
+        floating* db_q,            # OUT (V,)
+        Py_ssize_t N, Py_ssize_t B, Py_ssize_t H, Py_ssize_t D, Py_ssize_t V,
+        int c, int nchunks) noexcept nogil:
+    """Chunk c of the weight gradients: each chunk owns a disjoint set of
+    output rows/columns, so chunks never write the same memory and the result
+    does not depend on the number of chunks."""
+    cdef Py_ssize_t i0, i1, j0, j1, v0, v1, d0, d1, r, j
+    cdef floating* dst
+    cdef const floating* src
+    cdef fastrnn_fpmode_t mode = fastrnn_ftz_on()
+    # dW_hh[i0:i1] = Hs_prev[:, i0:i1]^T dZ ;  dW_hq[i0:i1] = Hs_cur[:, i0:i1]^T dO
+    _chunk(H, nchunks, c, &i0, &i1)
+    if i1 > i0:
+        gemm(c'T', c'N', <int>(i1 - i0), <int>H, <int>N, <floating>1.0, Hs + i0, <int>H,
+             dZs, <int>H, <floating>0.0, dW_hh + i0 * H, <int>H)
+        gemm(c'T', c'N', <int>(i1 - i0), <int>V, <int>N, <floating>1.0, Hs + B * H + i0,
+             <int>H, dO, <int>V, <floating>0.0, dW_hq + i0 * V, <int>V)
+    # biases: column sums
+    _chunk(H, nchunks, c, &j0, &j1)
+    _colsum(dZs, db_h, N, H, j0, j1)
+    _chunk(V, nchunks, c, &v0, &v1)
+    _colsum(dO, db_q, N, V, v0, v1)
+    # dW_xh
+    if X_ids != NULL:
+        # scatter-add of dZ rows into the rows of the ids, columns j0:j1 of this chunk
+        for r in range(D):
+            for j in range(j0, j1):
+                dW_xh[r * H + j] = 0
+        for r in range(N):
+            dst = dW_xh + <Py_ssize_t>X_ids[r] * H
+            src = dZs + r * H
+            for j in range(j0, j1):
+                dst[j] += src[j]
+    else:
+        _chunk(D, nchunks, c, &d0, &d1)
+        if d1 > d0:
+            gemm(c'T', c'N', <int>(d1 - d0), <int>H, <int>N, <floating>1.0, X + d0,
+                 <int>D, dZs, <int>H, <floating>0.0, dW_xh + d0 * H, <int>H)
+    fastrnn_fp_restore(mode)
+
+
+# ---------------------------------------------------------------------------
+# Python entry points (arguments validated by fastrnn._core)
+
+cdef inline int _nonlin_code(str nonlinearity) except -1:
+    if nonlinearity == "tanh":
+        return TANH
+    if nonlinearity == "relu":
+        return RELU
+    raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+
+
+def forward(floating[:, ::1] W_xh, floating[:, ::1] W_hh, floating[::1] b_h,
+            floating[:, ::1] W_hq, floating[::1] b_q,
+            const int32_t[:, ::1] X_ids,     # (T, B), or shape (0, 0) for dense input
+            floating[:, ::1] X,              # (T*B, D), or shape (0, 0) for ids
+            floating[:, :, ::1] Hs,          # IN/OUT (T+1, B, H), Hs[0] = h0
+            floating[:, ::1] Zs,             # OUT (T*B, H)
+            floating[:, ::1] O,              # OUT (T*B, V) logits, or (0, 0) to skip
+            const int32_t[::1] Y,            # (T*B,) targets, or (0,) for no loss
+            floating[::1] loss_parts,        # OUT (nthreads,) float sums per chunk
+            str nonlinearity, int num_threads):
+    """Forward pass (and, with targets, the softmax cross-entropy).
+
+    With Y, O is overwritten by d(mean loss)/dO and loss_parts[c] holds chunk
+    c's summed cross-entropy. Returns nothing; results are in the buffers.
+    """
+    cdef int nonlin = _nonlin_code(nonlinearity)
+    cdef Py_ssize_t T = Hs.shape[0] - 1, B = Hs.shape[1], H = Hs.shape[2]
+    cdef Py_ssize_t D = W_xh.shape[0], V = W_hq.shape[1], N = T * B
+    cdef const int32_t* ids = &X_ids[0, 0] if X_ids.shape[0] > 0 else NULL
+    cdef const floating* xd = &X[0, 0] if X.shape[0] > 0 else NULL
+    cdef const int32_t* yp = &Y[0] if Y.shape[0] > 0 else NULL
+    cdef bint do_out = O.shape[0] > 0
+    cdef floating scale = <floating>(1.0 / N)
+    cdef int c, nc = <int>min(num_threads, B), no = <int>min(num_threads, N)
+    cdef Py_ssize_t lo, hi
+    if num_threads < 1:
+        raise ValueError("num_threads must be >= 1")
+    with nogil:
+        for c in prange(nc, num_threads=nc, schedule='static'):
+            _forward_chunk(&W_xh[0, 0], &W_hh[0, 0], &b_h[0], ids, xd, &Hs[0, 0, 0],
+                           &Zs[0, 0], T, B, H, D, (B * c) // nc, (B * (c + 1)) // nc,
+                           nonlin)
+        if do_out:
+            for c in prange(no, num_threads=no, schedule='static'):
+                lo = (N * c) // no
+                hi = (N * (c + 1)) // no
+                loss_parts[c] = _output_rows(
+                    &Hs[0, 0, 0] + (B + lo) * H, &W_hq[0, 0], &b_q[0],
+                    (yp + lo) if yp != NULL else NULL, &O[0, 0] + lo * V,
+                    hi - lo, H, V, scale)
+
+
+def backward(floating[:, ::1] W_xh, floating[:, ::1] W_hh, floating[:, ::1] W_hq,
+             const int32_t[:, ::1] X_ids, floating[:, ::1] X,
+             floating[:, :, ::1] Hs,         # IN (T+1, B, H) from forward
+             floating[:, ::1] dZs,           # IN Zs from forward (overwritten: dZ)
+             floating[:, ::1] dO,            # IN (T*B, V) d loss / d logits
+             floating[:, ::1] dW_xh, floating[:, ::1] dW_hh, floating[::1] db_h,
+             floating[:, ::1] dW_hq, floating[::1] db_q,
+             floating[:, ::1] dh0,           # OUT (B, H)
+             str nonlinearity, int num_threads):
+    """Backpropagation through time: fills every gradient buffer."""
+    cdef int nonlin = _nonlin_code(nonlinearity)
+    cdef Py_ssize_t T = Hs.shape[0] - 1, B = Hs.shape[1], H = Hs.shape[2]
+    cdef Py_ssize_t D = W_xh.shape[0], V = W_hq.shape[1], N = T * B
+    cdef const int32_t* ids = &X_ids[0, 0] if X_ids.shape[0] > 0 else NULL
+    cdef const floating* xd = &X[0, 0] if X.shape[0] > 0 else NULL
+    cdef int c, nc = <int>min(num_threads, B), no = <int>min(num_threads, N)
+    cdef int nw = num_threads
+    cdef Py_ssize_t lo, hi
+    cdef fastrnn_fpmode_t mode
+    if num_threads < 1:
+        raise ValueError("num_threads must be >= 1")
+    with nogil:
+        # dL/dH_t from the output layer, all t at once: dO W_hq^T (rows split)
+        for c in prange(no, num_threads=no, schedule='static'):
+            lo = (N * c) // no
+            hi = (N * (c + 1)) // no
+            mode = fastrnn_ftz_on()
+            gemm(c'N', c'T', <int>(hi - lo), <int>H, <int>V, <floating>1.0,
+                 &dO[0, 0] + lo * V, <int>V, &W_hq[0, 0], <int>V, <floating>0.0,
+                 &dZs[0, 0] + lo * H, <int>H)
+            fastrnn_fp_restore(mode)
+        for c in prange(nc, num_threads=nc, schedule='static'):
+            _backward_chunk(&W_hh[0, 0], &Hs[0, 0, 0], &dZs[0, 0], &dh0[0, 0], T, B, H,
+                            (B * c) // nc, (B * (c + 1)) // nc, nonlin)
+        for c in prange(nw, num_threads=nw, schedule='static'):
+            _weight_grads_chunk(&Hs[0, 0, 0], &dZs[0, 0], &dO[0, 0], ids, xd,
+                                &dW_xh[0, 0], &dW_hh[0, 0], &db_h[0], &dW_hq[0, 0],
+                                &db_q[0], N, B, H, D, V, c, nw)

@@ -1,0 +1,52 @@
+"""fastrnn: fast recurrent character-level language models on the CPU.
+
+The model is the RNN of the d2l.ai chapter "Recurrent Neural Networks"::
+
+    H_t = phi(X_t W_xh + H_{t-1} W_hh + b_h)
+    O_t = H_t W_hq + b_q
+
+Functional API: :func:`init_params`, :func:`forward`, :func:`loss_and_grad`
+(compiled Cython/OpenMP kernels); :mod:`fastrnn.reference` has the same
+functions in plain NumPy.
+"""
+from ._version import __version__
+from ._core import (default_num_threads, forward, init_params, loss_and_grad)
+from . import reference
+
+
+def build_info() -> dict:
+    """How this fastrnn was built and what it runs with.
+
+    Keys: ``version``, ``compiled`` (the compiled kernels are in use),
+    ``openmp`` (OpenMP compiled in), ``default_num_threads``, ``ftz`` (subnormal
+    flushing supported), ``blas`` (the BLAS behind the kernels, from threadpoolctl),
+    and ``import_error`` when the kernels could not be loaded.
+    """
+    from . import _core
+    info = {
+        "version": __version__,
+        "compiled": _core._rnn is not None,
+        "openmp": _core.openmp_enabled(),
+        "default_num_threads": _core.default_num_threads() if _core.openmp_enabled() else 1,
+        "ftz": bool(_core._rnn is not None and _core._rnn.ftz_supported()),
+        "blas": None,
+    }
+    if _core._rnn is None:
+        info["import_error"] = str(_core._IMPORT_ERROR)
+    try:
+        libs = [lib for lib in _core._threadpool_controller().info()
+                if lib.get("user_api") == "blas"]
+        scipy_libs = [lib for lib in libs if "scipy_openblas" in str(lib.get("prefix"))
+                      and "64_" not in str(lib.get("filepath"))]
+        lib = (scipy_libs or libs or [None])[0]
+        if lib is not None:
+            info["blas"] = {k: lib.get(k) for k in
+                            ("internal_api", "version", "architecture", "threading_layer",
+                             "filepath")}
+    except Exception as exc:  # threadpoolctl missing or failing: report, don't crash
+        info["blas"] = f"unknown ({exc})"
+    return info
+
+
+__all__ = ["__version__", "build_info", "default_num_threads", "forward", "init_params",
+           "loss_and_grad", "reference"]

@@ -1,0 +1,393 @@
+"""Validated Python entry points over the compiled kernels (fastrnn._rnn).
+
+Every argument is checked here, before any C code touches memory; the kernels
+themselves trust their inputs.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+from contextlib import contextmanager
+from typing import Mapping
+
+import numpy as np
+
+from . import reference
+
+try:  # the compiled kernels; a broken build falls back to NumPy with a warning
+    from . import _rnn
+    _IMPORT_ERROR = None
+except ImportError as exc:  # pragma: no cover - exercised only by broken installs
+    _rnn = None
+    _IMPORT_ERROR = exc
+    warnings.warn(f"fastrnn: compiled kernels unavailable ({exc}); using the slow NumPy "
+                  "reference. Reinstall with a C compiler to get the fast kernels.",
+                  RuntimeWarning, stacklevel=2)
+
+PARAM_NAMES = ("W_xh", "W_hh", "b_h", "W_hq", "b_q")
+NONLINEARITIES = ("tanh", "relu")
+_MAX_THREADS = 256
+
+
+# ---------------------------------------------------------------------------
+# threads
+
+def openmp_enabled() -> bool:
+    return _rnn is not None and _rnn.openmp_enabled()
+
+
+def _env_threads() -> int | None:
+    for name in ("FASTRNN_NUM_THREADS", "OMP_NUM_THREADS"):
+        value = os.environ.get(name, "").split(",")[0].strip()
+        if value:
+            try:
+                n = int(value)
+            except ValueError:
+                warnings.warn(f"ignoring {name}={value!r}: not an integer", RuntimeWarning)
+                continue
+            if n >= 1:
+                return n
+    return None
+
+
+def default_num_threads() -> int:
+    """Threads used when ``num_threads=None``: FASTRNN_NUM_THREADS, else
+    OMP_NUM_THREADS, else the cores this process may run on."""
+    n = _env_threads()
+    if n is None:
+        try:
+            n = len(os.sched_getaffinity(0))
+        except AttributeError:  # not on Linux
+            n = os.cpu_count() or 1
+    return max(1, min(n, _MAX_THREADS))
+
+
+def resolve_num_threads(num_threads) -> int:
+    """Validate ``num_threads`` (None, or an int >= 1)."""
+    if num_threads is None:
+        return default_num_threads()
+    if isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer)):
+        raise TypeError(f"num_threads must be an int or None, got {type(num_threads).__name__}")
+    if num_threads < 1:
+        raise ValueError(f"num_threads must be >= 1, got {num_threads}")
+    return int(min(num_threads, _MAX_THREADS))
+
+
+_blas_lock = threading.Lock()
+_blas_users = 0
+_blas_restore = None
+_controller = None
+
+
+def _threadpool_controller():
+    global _controller
+    if _controller is None:
+        from threadpoolctl import ThreadpoolController
+        _controller = ThreadpoolController()
+    return _controller
+
+
+@contextmanager
+def blas_single_thread():
+    """Limit BLAS to one thread while our OpenMP threads own the cores.
+
+    Reference-counted, so concurrent calls from several Python threads neither
+    restore the limit early nor leave it set afterwards.
+    """
+    global _blas_users, _blas_restore
+    with _blas_lock:
+        if _blas_users == 0:
+            _blas_restore = _threadpool_controller().select(user_api="blas").limit(limits=1)
+        _blas_users += 1
+    try:
+        yield
+    finally:
+        with _blas_lock:
+            _blas_users -= 1
+            if _blas_users == 0 and _blas_restore is not None:
+                _blas_restore.restore_original_limits()
+                _blas_restore = None
+
+
+# ---------------------------------------------------------------------------
+# validation
+
+def _dtype_of(params) -> np.dtype:
+    if not isinstance(params, Mapping):
+        raise TypeError(f"params must be a mapping of arrays with keys {PARAM_NAMES}, "
+                        f"got {type(params).__name__}")
+    missing = [k for k in PARAM_NAMES if k not in params]
+    if missing:
+        raise ValueError(f"params is missing {', '.join(missing)}")
+    dtype = None
+    for k in PARAM_NAMES:
+        a = params[k]
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"params[{k!r}] must be a numpy array, got {type(a).__name__}")
+        if a.dtype not in (np.float32, np.float64):
+            raise TypeError(f"params[{k!r}] must be float32 or float64, got {a.dtype}")
+        if dtype is None:
+            dtype = a.dtype
+        elif a.dtype != dtype:
+            raise TypeError(f"params must share one dtype: params['W_xh'] is {dtype}, "
+                            f"params[{k!r}] is {a.dtype}")
+    return np.dtype(dtype)
+
+
+def check_params(params, *, check_finite: bool = True) -> dict:
+    """Return C-contiguous params after checking names, dtypes, shapes and values."""
+    dtype = _dtype_of(params)
+    p = {k: np.ascontiguousarray(params[k]) for k in PARAM_NAMES}
+    for k, nd in zip(PARAM_NAMES, (2, 2, 1, 2, 1)):
+        if p[k].ndim != nd:
+            raise ValueError(f"params[{k!r}] must be {nd}-D, got shape {p[k].shape}")
+    D, H = p["W_xh"].shape
+    V = p["W_hq"].shape[1]
+    expect = {"W_xh": (D, H), "W_hh": (H, H), "b_h": (H,), "W_hq": (H, V), "b_q": (V,)}
+    for k in PARAM_NAMES:
+        if p[k].shape != expect[k]:
+            raise ValueError(f"params[{k!r}] has shape {p[k].shape}, expected {expect[k]} "
+                             f"(D={D}, H={H}, V={V} from W_xh {(D, H)} and W_hq "
+                             f"{p['W_hq'].shape})")
+    for name, n in (("D (input size)", D), ("H (hidden size)", H), ("V (output size)", V)):
+        if n < 1:
+            raise ValueError(f"{name} must be >= 1, got {n}")
+    if check_finite:
+        for k in PARAM_NAMES:
+            if not np.isfinite(p[k]).all():
+                raise ValueError(f"params[{k!r}] contains NaN or inf")
+    assert dtype == p["W_hh"].dtype
+    return p
+
+
+def _int_ids(a, name, upper, what):
+    arr = np.asarray(a)
+    if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"{name} must be an integer array of {what}, got dtype {arr.dtype}")
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (batch, time) of {what}, got shape {arr.shape}")
+    if arr.size:
+        lo, hi = arr.min(), arr.max()
+        if lo < 0:
+            raise ValueError(f"{name} contains a negative id ({lo}); ids must be in [0, {upper})")
+        if hi >= upper:
+            raise ValueError(f"{name} contains id {hi}, out of range [0, {upper})")
+    return arr
+
+
+def check_inputs(p, X, h0, Y=None):
+    """Validate X (ids or dense), optional Y and h0 against params p.
+
+    Returns (X_ids (T, B) int32 or empty, X_dense (T*B, D) or empty, h0 (B, H),
+    Y (T*B,) int32 or None, B, T).
+    """
+    dtype = p["W_hh"].dtype
+    D, H = p["W_xh"].shape
+    V = p["W_hq"].shape[1]
+    if X is None:
+        raise TypeError("X must be an array of token ids (B, T) or dense inputs (B, T, D), "
+                        "got None")
+    Xa = np.asarray(X)
+    if Xa.dtype == object or not (np.issubdtype(Xa.dtype, np.number) or Xa.dtype == bool):
+        raise TypeError(f"X must be numeric, got dtype {Xa.dtype}")
+    if Xa.ndim == 2:
+        Xa = _int_ids(Xa, "X", D, "token ids")
+        B, T = Xa.shape
+        X_ids = np.ascontiguousarray(Xa.T, dtype=np.int32)
+        X_dense = np.empty((0, 0), dtype)
+    elif Xa.ndim == 3:
+        if not np.issubdtype(Xa.dtype, np.floating):
+            raise TypeError(f"dense X (B, T, D) must be a float array, got dtype {Xa.dtype} "
+                            "(pass token ids as a 2-D integer array)")
+        B, T, Dx = Xa.shape
+        if Dx != D:
+            raise ValueError(f"X has {Dx} features per step but params['W_xh'] expects D={D}")
+        X_dense = np.ascontiguousarray(Xa.transpose(1, 0, 2), dtype=dtype).reshape(T * B, D)
+        if not np.isfinite(X_dense).all():
+            raise ValueError("X contains NaN or inf")
+        X_ids = np.empty((0, 0), np.int32)
+    else:
+        raise ValueError(f"X must be 2-D token ids (B, T) or 3-D dense inputs (B, T, D), "
+                         f"got shape {Xa.shape}")
+    if B < 1 or T < 1:
+        raise ValueError(f"X must have at least one sequence and one step, got B={B}, T={T}")
+    if h0 is None:
+        h = np.zeros((B, H), dtype)
+    else:
+        ha = np.asarray(h0)
+        if not (np.issubdtype(ha.dtype, np.floating) or np.issubdtype(ha.dtype, np.integer)):
+            raise TypeError(f"h0 must be a float array, got dtype {ha.dtype}")
+        if ha.shape != (B, H):
+            raise ValueError(f"h0 has shape {ha.shape}, expected (B, H) = {(B, H)}")
+        h = np.ascontiguousarray(ha, dtype=dtype)
+        if not np.isfinite(h).all():
+            raise ValueError("h0 contains NaN or inf")
+    Yt = None
+    if Y is not None:
+        Ya = _int_ids(Y, "Y", V, "target ids")
+        if Ya.shape != (B, T):
+            raise ValueError(f"Y has shape {Ya.shape}, expected (B, T) = {(B, T)} like X")
+        Yt = np.ascontiguousarray(Ya.T, dtype=np.int32).reshape(T * B)
+    return X_ids, X_dense, h, Yt, B, T
+
+
+def check_nonlinearity(nonlinearity):
+    if nonlinearity not in NONLINEARITIES:
+        raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+    return nonlinearity
+
+
+# ---------------------------------------------------------------------------
+# public functional API
+
+def init_params(input_size: int, hidden_size: int, output_size: int | None = None, *,
+                dtype="float32", seed=None, init: str = "d2l", scale: float = 0.01) -> dict:
+    """Fresh RNN parameters.
+
+    Parameters
+    ----------
+    input_size : int
+        D, the vocabulary size for token inputs (the width of the one-hot code).
+    hidden_size : int
+        H, the number of hidden units.
+    output_size : int, optional
+        V, the number of output classes; defaults to ``input_size`` (a char-LM).
+    dtype : {"float32", "float64"}
+    seed : int or numpy.random.Generator, optional
+        Seed for reproducible initialisation.
+    init : {"d2l", "uniform"}
+        ``"d2l"`` (default): weights ~ Normal(0, scale**2) with ``scale=0.01``, biases
+        zero, as in d2l's ``get_params`` and min-char-rnn. ``"uniform"``: weights and
+        biases ~ Uniform(-1/sqrt(H), 1/sqrt(H)), PyTorch's ``nn.RNN``/``nn.Linear``
+        scheme (``scale`` is ignored).
+
+    Returns
+    -------
+    dict
+        ``W_xh (D, H)``, ``W_hh (H, H)``, ``b_h (H,)``, ``W_hq (H, V)``, ``b_q (V,)``,
+        C-contiguous, all of ``dtype``.
+    """
+    sizes = {"input_size": input_size, "hidden_size": hidden_size,
+             "output_size": input_size if output_size is None else output_size}
+    for name, n in sizes.items():
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+            raise TypeError(f"{name} must be an int, got {type(n).__name__}")
+        if n < 1:
+            raise ValueError(f"{name} must be >= 1, got {n}")
+    D, H, V = (int(sizes[k]) for k in ("input_size", "hidden_size", "output_size"))
+    dt = np.dtype(dtype)
+    if dt not in (np.float32, np.float64):
+        raise TypeError(f"dtype must be float32 or float64, got {dt}")
+    rng = np.random.default_rng(seed)
+    shapes = {"W_xh": (D, H), "W_hh": (H, H), "b_h": (H,), "W_hq": (H, V), "b_q": (V,)}
+    if init == "d2l":
+        if not np.isfinite(scale) or scale < 0:
+            raise ValueError(f"scale must be a finite number >= 0, got {scale}")
+        p = {k: (rng.standard_normal(s) * scale if k.startswith("W") else np.zeros(s))
+             for k, s in shapes.items()}
+    elif init == "uniform":
+        bound = 1.0 / np.sqrt(H)
+        p = {k: rng.uniform(-bound, bound, s) for k, s in shapes.items()}
+    else:
+        raise ValueError(f"init must be 'd2l' or 'uniform', got {init!r}")
+    return {k: np.ascontiguousarray(v, dtype=dt) for k, v in p.items()}
+
+
+def _run_forward(p, X_ids, X_dense, h, Yt, B, T, nonlinearity, nt, keep_logits):
+    """Call the forward kernel; returns (Hs (T+1,B,H), Zs (T*B,H), O, loss_sum)."""
+    dtype = p["W_hh"].dtype
+    H = p["W_hh"].shape[0]
+    V = p["W_hq"].shape[1]
+    Hs = np.empty((T + 1, B, H), dtype)
+    Hs[0] = h
+    Zs = np.empty((T * B, H), dtype)
+    O = np.empty((T * B, V) if keep_logits else (0, 0), dtype)
+    Y = Yt if Yt is not None else np.empty(0, np.int32)
+    parts = np.zeros(nt, dtype)
+    _rnn.forward(p["W_xh"], p["W_hh"], p["b_h"], p["W_hq"], p["b_q"], X_ids, X_dense,
+                 Hs, Zs, O, Y, parts, nonlinearity, nt)
+    return Hs, Zs, O, float(parts.sum(dtype=np.float64))
+
+
+def forward(params, X, h0=None, *, nonlinearity: str = "tanh", num_threads=None,
+            return_states: bool = False):
+    """Run the RNN over a batch of sequences.
+
+    Parameters
+    ----------
+    params : dict
+        ``W_xh (D, H)``, ``W_hh (H, H)``, ``b_h (H,)``, ``W_hq (H, V)``, ``b_q (V,)``,
+        one dtype, float32 or float64 (see :func:`init_params`).
+    X : array
+        Token ids, integer ``(B, T)`` in ``[0, D)`` (one-hot semantics, computed as a
+        row gather of ``W_xh``), or dense float inputs ``(B, T, D)``.
+    h0 : array (B, H), optional
+        Initial hidden state; zeros if None.
+    nonlinearity : {"tanh", "relu"}
+    num_threads : int, optional
+        OpenMP threads; None means :func:`default_num_threads`.
+    return_states : bool
+        Also return ``{"Z": (B, T, H), "H": (B, T, H)}``: the pre-activations
+        ``Z_t = X_t W_xh + H_{t-1} W_hh + b_h`` and hidden states ``H_t = phi(Z_t)``.
+
+    Returns
+    -------
+    logits : ndarray (B, T, V)
+    h_T : ndarray (B, H)
+        The final hidden state.
+    """
+    p = check_params(params)
+    check_nonlinearity(nonlinearity)
+    X_ids, X_dense, h, _, B, T = check_inputs(p, X, h0)
+    nt = resolve_num_threads(num_threads)
+    if _rnn is None:
+        return reference.forward(p, np.asarray(X) if X_ids.size else X_dense.reshape(
+            T, B, -1).transpose(1, 0, 2), h, nonlinearity=nonlinearity,
+            return_states=return_states)
+    with blas_single_thread():
+        Hs, Zs, O, _ = _run_forward(p, X_ids, X_dense, h, None, B, T, nonlinearity, nt, True)
+    V = p["W_hq"].shape[1]
+    logits = O.reshape(T, B, V).transpose(1, 0, 2).copy()
+    h_T = Hs[T].copy()
+    if return_states:
+        H = Hs.shape[2]
+        states = {"Z": Zs.reshape(T, B, H).transpose(1, 0, 2).copy(),
+                  "H": Hs[1:].transpose(1, 0, 2).copy()}
+        return logits, h_T, states
+    return logits, h_T
+
+
+def loss_and_grad(params, X, Y, h0=None, *, nonlinearity: str = "tanh", num_threads=None):
+    """Mean softmax cross-entropy over all B*T predictions and its gradients (BPTT).
+
+    Parameters are as in :func:`forward`, plus ``Y``: integer targets ``(B, T)`` in
+    ``[0, V)`` (for a char-LM, X shifted by one character).
+
+    Returns
+    -------
+    loss : float
+        Mean cross-entropy over the ``B*T`` predictions (perplexity is ``exp(loss)``).
+    grads : dict
+        ``d loss / d param`` with the keys, shapes and dtype of ``params``, plus
+        ``"h0"``: ``d loss / d h0``, shape (B, H).
+    h_T : ndarray (B, H)
+        The final hidden state (to carry into the next segment, detached).
+    """
+    p = check_params(params)
+    check_nonlinearity(nonlinearity)
+    X_ids, X_dense, h, Yt, B, T = check_inputs(p, X, h0, Y)
+    nt = resolve_num_threads(num_threads)
+    if _rnn is None:
+        Xr = np.asarray(X) if X_ids.size else X_dense.reshape(T, B, -1).transpose(1, 0, 2)
+        return reference.loss_and_grad(p, Xr, Yt.reshape(T, B).T, h,
+                                       nonlinearity=nonlinearity)
+    g = {k: np.empty_like(p[k]) for k in PARAM_NAMES}
+    g["h0"] = np.empty((B, p["W_hh"].shape[0]), p["W_hh"].dtype)
+    with blas_single_thread():
+        Hs, Zs, dO, loss_sum = _run_forward(p, X_ids, X_dense, h, Yt, B, T, nonlinearity,
+                                            nt, True)
+        _rnn.backward(p["W_xh"], p["W_hh"], p["W_hq"], X_ids, X_dense, Hs, Zs, dO,
+                      g["W_xh"], g["W_hh"], g["b_h"], g["W_hq"], g["b_q"], g["h0"],
+                      nonlinearity, nt)
+    return loss_sum / (B * T), g, Hs[T].copy()
