@@ -1,0 +1,29 @@
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(12345)
+
+
+def make_problem(rng, B, T, D, H, V, *, dtype=np.float64, dense=False, h0=True,
+                 init="uniform", scale=1.0):
+    """Random parameters and inputs of the given sizes (params in float64 and dtype)."""
+    import fastrnn
+    p64 = fastrnn.init_params(D, H, V, dtype="float64", seed=int(rng.integers(1 << 31)),
+                              init=init)
+    if scale != 1.0:
+        p64 = {k: v * scale for k, v in p64.items()}
+    p = {k: v.astype(dtype) for k, v in p64.items()}
+    if dtype != np.float64:  # compare against the float64 reference on the same values
+        p64 = {k: v.astype(np.float64) for k, v in p.items()}
+    X = rng.standard_normal((B, T, D)) if dense else rng.integers(0, D, (B, T))
+    Y = rng.integers(0, V, (B, T))
+    h = rng.standard_normal((B, H)) * 0.5 if h0 else None
+    return p, p64, X, Y, h

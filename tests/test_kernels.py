@@ -1,0 +1,149 @@
+"""Compiled kernels against the float64 NumPy reference, every output."""
+import numpy as np
+import pytest
+
+import fastrnn
+from fastrnn import reference
+from conftest import make_problem
+
+GRAD_NAMES = ["W_xh", "W_hh", "b_h", "W_hq", "b_q", "h0"]
+# float64: 1e-10 relative; float32 (vs the float64 reference): 1e-4 relative.
+# "relative" is measured against the largest magnitude of each tensor, so that
+# entries that are tiny by cancellation do not make the test meaningless.
+RTOL = {np.float64: 1e-10, np.float32: 1e-4}
+
+
+def assert_close(actual, desired, rtol, name):
+    actual = np.asarray(actual, dtype=np.float64)
+    desired = np.asarray(desired, dtype=np.float64)
+    assert actual.shape == desired.shape, name
+    scale = max(np.abs(desired).max(initial=0.0), 1e-30)
+    err = np.abs(actual - desired).max(initial=0.0) / scale
+    assert err <= rtol, f"{name}: max error {err:.3g} relative to max|ref| exceeds {rtol:g}"
+
+
+def test_compiled_kernels_are_in_use():
+    info = fastrnn.build_info()
+    assert info["compiled"], info.get("import_error")
+
+
+SHAPES = [  # (B, T, D, H, V)
+    (5, 7, 11, 9, 13),      # B not divisible by 2, 3 or 8
+    (1, 6, 5, 4, 5),        # B = 1 (gemv path)
+    (4, 1, 5, 4, 5),        # T = 1
+    (3, 5, 5, 1, 5),        # H = 1
+    (3, 5, 1, 4, 5),        # D = 1
+    (3, 5, 5, 4, 1),        # V = 1
+    (17, 9, 28, 32, 28),    # a small char-LM
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("num_threads", [1, 2, 3, 8])
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+@pytest.mark.parametrize("dense", [False, True], ids=["ids", "dense"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B%dT%dD%dH%dV%d" % s)
+def test_kernels_match_reference(rng, dtype, num_threads, nonlinearity, dense, shape):
+    B, T, D, H, V = shape
+    p, p64, X, Y, h0 = make_problem(rng, B, T, D, H, V, dtype=dtype, dense=dense)
+    rtol = RTOL[dtype]
+    logits, hT = fastrnn.forward(p, X, h0, nonlinearity=nonlinearity,
+                                 num_threads=num_threads)
+    r_logits, r_hT = reference.forward(p64, X, h0, nonlinearity=nonlinearity)
+    assert logits.dtype == dtype and hT.dtype == dtype
+    assert_close(logits, r_logits, rtol, "logits")
+    assert_close(hT, r_hT, rtol, "forward h_T")
+
+    loss, grads, hT2 = fastrnn.loss_and_grad(p, X, Y, h0, nonlinearity=nonlinearity,
+                                             num_threads=num_threads)
+    r_loss, r_grads, r_hT2 = reference.loss_and_grad(p64, X, Y, h0,
+                                                     nonlinearity=nonlinearity)
+    assert isinstance(loss, float)
+    assert abs(loss - r_loss) <= rtol * abs(r_loss), ("loss", loss, r_loss)
+    assert_close(hT2, r_hT2, rtol, "h_T")
+    assert set(grads) == set(GRAD_NAMES)
+    for name in GRAD_NAMES:
+        ref_shape = p[name].shape if name != "h0" else (B, H)
+        assert grads[name].shape == ref_shape and grads[name].dtype == dtype, name
+        assert_close(grads[name], r_grads[name], rtol, name)
+
+
+@pytest.mark.parametrize("dense", [False, True], ids=["ids", "dense"])
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+def test_thread_counts_agree(rng, dense, nonlinearity):
+    p, _, X, Y, h0 = make_problem(rng, 13, 12, 10, 24, 10, dense=dense)
+    base = fastrnn.loss_and_grad(p, X, Y, h0, nonlinearity=nonlinearity, num_threads=1)
+    for nt in (2, 3, 4, 8, 13, 20):
+        loss, grads, hT = fastrnn.loss_and_grad(p, X, Y, h0, nonlinearity=nonlinearity,
+                                                num_threads=nt)
+        assert abs(loss - base[0]) <= 1e-12 * abs(base[0])
+        assert_close(hT, base[2], 1e-12, f"h_T nt={nt}")
+        for name in GRAD_NAMES:
+            assert_close(grads[name], base[1][name], 1e-12, f"{name} nt={nt}")
+
+
+@pytest.mark.parametrize("dense", [False, True], ids=["ids", "dense"])
+def test_concatenation_identity(rng, dense):
+    """d2l: X_t W_xh + H_{t-1} W_hh == [X_t, H_{t-1}] @ [W_xh; W_hh]."""
+    B, T, D, H, V = 4, 6, 7, 5, 7
+    p, _, X, _, h0 = make_problem(rng, B, T, D, H, V, dense=dense)
+    _, _, states = fastrnn.forward(p, X, h0, return_states=True, num_threads=2)
+    Xin = X if dense else np.eye(D)[X]                   # one-hot (B, T, D)
+    Hprev = np.concatenate([h0[:, None, :], states["H"][:, :-1]], axis=1)
+    W = np.concatenate([p["W_xh"], p["W_hh"]], axis=0)  # (D + H, H)
+    Z = np.concatenate([Xin, Hprev], axis=-1) @ W + p["b_h"]
+    np.testing.assert_allclose(states["Z"], Z, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(states["H"], np.tanh(Z), rtol=1e-12, atol=1e-14)
+
+
+def test_zero_h0_equals_none(rng):
+    p, _, X, Y, _ = make_problem(rng, 3, 4, 5, 6, 5, h0=False)
+    a = fastrnn.loss_and_grad(p, X, Y)
+    b = fastrnn.loss_and_grad(p, X, Y, np.zeros((3, 6)))
+    assert a[0] == b[0]
+    for name in GRAD_NAMES:
+        np.testing.assert_array_equal(a[1][name], b[1][name])
+
+
+def test_segments_chain_like_one_sequence(rng):
+    """Forward over [X1, X2] equals forward over X1 then X2 from h_T (detached state)."""
+    p, _, X, _, h0 = make_problem(rng, 3, 10, 6, 8, 6)
+    logits, hT = fastrnn.forward(p, X, h0)
+    l1, h1 = fastrnn.forward(p, X[:, :4], h0)
+    l2, h2 = fastrnn.forward(p, X[:, 4:], h1)
+    np.testing.assert_allclose(np.concatenate([l1, l2], axis=1), logits, rtol=1e-12)
+    np.testing.assert_allclose(h2, hT, rtol=1e-12)
+
+
+def test_parameter_count_does_not_grow_with_T(rng):
+    p, _, X, Y, _ = make_problem(rng, 2, 50, 5, 6, 5, h0=False)
+    _, g_short, _ = fastrnn.loss_and_grad(p, X[:, :2], Y[:, :2])
+    _, g_long, _ = fastrnn.loss_and_grad(p, X, Y)
+    for name in ["W_xh", "W_hh", "b_h", "W_hq", "b_q"]:
+        assert g_short[name].shape == g_long[name].shape == p[name].shape
+
+
+def test_subnormals_flushed_without_leaking_mode(rng):
+    """Tiny weights drive the hidden state subnormal; results stay right and the
+    caller's floating-point mode is unchanged afterwards."""
+    from fastrnn import _rnn
+    before = _rnn.fp_mode()
+    p, p64, X, Y, _ = make_problem(rng, 4, 30, 5, 8, 5, dtype=np.float32, h0=False,
+                                   init="d2l")
+    loss, grads, hT = fastrnn.loss_and_grad(p, X, Y, num_threads=2)
+    r_loss, r_grads, _ = reference.loss_and_grad(p64, X, Y)
+    assert abs(loss - r_loss) <= 1e-4 * r_loss
+    assert _rnn.fp_mode() == before
+    # a float32 subnormal computed after the call is still representable
+    assert np.float32(1e-38) * np.float32(1e-3) != 0
+
+
+def test_inputs_not_modified(rng):
+    p, _, X, Y, h0 = make_problem(rng, 3, 4, 5, 6, 5, dense=True)
+    copies = [{k: v.copy() for k, v in p.items()}, X.copy(), Y.copy(), h0.copy()]
+    fastrnn.loss_and_grad(p, X, Y, h0)
+    for k in p:
+        np.testing.assert_array_equal(p[k], copies[0][k])
+    np.testing.assert_array_equal(X, copies[1])
+    np.testing.assert_array_equal(Y, copies[2])
+    np.testing.assert_array_equal(h0, copies[3])
