@@ -101,12 +101,11 @@ def extensions():
     from Cython.Build import cythonize
 
     debug = _flag("FASTRNN_DEBUG") or bool(os.environ.get("FASTRNN_SANITIZE"))
-    ext = Extension(
-        "fastrnn._rnn",
-        sources=["csrc/_rnn.pyx"],
-        include_dirs=["csrc"],
-        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
-    )
+    # every csrc/NAME.pyx becomes the module fastrnn.NAME
+    here = os.path.dirname(os.path.abspath(__file__))
+    pyx = sorted(f for f in os.listdir(os.path.join(here, "csrc")) if f.endswith(".pyx"))
+    exts = [Extension(f"fastrnn.{f[:-4]}", sources=[f"csrc/{f}"], include_dirs=["csrc"])
+            for f in pyx]
     directives = {
         "language_level": 3,
         "boundscheck": debug,
@@ -116,7 +115,7 @@ def extensions():
         "nonecheck": debug,
         "embedsignature": True,
     }
-    return cythonize([ext], include_path=["csrc"], compiler_directives=directives)
+    return cythonize(exts, include_path=["csrc"], compiler_directives=directives)
 
 
 setup(ext_modules=extensions(), cmdclass={"build_ext": BuildExt})

@@ -358,7 +358,32 @@ def forward(params, X, h0=None, *, nonlinearity: str = "tanh", num_threads=None,
     return logits, h_T
 
 
-def loss_and_grad(params, X, Y, h0=None, *, nonlinearity: str = "tanh", num_threads=None):
+def _grad_buffers(p, B, out):
+    """Gradient arrays: fresh, or the caller's ``out`` after checking them."""
+    H = p["W_hh"].shape[0]
+    shapes = {k: p[k].shape for k in PARAM_NAMES}
+    shapes["h0"] = (B, H)
+    if out is None:
+        return {k: np.empty(s, p["W_hh"].dtype) for k, s in shapes.items()}
+    if not isinstance(out, Mapping):
+        raise TypeError(f"out must be a dict of arrays, got {type(out).__name__}")
+    g = dict(out)
+    for k, shape in shapes.items():
+        if k not in g:
+            if k == "h0":
+                g[k] = np.empty(shape, p["W_hh"].dtype)
+                continue
+            raise ValueError(f"out is missing {k!r}")
+        a = g[k]
+        if (not isinstance(a, np.ndarray) or a.shape != shape or a.dtype != p["W_hh"].dtype
+                or not a.flags.c_contiguous or not a.flags.writeable):
+            raise ValueError(f"out[{k!r}] must be a writeable C-contiguous {p['W_hh'].dtype} "
+                             f"array of shape {shape}")
+    return g
+
+
+def loss_and_grad(params, X, Y, h0=None, *, nonlinearity: str = "tanh", num_threads=None,
+                  out=None):
     """Mean softmax cross-entropy over all B*T predictions and its gradients (BPTT).
 
     Parameters are as in :func:`forward`, plus ``Y``: integer targets ``(B, T)`` in
@@ -373,6 +398,13 @@ def loss_and_grad(params, X, Y, h0=None, *, nonlinearity: str = "tanh", num_thre
         ``"h0"``: ``d loss / d h0``, shape (B, H).
     h_T : ndarray (B, H)
         The final hidden state (to carry into the next segment, detached).
+
+    Other Parameters
+    ----------------
+    out : dict, optional
+        Preallocated C-contiguous gradient arrays (same keys as ``params``, and
+        optionally ``"h0"``) to write into instead of allocating, e.g. views into one
+        flat gradient buffer. Returned as ``grads``.
     """
     p = check_params(params)
     check_nonlinearity(nonlinearity)
@@ -382,8 +414,7 @@ def loss_and_grad(params, X, Y, h0=None, *, nonlinearity: str = "tanh", num_thre
         Xr = np.asarray(X) if X_ids.size else X_dense.reshape(T, B, -1).transpose(1, 0, 2)
         return reference.loss_and_grad(p, Xr, Yt.reshape(T, B).T, h,
                                        nonlinearity=nonlinearity)
-    g = {k: np.empty_like(p[k]) for k in PARAM_NAMES}
-    g["h0"] = np.empty((B, p["W_hh"].shape[0]), p["W_hh"].dtype)
+    g = _grad_buffers(p, B, out)
     with blas_single_thread():
         Hs, Zs, dO, loss_sum = _run_forward(p, X_ids, X_dense, h, Yt, B, T, nonlinearity,
                                             nt, True)
