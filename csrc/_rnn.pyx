@@ -308,10 +308,10 @@ cdef inline int _nonlin_code(str nonlinearity) except -1:
     raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
 
 
-def forward(floating[:, ::1] W_xh, floating[:, ::1] W_hh, floating[::1] b_h,
-            floating[:, ::1] W_hq, floating[::1] b_q,
+def forward(const floating[:, ::1] W_xh, const floating[:, ::1] W_hh,
+            const floating[::1] b_h, const floating[:, ::1] W_hq, const floating[::1] b_q,
             const int32_t[:, ::1] X_ids,     # (T, B), or shape (0, 0) for dense input
-            floating[:, ::1] X,              # (T*B, D), or shape (0, 0) for ids
+            const floating[:, ::1] X,               # (T*B, D), or shape (0, 0) for ids
             floating[:, :, ::1] Hs,          # IN/OUT (T+1, B, H), Hs[0] = h0
             floating[:, ::1] Zs,             # OUT (T*B, H)
             floating[:, ::1] O,              # OUT (T*B, V) logits, or (0, 0) to skip
@@ -350,8 +350,9 @@ def forward(floating[:, ::1] W_xh, floating[:, ::1] W_hh, floating[::1] b_h,
                     hi - lo, H, V, scale)
 
 
-def backward(floating[:, ::1] W_xh, floating[:, ::1] W_hh, floating[:, ::1] W_hq,
-             const int32_t[:, ::1] X_ids, floating[:, ::1] X,
+def backward(const floating[:, ::1] W_xh, const floating[:, ::1] W_hh,
+             const floating[:, ::1] W_hq, const int32_t[:, ::1] X_ids,
+             const floating[:, ::1] X,
              floating[:, :, ::1] Hs,         # IN (T+1, B, H) from forward
              floating[:, ::1] dZs,           # IN Zs from forward (overwritten: dZ)
              floating[:, ::1] dO,            # IN (T*B, V) d loss / d logits
