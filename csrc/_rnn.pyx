@@ -39,6 +39,15 @@ from _omp cimport FASTRNN_OMP_ENABLED, fastrnn_omp_max_threads
 from _fpmode cimport (fastrnn_fpmode_t, fastrnn_ftz_on, fastrnn_fp_restore, fastrnn_fp_get,
                      FASTRNN_HAVE_FTZ)
 
+cdef extern from "_elementwise.h" nogil:
+    void fastrnn_tanh_f32(const float* z, float* h, Py_ssize_t n) noexcept
+    void fastrnn_tanh_f64(const double* z, double* h, Py_ssize_t n) noexcept
+    double fastrnn_exp_shift_f32(float* o, float m, Py_ssize_t n) noexcept
+    double fastrnn_exp_shift_f64(double* o, double m, Py_ssize_t n) noexcept
+    void fastrnn_dtanh_f32(float* dz, const float* dh, const float* h, Py_ssize_t n) noexcept
+    void fastrnn_dtanh_f64(double* dz, const double* dh, const double* h,
+                           Py_ssize_t n) noexcept
+
 cdef enum:
     TANH = 0
     RELU = 1
@@ -86,8 +95,10 @@ cdef inline void _activate(floating* Z, floating* Hout, Py_ssize_t n,
     """Hout = phi(Z), elementwise over n values."""
     cdef Py_ssize_t i
     if nonlin == TANH:
-        for i in range(n):
-            Hout[i] = _tanh(Z[i])
+        if floating is float:
+            fastrnn_tanh_f32(Z, Hout, n)
+        else:
+            fastrnn_tanh_f64(Z, Hout, n)
     else:
         for i in range(n):
             Hout[i] = Z[i] if Z[i] > 0 else 0
@@ -161,7 +172,7 @@ cdef double _output_rows(
     (softmax - onehot) * scale and return the summed cross-entropy."""
     cdef Py_ssize_t r, v
     cdef floating* o
-    cdef floating m, e, ly
+    cdef floating m, ly
     cdef double s, total = 0.0
     cdef fastrnn_fpmode_t mode = fastrnn_ftz_on()
     if n <= 0:
@@ -179,11 +190,10 @@ cdef double _output_rows(
                 if o[v] > m:
                     m = o[v]
             ly = o[Y[r]] - m
-            s = 0.0
-            for v in range(V):
-                e = _exp(o[v] - m)
-                o[v] = e
-                s += e
+            if floating is float:
+                s = fastrnn_exp_shift_f32(o, m, V)
+            else:
+                s = fastrnn_exp_shift_f64(o, m, V)
             # loss_r = log(sum_v exp(o_v - m)) - (o_y - m)
             total += log(s) - ly
             for v in range(V):
@@ -219,8 +229,10 @@ cdef void _backward_chunk(
         h = Hs + ((t + 1) * B + b0) * H
         # dZ_t = (dL/dH_t from O_t + dL/dH_t from Z_{t+1}) * phi'(Z_t)
         if nonlin == TANH:
-            for i in range(n):
-                dz[i] = (dz[i] + dhc[i]) * (1 - h[i] * h[i])
+            if floating is float:
+                fastrnn_dtanh_f32(dz, dhc, h, n)
+            else:
+                fastrnn_dtanh_f64(dz, dhc, h, n)
         else:
             for i in range(n):
                 dz[i] = (dz[i] + dhc[i]) if h[i] > 0 else 0

@@ -294,15 +294,44 @@ def init_params(input_size: int, hidden_size: int, output_size: int | None = Non
     return {k: np.ascontiguousarray(v, dtype=dt) for k, v in p.items()}
 
 
+_workspace = threading.local()
+
+
+def _buffers(dtype, T, B, H, V):
+    """Activation buffers Hs (T+1, B, H), Zs (T*B, H), O (T*B, V) for this thread.
+
+    Reused while the shapes stay the same (a training loop), so steady-state calls
+    neither allocate nor page-fault fresh memory. One set per Python thread, so
+    concurrent calls from several threads never share buffers.
+    """
+    key = (np.dtype(dtype), T, B, H, V)
+    if getattr(_workspace, "key", None) != key:
+        _workspace.key = None  # drop the old buffers before allocating new ones
+        _workspace.bufs = (np.empty((T + 1, B, H), dtype), np.empty((T * B, H), dtype),
+                           np.empty((T * B, V), dtype))
+        _workspace.key = key
+    return _workspace.bufs
+
+
+def clear_workspace() -> None:
+    """Free the calling thread's cached activation buffers."""
+    _workspace.key = None
+    _workspace.bufs = None
+
+
 def _run_forward(p, X_ids, X_dense, h, Yt, B, T, nonlinearity, nt, keep_logits):
-    """Call the forward kernel; returns (Hs (T+1,B,H), Zs (T*B,H), O, loss_sum)."""
+    """Call the forward kernel; returns (Hs (T+1,B,H), Zs (T*B,H), O, loss_sum).
+
+    The returned arrays are the thread's reusable workspace: copy what must outlive
+    the next call.
+    """
     dtype = p["W_hh"].dtype
     H = p["W_hh"].shape[0]
     V = p["W_hq"].shape[1]
-    Hs = np.empty((T + 1, B, H), dtype)
+    Hs, Zs, O = _buffers(dtype, T, B, H, V)
     Hs[0] = h
-    Zs = np.empty((T * B, H), dtype)
-    O = np.empty((T * B, V) if keep_logits else (0, 0), dtype)
+    if not keep_logits:
+        O = np.empty((0, 0), dtype)
     Y = Yt if Yt is not None else np.empty(0, np.int32)
     parts = np.zeros(nt, dtype)
     _rnn.forward(p["W_xh"], p["W_hh"], p["b_h"], p["W_hq"], p["b_q"], X_ids, X_dense,

@@ -1,0 +1,136 @@
+/* Elementwise kernels of the RNN, written so the compiler vectorises them.
+ *
+ * float32 tanh and exp use branch-free polynomial / rational approximations
+ * (max error a few ulp, far inside the float32 tolerance of the tests), so the
+ * loops vectorise instead of calling libm once per value. float64 uses libm.
+ *
+ * On x86-64 Linux with GCC the hot loops are compiled for AVX-512, AVX2 and
+ * baseline SSE2 and the best is picked at load time (target_clones, an ifunc):
+ * no -march=native, so the binary runs on any x86-64 CPU.
+ */
+#ifndef FASTRNN_ELEMENTWISE_H
+#define FASTRNN_ELEMENTWISE_H
+
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) \
+    && !defined(FASTRNN_NO_CLONES)
+#define FASTRNN_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define FASTRNN_CLONES
+#endif
+
+/* Floating-point exceptions are never inspected, so compares may be
+ * if-converted; without this GCC refuses to vectorise the clamps and selects. */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC push_options
+#pragma GCC optimize("no-trapping-math")
+#endif
+
+/* tanh(x) = x P(x^2) / Q(x^2), clamped (Eigen's float rational approximation). */
+static inline float fastrnn_tanhf_approx(float x) {
+    const float clamp = 7.90531110763549805f;
+    float xc = x > clamp ? clamp : (x < -clamp ? -clamp : x);
+    float x2 = xc * xc;
+    float p = -2.76076847742355e-16f;
+    p = p * x2 + 2.00018790482477e-13f;
+    p = p * x2 - 8.60467152213735e-11f;
+    p = p * x2 + 5.12229709037114e-08f;
+    p = p * x2 + 1.48572235717979e-05f;
+    p = p * x2 + 6.37261928875436e-04f;
+    p = p * x2 + 4.89352455891786e-03f;
+    p = p * xc;
+    float q = 1.19825839466702e-06f;
+    q = q * x2 + 1.18534705686654e-04f;
+    q = q * x2 + 2.26843463243900e-03f;
+    q = q * x2 + 4.89352518554385e-03f;
+    float r = p / q;
+    /* tiny |x|: tanh(x) = x to float precision (and keeps -0.0, subnormals) */
+    return fabsf(x) < 0.0004f ? x : r;
+}
+
+/* exp(x) for x <= 0 (softmax after subtracting the max): Cephes-style
+ * range reduction x = n ln2 + r, degree-6 polynomial, 2^n from the exponent bits.
+ * Values below -87.3 flush to 0. */
+static inline float fastrnn_expf_nonpos(float x) {
+    const float lo = -87.3365447504f;
+    const float round_magic = 12582912.0f;  /* 1.5 * 2^23: adding it rounds to an integer */
+    float under = x < lo ? 0.0f : 1.0f;
+    x = x < lo ? lo : x;
+    float n = (x * 1.44269504088896341f + round_magic) - round_magic;
+    float r = x - n * 0.693359375f;
+    r = r + n * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    int32_t e = ((int32_t)n + 127) << 23;
+    float s;
+    memcpy(&s, &e, sizeof s);
+    return p * s * under;
+}
+
+FASTRNN_CLONES
+static void fastrnn_tanh_f32(const float *restrict z, float *restrict h, ptrdiff_t n) {
+    for (ptrdiff_t i = 0; i < n; i++) h[i] = fastrnn_tanhf_approx(z[i]);
+}
+
+static void fastrnn_tanh_f64(const double *restrict z, double *restrict h, ptrdiff_t n) {
+    for (ptrdiff_t i = 0; i < n; i++) h[i] = tanh(z[i]);
+}
+
+/* o[i] = exp(o[i] - m); returns the sum, accumulated in 8 fixed lanes so the
+ * loop vectorises and the result does not depend on the CPU's vector width. */
+FASTRNN_CLONES
+static double fastrnn_exp_shift_f32(float *restrict o, float m, ptrdiff_t n) {
+    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    ptrdiff_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        for (int j = 0; j < 8; j++) {
+            float e = fastrnn_expf_nonpos(o[i + j] - m);
+            o[i + j] = e;
+            acc[j] += e;
+        }
+    }
+    for (; i < n; i++) {
+        float e = fastrnn_expf_nonpos(o[i] - m);
+        o[i] = e;
+        acc[i & 7] += e;
+    }
+    return (double)(((acc[0] + acc[1]) + (acc[2] + acc[3])) +
+                    ((acc[4] + acc[5]) + (acc[6] + acc[7])));
+}
+
+static double fastrnn_exp_shift_f64(double *restrict o, double m, ptrdiff_t n) {
+    double s = 0.0;
+    for (ptrdiff_t i = 0; i < n; i++) {
+        double e = exp(o[i] - m);
+        o[i] = e;
+        s += e;
+    }
+    return s;
+}
+
+/* dz = (dz + dh) * (1 - h^2)  (tanh) */
+FASTRNN_CLONES
+static void fastrnn_dtanh_f32(float *restrict dz, const float *restrict dh,
+                              const float *restrict h, ptrdiff_t n) {
+    for (ptrdiff_t i = 0; i < n; i++) dz[i] = (dz[i] + dh[i]) * (1.0f - h[i] * h[i]);
+}
+
+static void fastrnn_dtanh_f64(double *restrict dz, const double *restrict dh,
+                              const double *restrict h, ptrdiff_t n) {
+    for (ptrdiff_t i = 0; i < n; i++) dz[i] = (dz[i] + dh[i]) * (1.0 - h[i] * h[i]);
+}
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC pop_options
+#endif
+
+#endif
