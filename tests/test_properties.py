@@ -1,4 +1,6 @@
 """Property tests over random shapes: kernels == reference, and bad ids always rejected."""
+import os
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -7,7 +9,9 @@ from hypothesis import strategies as st
 import fastrnn
 from fastrnn import reference
 
-SETTINGS = settings(max_examples=60, deadline=None,
+# FASTRNN_HYPOTHESIS_EXAMPLES=2000 for a deeper search than CI's default
+SETTINGS = settings(max_examples=int(os.environ.get("FASTRNN_HYPOTHESIS_EXAMPLES", "60")),
+                    deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -40,9 +44,17 @@ def test_kernel_equals_reference(prob, nonlinearity, num_threads, dtype):
                                         num_threads=num_threads)
     rl, rg, rhT = reference.loss_and_grad(p64, X, Y, h0, nonlinearity=nonlinearity)
     assert abs(loss - rl) <= rtol * abs(rl) + 1e-300
+    if dtype == np.float32:
+        # Random shapes include gradients that are tiny by cancellation (a sum of
+        # much larger terms), where no float32 computation reaches 1e-4 of the
+        # result: there the bar is the NumPy reference run in float32 (4x its error).
+        _, rg32, _ = reference.loss_and_grad(p, X, Y, h0, nonlinearity=nonlinearity)
     for k in rg:
-        scale = max(np.abs(rg[k]).max(), 1e-30)
-        assert np.abs(g[k] - rg[k]).max() <= rtol * scale, k
+        err = np.abs(g[k] - rg[k]).max()
+        bound = rtol * max(np.abs(rg[k]).max(), 1e-30)
+        if dtype == np.float32:
+            bound = max(bound, 4 * np.abs(rg32[k] - rg[k]).max())
+        assert err <= bound, (k, err, bound)
     assert np.abs(hT - rhT).max() <= rtol * max(np.abs(rhT).max(), 1e-30)
     logits, _ = fastrnn.forward(p, X, h0, nonlinearity=nonlinearity, num_threads=num_threads)
     rlogits, _ = reference.forward(p64, X, h0, nonlinearity=nonlinearity)
