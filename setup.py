@@ -67,6 +67,16 @@ def probe_openmp(compiler):
 
 
 class BuildExt(build_ext):
+    def run(self):
+        # Cythonize here, not at setup() time, so that egg_info and sdist (metadata,
+        # source archive) neither need Cython nor write generated C into the tree.
+        # Keep setuptools' own Extension objects (finalize_options set them up) and
+        # give them the generated C sources, as Cython's build_ext does.
+        for ext, cext in zip(self.extensions, cythonize_extensions(self.extensions)):
+            assert ext.name == cext.name, (ext.name, cext.name)
+            ext.sources = cext.sources
+        super().run()
+
     def build_extensions(self):
         ctype = self.compiler.compiler_type
         use_omp, why = False, "disabled by FASTRNN_NO_OPENMP"
@@ -98,14 +108,17 @@ class BuildExt(build_ext):
 
 
 def extensions():
+    """Every csrc/NAME.pyx becomes the module fastrnn.NAME (cythonized by BuildExt)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    pyx = sorted(f for f in os.listdir(os.path.join(here, "csrc")) if f.endswith(".pyx"))
+    return [Extension(f"fastrnn.{f[:-4]}", sources=[f"csrc/{f}"], include_dirs=["csrc"])
+            for f in pyx]
+
+
+def cythonize_extensions(exts):
     from Cython.Build import cythonize
 
     debug = _flag("FASTRNN_DEBUG") or bool(os.environ.get("FASTRNN_SANITIZE"))
-    # every csrc/NAME.pyx becomes the module fastrnn.NAME
-    here = os.path.dirname(os.path.abspath(__file__))
-    pyx = sorted(f for f in os.listdir(os.path.join(here, "csrc")) if f.endswith(".pyx"))
-    exts = [Extension(f"fastrnn.{f[:-4]}", sources=[f"csrc/{f}"], include_dirs=["csrc"])
-            for f in pyx]
     directives = {
         "language_level": 3,
         "boundscheck": debug,
