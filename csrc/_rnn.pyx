@@ -48,6 +48,35 @@ cdef extern from "_elementwise.h" nogil:
     void fastrnn_dtanh_f64(double* dz, const double* dh, const double* h,
                            Py_ssize_t n) noexcept
 
+cdef extern from "_vecmat.h" nogil:
+    void fastrnn_vecmat_f32(const float* x, const float* W, float* y, Py_ssize_t K,
+                            Py_ssize_t N, int accumulate) noexcept
+    void fastrnn_vecmat_f64(const double* x, const double* W, double* y, Py_ssize_t K,
+                            Py_ssize_t N, int accumulate) noexcept
+    void fastrnn_matvec_f32(const float* W, const float* x, float* y, Py_ssize_t M,
+                            Py_ssize_t N) noexcept
+    void fastrnn_matvec_f64(const double* W, const double* x, double* y, Py_ssize_t M,
+                            Py_ssize_t N) noexcept
+
+
+cdef inline void _vecmat(const floating* x, const floating* W, floating* y, Py_ssize_t K,
+                         Py_ssize_t N, int accumulate) noexcept nogil:
+    """y(N) = x(K) @ W(K, N) (+ y if accumulate), W row-major contiguous."""
+    if floating is float:
+        fastrnn_vecmat_f32(x, W, y, K, N, accumulate)
+    else:
+        fastrnn_vecmat_f64(x, W, y, K, N, accumulate)
+
+
+cdef inline void _vecmatT(const floating* x, const floating* W, floating* y, Py_ssize_t M,
+                          Py_ssize_t N) noexcept nogil:
+    """y(M) = x(N) @ W(M, N)^T, W row-major contiguous."""
+    if floating is float:
+        fastrnn_matvec_f32(W, x, y, M, N)
+    else:
+        fastrnn_matvec_f64(W, x, y, M, N)
+
+
 cdef enum:
     TANH = 0
     RELU = 1
@@ -149,8 +178,7 @@ cdef void _forward_chunk(
     for t in range(T):
         z = Zs + (t * B + b0) * H
         if nb == 1:
-            vecmat(c'N', <int>H, <int>H, <floating>1.0, Hs + (t * B + b0) * H,
-                   W_hh, <int>H, <floating>1.0, z)
+            _vecmat(Hs + (t * B + b0) * H, W_hh, z, H, H, 1)
         else:
             gemm(c'N', c'N', <int>nb, <int>H, <int>H, <floating>1.0,
                  Hs + (t * B + b0) * H, <int>H, W_hh, <int>H, <floating>1.0, z, <int>H)
@@ -238,8 +266,7 @@ cdef void _backward_chunk(
                 dz[i] = (dz[i] + dhc[i]) if h[i] > 0 else 0
         # dL/dH_{t-1} through the recurrence = dZ_t W_hh^T
         if nb == 1:
-            vecmat(c'T', <int>H, <int>H, <floating>1.0, dz, W_hh, <int>H,
-                   <floating>0.0, dhc)
+            _vecmatT(dz, W_hh, dhc, H, H)
         else:
             gemm(c'N', c'T', <int>nb, <int>H, <int>H, <floating>1.0, dz, <int>H,
                  W_hh, <int>H, <floating>0.0, dhc, <int>H)
@@ -312,6 +339,32 @@ cdef void _weight_grads_chunk(
 # ---------------------------------------------------------------------------
 # Python entry points (arguments validated by fastrnn._core)
 
+# Below about this many flops per thread, waking another thread for a
+# whole-sequence product costs more than it saves (and on a busy machine a
+# thread that is not scheduled stalls the whole call).
+cdef double MIN_FLOPS_PER_THREAD = 2e6
+
+
+def set_min_flops_per_thread(double flops):
+    """Set the work threshold below which fewer threads are used; returns the old
+    value. Tests set 0 so that every requested thread gets a chunk."""
+    global MIN_FLOPS_PER_THREAD
+    old = MIN_FLOPS_PER_THREAD
+    MIN_FLOPS_PER_THREAD = flops if flops > 0 else 1e-300
+    return old
+
+
+cdef inline int _threads_for(int num_threads, double flops, Py_ssize_t max_chunks) noexcept nogil:
+    """Threads worth using for a parallel operation of the given size."""
+    cdef double n = flops / MIN_FLOPS_PER_THREAD
+    cdef int t = num_threads
+    if n < t:
+        t = <int>n if n >= 1 else 1
+    if t > max_chunks:
+        t = <int>max_chunks
+    return t if t >= 1 else 1
+
+
 cdef inline int _nonlin_code(str nonlinearity) except -1:
     if nonlinearity == "tanh":
         return TANH
@@ -343,10 +396,13 @@ def forward(const floating[:, ::1] W_xh, const floating[:, ::1] W_hh,
     cdef const int32_t* yp = &Y[0] if Y.shape[0] > 0 else NULL
     cdef bint do_out = O.shape[0] > 0
     cdef floating scale = <floating>(1.0 / N)
-    cdef int c, nc = <int>min(num_threads, B), no = <int>min(num_threads, N)
+    cdef int c, nc, no
     cdef Py_ssize_t lo, hi
     if num_threads < 1:
         raise ValueError("num_threads must be >= 1")
+    # the time loop splits the batch; the output layer splits its T*B rows
+    nc = _threads_for(num_threads, 2.0 * N * H * (H + 1), B)
+    no = _threads_for(num_threads, 2.0 * N * H * V, N)
     with nogil:
         for c in prange(nc, num_threads=nc, schedule='static'):
             _forward_chunk(&W_xh[0, 0], &W_hh[0, 0], &b_h[0], ids, xd, &Hs[0, 0, 0],
@@ -378,12 +434,14 @@ def backward(const floating[:, ::1] W_xh, const floating[:, ::1] W_hh,
     cdef Py_ssize_t D = W_xh.shape[0], V = W_hq.shape[1], N = T * B
     cdef const int32_t* ids = &X_ids[0, 0] if X_ids.shape[0] > 0 else NULL
     cdef const floating* xd = &X[0, 0] if X.shape[0] > 0 else NULL
-    cdef int c, nc = <int>min(num_threads, B), no = <int>min(num_threads, N)
-    cdef int nw = num_threads
+    cdef int c, nc, no, nw
     cdef Py_ssize_t lo, hi
     cdef fastrnn_fpmode_t mode
     if num_threads < 1:
         raise ValueError("num_threads must be >= 1")
+    nc = _threads_for(num_threads, 2.0 * N * H * (H + 1), B)
+    no = _threads_for(num_threads, 2.0 * N * H * V, N)
+    nw = _threads_for(num_threads, 2.0 * N * H * (H + V + D), max(H, V))
     with nogil:
         # dL/dH_t from the output layer, all t at once: dO W_hq^T (rows split)
         for c in prange(no, num_threads=no, schedule='static'):
