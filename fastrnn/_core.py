@@ -18,7 +18,10 @@ from . import reference
 try:  # the compiled kernels; a broken build falls back to NumPy with a warning
     from . import _rnn
     _IMPORT_ERROR = None
-except ImportError as exc:  # pragma: no cover - exercised only by broken installs
+except (ImportError, TypeError) as exc:  # TypeError: scipy's cython_blas signatures differ
+    from ._compat import scipy_blas_mismatch_message
+    if (_msg := scipy_blas_mismatch_message(exc)) is not None:
+        raise ImportError(_msg) from exc
     _rnn = None
     _IMPORT_ERROR = exc
     warnings.warn(f"fastrnn: compiled kernels unavailable ({exc}); using the slow NumPy "

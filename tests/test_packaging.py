@@ -125,9 +125,6 @@ def test_compat_explains_a_real_cython_blas_mismatch(how, cause):
     _assert_clear(_compat.scipy_blas_mismatch_message(exc))
 
 
-@pytest.mark.xfail(strict=True, reason="needs fastrnn/_core.py to raise "
-                   "ImportError(fastrnn._compat.scipy_blas_mismatch_message(exc)) when "
-                   "`from . import _rnn` fails: drop this marker with that change")
 @pytest.mark.parametrize("how", ["signature", "missing"])
 def test_import_fails_clearly_on_a_cython_blas_mismatch(how):
     out = _import_with_changed_cython_blas("dgemv", how)
