@@ -1,0 +1,382 @@
+# cython: language_level=3
+"""Compiled pieces of the character-level language model (fastrnn.model).
+
+Optimizer updates over the ONE contiguous flat parameter buffer (and the flat
+gradient buffer beside it), gradient clipping, and the generation loop.
+
+Optimizers (``p`` params, ``g`` gradients, all flat, same length ``P``)::
+
+    sgd      p -= lr * g                                          (d2l)
+    adagrad  mem += g*g ; p -= lr * g / sqrt(mem + eps)           (min-char-rnn)
+    adam     m = b1 m + (1-b1) g ; v = b2 v + (1-b2) g*g
+             p -= lr * (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps) (Kingma & Ba)
+
+Clipping::
+
+    global norm   g <- min(1, theta / ||g||) g                    (d2l grad_clipping)
+    elementwise   g <- min(max(g, -c), c)                         (min-char-rnn, c = 5)
+
+Generation: the prefix is fed through the recurrence to warm up the state
+(d2l's ``predict``), then each step computes ``o = h W_hq + b_q`` and draws the
+next id from ``softmax(o / temperature)`` restricted to the ``top_k`` largest
+logits (or takes ``argmax o`` when greedy), feeding it back in. Randomness
+comes from xoshiro256** (Blackman & Vigna), seeded through splitmix64; its
+4-word state lives in a caller-owned uint64 array, so generation can be
+stopped and continued (streaming) with identical results.
+
+Every kernel runs without the GIL, allocates nothing (the caller passes the
+workspace), and flushes subnormals for its duration, restoring the caller's
+floating-point mode. The Python layer (fastrnn.model) validates arguments.
+"""
+from cython cimport floating
+from libc.math cimport tanh, tanhf, exp, sqrt, fabs, isfinite, pow
+from libc.stdint cimport int32_t, int64_t, uint64_t
+
+from _blas cimport vecmat
+from _fpmode cimport fastrnn_fpmode_t, fastrnn_ftz_on, fastrnn_fp_restore
+
+cdef enum:
+    TANH = 0
+    RELU = 1
+
+
+# ---------------------------------------------------------------------------
+# random numbers: splitmix64 (seeding) and xoshiro256** (generation)
+
+cdef inline uint64_t _splitmix64(uint64_t* x) noexcept nogil:
+    """Next splitmix64 output; advances x."""
+    cdef uint64_t z
+    x[0] += <uint64_t>0x9E3779B97F4A7C15ULL
+    z = x[0]
+    z = (z ^ (z >> 30)) * <uint64_t>0xBF58476D1CE4E5B9ULL
+    z = (z ^ (z >> 27)) * <uint64_t>0x94D049BB133111EBULL
+    return z ^ (z >> 31)
+
+
+cdef inline uint64_t _rotl(uint64_t x, int k) noexcept nogil:
+    return (x << k) | (x >> (64 - k))
+
+
+cdef inline uint64_t _xoshiro_next(uint64_t* s) noexcept nogil:
+    """Next xoshiro256** output; advances the 4-word state s."""
+    cdef uint64_t result = _rotl(s[1] * 5, 7) * 9
+    cdef uint64_t t = s[1] << 17
+    s[2] ^= s[0]
+    s[3] ^= s[1]
+    s[1] ^= s[2]
+    s[0] ^= s[3]
+    s[2] ^= t
+    s[3] = _rotl(s[3], 45)
+    return result
+
+
+cdef inline double _uniform(uint64_t* s) noexcept nogil:
+    """Uniform double in [0, 1): the top 53 bits of one xoshiro256** output."""
+    return <double>(_xoshiro_next(s) >> 11) * (1.0 / 9007199254740992.0)
+
+
+def rng_seed(uint64_t seed, uint64_t[::1] state):
+    """Fill the 4-word xoshiro256** ``state`` from ``seed`` with splitmix64."""
+    cdef uint64_t x = seed
+    cdef int i
+    if state.shape[0] != 4:
+        raise ValueError(f"state must have 4 words, got {state.shape[0]}")
+    for i in range(4):
+        state[i] = _splitmix64(&x)
+    if state[0] == 0 and state[1] == 0 and state[2] == 0 and state[3] == 0:
+        state[0] = 1  # the all-zero state is a fixed point; splitmix64 never gives it
+
+
+def rng_next(uint64_t[::1] state, uint64_t[::1] out):
+    """Fill ``out`` with raw xoshiro256** outputs, advancing ``state`` (for tests)."""
+    cdef Py_ssize_t i
+    if state.shape[0] != 4:
+        raise ValueError(f"state must have 4 words, got {state.shape[0]}")
+    with nogil:
+        for i in range(out.shape[0]):
+            out[i] = _xoshiro_next(&state[0])
+
+
+def rng_uniform(uint64_t[::1] state, double[::1] out):
+    """Fill ``out`` with the uniforms in [0, 1) the sampler draws (for tests)."""
+    cdef Py_ssize_t i
+    if state.shape[0] != 4:
+        raise ValueError(f"state must have 4 words, got {state.shape[0]}")
+    with nogil:
+        for i in range(out.shape[0]):
+            out[i] = _uniform(&state[0])
+
+
+# ---------------------------------------------------------------------------
+# gradient norm and clipping
+
+cdef double _sumsq(const floating* g, Py_ssize_t n) noexcept nogil:
+    """sum_i g_i^2, accumulated in double in index order (deterministic)."""
+    cdef Py_ssize_t i
+    cdef double s = 0.0, x
+    for i in range(n):
+        x = g[i]
+        s += x * x
+    return s
+
+
+def global_norm(const floating[::1] grad):
+    """``||g||_2`` over the whole flat gradient buffer, in double precision."""
+    cdef double s
+    cdef fastrnn_fpmode_t mode
+    with nogil:
+        mode = fastrnn_ftz_on()
+        s = _sumsq(&grad[0], grad.shape[0]) if grad.shape[0] > 0 else 0.0
+        fastrnn_fp_restore(mode)
+    return sqrt(s)
+
+
+def clip_global_norm(floating[::1] grad, double max_norm):
+    """d2l's ``g <- min(1, max_norm / ||g||) g`` in place; returns ``||g||`` before.
+
+    A non-finite norm leaves ``grad`` untouched (the caller treats it as
+    divergence).
+    """
+    cdef Py_ssize_t i, n = grad.shape[0]
+    cdef double norm = 0.0
+    cdef floating f
+    cdef fastrnn_fpmode_t mode
+    with nogil:
+        mode = fastrnn_ftz_on()
+        if n > 0:
+            norm = sqrt(_sumsq(&grad[0], n))
+        if isfinite(norm) and norm > max_norm:
+            f = <floating>(max_norm / norm)
+            for i in range(n):
+                grad[i] *= f
+        fastrnn_fp_restore(mode)
+    return norm
+
+
+def clip_value(floating[::1] grad, double limit):
+    """min-char-rnn's elementwise clip ``g <- min(max(g, -limit), limit)`` in place."""
+    cdef Py_ssize_t i, n = grad.shape[0]
+    cdef floating c = <floating>limit
+    cdef fastrnn_fpmode_t mode
+    with nogil:
+        mode = fastrnn_ftz_on()
+        for i in range(n):
+            if grad[i] > c:
+                grad[i] = c
+            elif grad[i] < -c:
+                grad[i] = -c
+        fastrnn_fp_restore(mode)
+
+
+# ---------------------------------------------------------------------------
+# optimizer updates over the flat buffers
+
+def sgd_update(floating[::1] param,           # IN/OUT (P,)
+               const floating[::1] grad,      # IN (P,)
+               double lr):
+    """``p -= lr * g`` (d2l's ``sgd`` with the mean-loss gradient)."""
+    cdef Py_ssize_t i, n = param.shape[0]
+    cdef floating a = <floating>lr
+    cdef fastrnn_fpmode_t mode
+    with nogil:
+        mode = fastrnn_ftz_on()
+        for i in range(n):
+            param[i] -= a * grad[i]
+        fastrnn_fp_restore(mode)
+
+
+def adagrad_update(floating[::1] param,       # IN/OUT (P,)
+                   const floating[::1] grad,  # IN (P,)
+                   floating[::1] mem,         # IN/OUT (P,) sum of squared gradients
+                   double lr, double eps):
+    """min-char-rnn's Adagrad: ``mem += g*g ; p -= lr * g / sqrt(mem + eps)``."""
+    cdef Py_ssize_t i, n = param.shape[0]
+    cdef floating g, a = <floating>lr, e = <floating>eps
+    cdef fastrnn_fpmode_t mode
+    with nogil:
+        mode = fastrnn_ftz_on()
+        for i in range(n):
+            g = grad[i]
+            mem[i] += g * g
+            param[i] -= a * g / <floating>sqrt(mem[i] + e)
+        fastrnn_fp_restore(mode)
+
+
+def adam_update(floating[::1] param,          # IN/OUT (P,)
+                const floating[::1] grad,     # IN (P,)
+                floating[::1] m,              # IN/OUT (P,) first moment
+                floating[::1] v,              # IN/OUT (P,) second moment
+                double lr, double beta1, double beta2, double eps,
+                int64_t step):                # IN t >= 1, the number of this update
+    """Adam with bias correction (Kingma & Ba, Algorithm 1; PyTorch's form)::
+
+        m = b1 m + (1-b1) g ;  v = b2 v + (1-b2) g*g
+        p -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+    """
+    cdef Py_ssize_t i, n = param.shape[0]
+    cdef floating g, b1 = <floating>beta1, b2 = <floating>beta2
+    cdef floating c1 = <floating>(1.0 - beta1), c2 = <floating>(1.0 - beta2)
+    cdef floating step_size = <floating>(lr / (1.0 - pow(beta1, <double>step)))
+    cdef floating inv_sqrt_bc2 = <floating>(1.0 / sqrt(1.0 - pow(beta2, <double>step)))
+    cdef floating e = <floating>eps
+    cdef fastrnn_fpmode_t mode
+    if step < 1:
+        raise ValueError(f"step must be >= 1, got {step}")
+    with nogil:
+        mode = fastrnn_ftz_on()
+        for i in range(n):
+            g = grad[i]
+            m[i] = b1 * m[i] + c1 * g
+            v[i] = b2 * v[i] + c2 * g * g
+            param[i] -= step_size * m[i] / (<floating>sqrt(v[i]) * inv_sqrt_bc2 + e)
+        fastrnn_fp_restore(mode)
+
+
+# ---------------------------------------------------------------------------
+# generation
+
+cdef inline floating _phi(floating z, int nonlin) noexcept nogil:
+    if nonlin == TANH:
+        if floating is float:
+            return tanhf(z)
+        else:
+            return tanh(z)
+    return z if z > 0 else 0
+
+
+cdef void _step(const floating* W_xh, const floating* W_hh, const floating* b_h,
+                int32_t x,                 # IN  input token id
+                floating* h,               # IN/OUT (H,) H_{t-1} -> H_t
+                floating* z,               # WORK (H,)
+                Py_ssize_t H, int nonlin) noexcept nogil:
+    """H_t = phi(X_t W_xh + H_{t-1} W_hh + b_h) for one token (B = 1)."""
+    cdef Py_ssize_t j
+    cdef const floating* w = W_xh + <Py_ssize_t>x * H
+    for j in range(H):
+        z[j] = w[j] + b_h[j]
+    vecmat(c'N', <int>H, <int>H, <floating>1.0, h, W_hh, <int>H, <floating>1.0, z)
+    for j in range(H):
+        h[j] = _phi(z[j], nonlin)
+
+
+cdef floating _kth_largest(floating* a, Py_ssize_t n, Py_ssize_t k) noexcept nogil:
+    """The k-th largest of a[0:n] (1 <= k <= n) by quickselect; permutes a."""
+    cdef Py_ssize_t lo = 0, hi = n - 1, i, j, target = k - 1
+    cdef floating pivot, tmp
+    while lo < hi:
+        pivot = a[(lo + hi) // 2]
+        i = lo
+        j = hi
+        while i <= j:            # Hoare partition, descending order
+            while a[i] > pivot:
+                i += 1
+            while a[j] < pivot:
+                j -= 1
+            if i <= j:
+                tmp = a[i]
+                a[i] = a[j]
+                a[j] = tmp
+                i += 1
+                j -= 1
+        if target <= j:
+            hi = j
+        elif target >= i:
+            lo = i
+        else:
+            return a[target]
+    return a[target]
+
+
+cdef int32_t _sample(const floating* o,       # IN  (V,) logits
+                     floating* work,          # WORK (V,)
+                     Py_ssize_t V, double inv_temp, Py_ssize_t top_k, bint greedy,
+                     uint64_t* rng) noexcept nogil:
+    """Draw an id from softmax(o / T) over the logits >= the top_k-th largest."""
+    cdef Py_ssize_t v, best = 0
+    cdef floating mx = o[0], thresh
+    cdef double total, u, acc
+    for v in range(1, V):
+        if o[v] > mx:             # first maximum on ties, like numpy.argmax
+            mx = o[v]
+            best = v
+    if greedy:
+        return <int32_t>best
+    if 0 < top_k < V:
+        for v in range(V):
+            work[v] = o[v]
+        thresh = _kth_largest(work, V, top_k)
+    else:
+        thresh = mx
+        for v in range(V):
+            if o[v] < thresh:
+                thresh = o[v]
+    total = 0.0
+    for v in range(V):
+        if o[v] >= thresh:
+            total += exp((<double>o[v] - <double>mx) * inv_temp)
+    u = _uniform(rng) * total
+    acc = 0.0
+    for v in range(V):
+        if o[v] >= thresh:
+            acc += exp((<double>o[v] - <double>mx) * inv_temp)
+            best = v              # the last kept id absorbs rounding at the top end
+            if u < acc:
+                break
+    return <int32_t>best
+
+
+def generate(const floating[:, ::1] W_xh,     # IN (V, H)
+             const floating[:, ::1] W_hh,     # IN (H, H)
+             const floating[::1] b_h,         # IN (H,)
+             const floating[:, ::1] W_hq,     # IN (H, V)
+             const floating[::1] b_q,         # IN (V,)
+             const int32_t[::1] feed,         # IN (P >= 1,) ids fed before the first draw
+             int32_t[::1] out,                # OUT (n,) generated ids
+             floating[::1] h,                 # IN/OUT (H,) hidden state
+             floating[::1] work,              # WORK (H + 2V,)
+             uint64_t[::1] rng,               # IN/OUT (4,) xoshiro256** state
+             double temperature, Py_ssize_t top_k, bint greedy, str nonlinearity):
+    """Feed ``feed`` through the recurrence, then generate ``len(out)`` ids.
+
+    Each generated id is fed back before the next draw; the last one is not
+    fed, so a continuation is ``generate(feed=out[-1:], h=h, rng=rng)``, and
+    splitting a run into such pieces gives the same ids as one call.
+    """
+    cdef int nonlin
+    cdef Py_ssize_t V = W_hq.shape[1], H = W_hh.shape[0], n = out.shape[0]
+    cdef Py_ssize_t P = feed.shape[0], i, v
+    cdef double inv_temp
+    cdef floating* z
+    cdef floating* o
+    cdef floating* sel
+    cdef fastrnn_fpmode_t mode
+    if nonlinearity == "tanh":
+        nonlin = TANH
+    elif nonlinearity == "relu":
+        nonlin = RELU
+    else:
+        raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+    if P < 1:
+        raise ValueError("feed must hold at least one id")
+    if work.shape[0] < H + 2 * V or h.shape[0] != H or rng.shape[0] != 4:
+        raise ValueError("work must have H + 2V entries, h H entries, rng 4 words")
+    if not greedy and not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    inv_temp = 1.0 / temperature if not greedy else 1.0
+    z = &work[0]
+    o = z + H
+    sel = o + V
+    with nogil:
+        mode = fastrnn_ftz_on()
+        for i in range(P):
+            _step(&W_xh[0, 0], &W_hh[0, 0], &b_h[0], feed[i], &h[0], z, H, nonlin)
+        for i in range(n):
+            if i > 0:
+                _step(&W_xh[0, 0], &W_hh[0, 0], &b_h[0], out[i - 1], &h[0], z, H, nonlin)
+            # O_t = H_t W_hq + b_q
+            for v in range(V):
+                o[v] = b_q[v]
+            vecmat(c'N', <int>H, <int>V, <floating>1.0, &h[0], &W_hq[0, 0], <int>V,
+                   <floating>1.0, o)
+            out[i] = _sample(o, sel, V, inv_temp, top_k, greedy, &rng[0])
+        fastrnn_fp_restore(mode)
