@@ -12,6 +12,9 @@ functions in plain NumPy.
 from ._version import __version__
 from ._core import (default_num_threads, forward, init_params, loss_and_grad)
 from . import reference
+from . import datasets
+from .vocab import Vocab
+from .model import CharLM
 
 
 def build_info() -> dict:
@@ -49,4 +52,4 @@ def build_info() -> dict:
 
 
 __all__ = ["__version__", "build_info", "default_num_threads", "forward", "init_params",
-           "loss_and_grad", "reference"]
+           "loss_and_grad", "reference", "datasets", "Vocab", "CharLM"]

@@ -1,0 +1,231 @@
+"""Safe model files: NumPy ``.npz`` arrays plus JSON metadata, never pickle.
+
+A file is a ZIP archive written by :func:`numpy.savez` holding named numeric
+arrays and one ``meta`` member: the UTF-8 bytes of a JSON object (as a uint8
+array) with ``"format": "fastrnn-charlm"`` and ``"format_version"``.
+
+Writing is atomic: the archive goes to a temporary file in the target
+directory, is flushed and fsync'ed, then renamed over the target with
+:func:`os.replace`, so a crash never leaves a half-written model behind.
+
+Reading trusts nothing. Before any array is read, :func:`read` checks the ZIP
+directory (member names, count, declared sizes and compression ratios, so a
+zip bomb is refused before it is inflated) and each member's ``.npy`` header
+(dtype must be a plain number type, shape must match its declared size);
+arrays are then loaded with ``numpy.load(..., allow_pickle=False)`` and the
+metadata is parsed as JSON with a size limit. Every failure raises
+:class:`CheckpointError` naming the file and the problem.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+__all__ = ["CheckpointError", "FORMAT", "FORMAT_VERSION", "write", "read"]
+
+FORMAT = "fastrnn-charlm"
+FORMAT_VERSION = 1
+
+META_KEY = "meta"
+MAX_META_BYTES = 16 << 20        # 16 MiB of JSON: vocabularies of ~1M tokens
+MAX_TOTAL_BYTES = 8 << 30        # 8 GiB of arrays in all
+MAX_MEMBERS = 64
+MAX_RATIO = 200                  # declared size / compressed size, for members over 1 MiB
+_ALLOWED_KINDS = "biuf"          # bool, signed, unsigned, float: nothing that can hold objects
+
+
+class CheckpointError(ValueError):
+    """A model file is unreadable, corrupted, of another version, or unsafe."""
+
+
+# ---------------------------------------------------------------------------
+# write
+
+def write(path: str | os.PathLike, arrays: Mapping[str, np.ndarray],
+          meta: Mapping[str, Any]) -> Path:
+    """Atomically write ``arrays`` and JSON ``meta`` to ``path``.
+
+    Parameters
+    ----------
+    path : str or path-like
+        Target file; written exactly there (no suffix is added).
+    arrays : mapping of str to ndarray
+        Numeric arrays (no object dtype); names must be plain identifiers.
+    meta : mapping
+        JSON-serialisable metadata; ``format`` and ``format_version`` are added.
+
+    Returns
+    -------
+    pathlib.Path
+        The path written.
+    """
+    path = Path(path).expanduser()
+    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, **meta}
+    blob = json.dumps(payload, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    if len(blob) > MAX_META_BYTES:
+        raise ValueError(f"metadata is {len(blob)} bytes, over the {MAX_META_BYTES}-byte limit")
+    members = {}
+    for name, a in arrays.items():
+        if name == META_KEY or not name.replace("_", "a").isalnum():
+            raise ValueError(f"invalid array name {name!r}")
+        a = np.ascontiguousarray(a)
+        if a.dtype.kind not in _ALLOWED_KINDS:
+            raise TypeError(f"array {name!r} has dtype {a.dtype}; only numeric arrays are saved")
+        members[name] = a
+    members[META_KEY] = np.frombuffer(blob, dtype=np.uint8)
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():
+        raise FileNotFoundError(f"cannot save {path}: directory {directory} does not exist")
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **members)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    try:  # make the rename itself durable (POSIX); not possible everywhere
+        dfd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+    return path
+
+
+# ---------------------------------------------------------------------------
+# read
+
+def _npy_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo):
+    """(shape, dtype, header_length) of one .npy member, read from its header only."""
+    with zf.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f, max_header_size=10000)
+        elif version in ((2, 0), (3, 0)):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f, max_header_size=10000)
+        else:
+            raise ValueError(f"unsupported .npy version {version}")
+        return shape, fortran, np.dtype(dtype), f.tell()
+
+
+def read(path: str | os.PathLike, *, max_bytes: int = MAX_TOTAL_BYTES) -> tuple[dict, dict]:
+    """Read a file written by :func:`write`, checking it thoroughly first.
+
+    Parameters
+    ----------
+    path : str or path-like
+    max_bytes : int
+        Refuse files whose arrays would take more than this many bytes.
+
+    Returns
+    -------
+    arrays : dict of str to ndarray
+        Every array except the metadata.
+    meta : dict
+        The parsed JSON metadata (``format`` and ``format_version`` checked).
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    CheckpointError
+        For anything else wrong with the file.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"no such model file: {path}")
+
+    def bad(why: str) -> CheckpointError:
+        return CheckpointError(f"{path}: not a valid fastrnn model file: {why}")
+
+    try:
+        zf = zipfile.ZipFile(path)
+    except zipfile.BadZipFile as exc:
+        raise bad(f"not a readable .npz archive ({exc}); is the file truncated or corrupted?") \
+            from None
+    except OSError as exc:
+        raise bad(f"cannot open it ({exc})") from None
+    with zf:
+        infos = zf.infolist()
+        if len(infos) > MAX_MEMBERS:
+            raise bad(f"{len(infos)} archive members (at most {MAX_MEMBERS} expected)")
+        names = {}
+        total = 0
+        for info in infos:
+            stem = info.filename[:-4] if info.filename.endswith(".npy") else None
+            if stem is None or not stem.replace("_", "a").isalnum() or stem in names:
+                raise bad(f"unexpected archive member {info.filename!r}")
+            if info.flag_bits & 0x1:
+                raise bad(f"member {info.filename!r} is encrypted")
+            if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                raise bad(f"member {info.filename!r} uses an unsupported compression method")
+            if (info.file_size > (1 << 20)
+                    and info.file_size > MAX_RATIO * max(info.compress_size, 1)):
+                raise bad(f"member {info.filename!r} would inflate {info.compress_size} bytes "
+                          f"to {info.file_size} (a zip bomb?)")
+            total += info.file_size
+            if total > max_bytes:
+                raise bad(f"its arrays would take more than {max_bytes} bytes")
+            names[stem] = info
+        if META_KEY not in names:
+            raise bad("no metadata (the 'meta' member is missing)")
+        if names[META_KEY].file_size > MAX_META_BYTES + 1024:
+            raise bad(f"metadata of {names[META_KEY].file_size} bytes exceeds the "
+                      f"{MAX_META_BYTES}-byte limit")
+        for stem, info in names.items():
+            try:
+                shape, fortran, dtype, header_len = _npy_header(zf, info)
+            except Exception as exc:  # malformed header of any kind
+                raise bad(f"member {info.filename!r} has a malformed array header "
+                          f"({type(exc).__name__}: {exc})") from None
+            if dtype.hasobject or dtype.kind not in _ALLOWED_KINDS or dtype.fields is not None:
+                raise bad(f"array {stem!r} has dtype {dtype}; only plain numeric arrays are "
+                          "allowed (object arrays are refused: they would need pickle)")
+            if any(int(s) < 0 for s in shape):
+                raise bad(f"array {stem!r} has a negative dimension in shape {shape}")
+            nbytes = dtype.itemsize
+            for s in shape:
+                nbytes *= int(s)
+            if nbytes + header_len != info.file_size:
+                raise bad(f"array {stem!r} claims shape {shape} of {dtype} "
+                          f"({nbytes} bytes) but the member holds {info.file_size} bytes")
+            if stem == META_KEY and (dtype != np.uint8 or len(shape) != 1):
+                raise bad("metadata must be a 1-D uint8 array of JSON text")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: np.array(npz[k]) for k in npz.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+        raise bad(f"reading the arrays failed ({type(exc).__name__}: {exc})") from None
+    raw = arrays.pop(META_KEY)
+    try:
+        meta = json.loads(raw.tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise bad(f"metadata is not valid JSON ({type(exc).__name__}: {exc})") from None
+    if not isinstance(meta, dict):
+        raise bad("metadata is not a JSON object")
+    if meta.get("format") != FORMAT:
+        raise bad(f"format is {meta.get('format')!r}, expected {FORMAT!r}")
+    version = meta.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise bad(f"format_version {version!r} is not an integer")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: written by a newer fastrnn (format version {version}); "
+                              f"this fastrnn reads version {FORMAT_VERSION} -- upgrade fastrnn")
+    if version < 1:
+        raise bad(f"unknown format version {version}")
+    return arrays, meta
