@@ -13,6 +13,10 @@
 
 #include <math.h>
 #include <stddef.h>
+
+#if defined(_MSC_VER) && !defined(restrict)
+#define restrict __restrict
+#endif
 #include <stdint.h>
 #include <string.h>
 

@@ -35,7 +35,8 @@ from libc.string cimport memcpy, memset
 from libc.stdint cimport int32_t, int64_t, uint64_t
 
 from _blas cimport gemm, vecmat
-from _omp cimport FASTRNN_OMP_ENABLED, fastrnn_omp_max_threads
+from _omp cimport (FASTRNN_OMP_ENABLED, fastrnn_omp_max_threads, fastrnn_omp_thread_id,
+                  fastrnn_omp_num_threads)
 from _fpmode cimport (fastrnn_fpmode_t, fastrnn_ftz_on, fastrnn_fp_restore, fastrnn_fp_get,
                      FASTRNN_HAVE_FTZ)
 
@@ -49,23 +50,23 @@ cdef extern from "_elementwise.h" nogil:
                            Py_ssize_t n) noexcept
 
 cdef extern from "_vecmat.h" nogil:
-    void fastrnn_vecmat_f32(const float* x, const float* W, float* y, Py_ssize_t K,
-                            Py_ssize_t N, int accumulate) noexcept
-    void fastrnn_vecmat_f64(const double* x, const double* W, double* y, Py_ssize_t K,
-                            Py_ssize_t N, int accumulate) noexcept
+    void fastrnn_vecmat_f32(const float* x, const float* W, Py_ssize_t ldw, float* y,
+                            Py_ssize_t K, Py_ssize_t N, int accumulate) noexcept
+    void fastrnn_vecmat_f64(const double* x, const double* W, Py_ssize_t ldw, double* y,
+                            Py_ssize_t K, Py_ssize_t N, int accumulate) noexcept
     void fastrnn_matvec_f32(const float* W, const float* x, float* y, Py_ssize_t M,
                             Py_ssize_t N) noexcept
     void fastrnn_matvec_f64(const double* W, const double* x, double* y, Py_ssize_t M,
                             Py_ssize_t N) noexcept
 
 
-cdef inline void _vecmat(const floating* x, const floating* W, floating* y, Py_ssize_t K,
-                         Py_ssize_t N, int accumulate) noexcept nogil:
-    """y(N) = x(K) @ W(K, N) (+ y if accumulate), W row-major contiguous."""
+cdef inline void _vecmat(const floating* x, const floating* W, Py_ssize_t ldw, floating* y,
+                         Py_ssize_t K, Py_ssize_t N, int accumulate) noexcept nogil:
+    """y(N) = x(K) @ W(K, N) (+ y if accumulate), W row-major, leading dimension ldw."""
     if floating is float:
-        fastrnn_vecmat_f32(x, W, y, K, N, accumulate)
+        fastrnn_vecmat_f32(x, W, ldw, y, K, N, accumulate)
     else:
-        fastrnn_vecmat_f64(x, W, y, K, N, accumulate)
+        fastrnn_vecmat_f64(x, W, ldw, y, K, N, accumulate)
 
 
 cdef inline void _vecmatT(const floating* x, const floating* W, floating* y, Py_ssize_t M,
@@ -75,6 +76,13 @@ cdef inline void _vecmatT(const floating* x, const floating* W, floating* y, Py_
         fastrnn_matvec_f32(W, x, y, M, N)
     else:
         fastrnn_matvec_f64(W, x, y, M, N)
+
+
+cdef extern from "_barrier.h" nogil:
+    ctypedef struct fastrnn_barrier_t:
+        pass
+    void fastrnn_barrier_init(fastrnn_barrier_t* b, int n) noexcept
+    void fastrnn_barrier_wait(fastrnn_barrier_t* b, int* local_sense) noexcept
 
 
 cdef enum:
@@ -172,17 +180,59 @@ cdef void _forward_chunk(
             for b in range(nb):
                 for j in range(H):
                     z[b * H + j] = b_h[j]
-            gemm(c'N', c'N', <int>nb, <int>H, <int>D, <floating>1.0,
-                 X + (t * B + b0) * D, <int>D, W_xh, <int>H, <floating>1.0, z, <int>H)
+            if nb == 1:  # the same arithmetic as _forward_split, so B=1 results agree
+                _vecmat(X + (t * B + b0) * D, W_xh, H, z, D, H, 1)
+            else:
+                gemm(c'N', c'N', <int>nb, <int>H, <int>D, <floating>1.0,
+                     X + (t * B + b0) * D, <int>D, W_xh, <int>H, <floating>1.0, z, <int>H)
     # the serial recurrence: Z_t += H_{t-1} W_hh ; H_t = phi(Z_t)
     for t in range(T):
         z = Zs + (t * B + b0) * H
         if nb == 1:
-            _vecmat(Hs + (t * B + b0) * H, W_hh, z, H, H, 1)
+            _vecmat(Hs + (t * B + b0) * H, W_hh, H, z, H, H, 1)
         else:
             gemm(c'N', c'N', <int>nb, <int>H, <int>H, <floating>1.0,
                  Hs + (t * B + b0) * H, <int>H, W_hh, <int>H, <floating>1.0, z, <int>H)
         _activate(z, Hs + ((t + 1) * B + b0) * H, nb * H, nonlin)
+    fastrnn_fp_restore(mode)
+
+
+cdef void _forward_split(
+        const floating* W_xh,      # IN  (D, H)
+        const floating* W_hh,      # IN  (H, H)
+        const floating* b_h,       # IN  (H,)
+        const int32_t* X_ids,      # IN  (T,) token ids, or NULL
+        const floating* X,         # IN  (T, D) dense inputs, or NULL
+        floating* Hs,              # IN/OUT (T+1, H): Hs[0] = h0 on entry
+        floating* Zs,              # OUT (T, H) pre-activations
+        Py_ssize_t T, Py_ssize_t H, Py_ssize_t D,
+        Py_ssize_t j0, Py_ssize_t j1, int nonlin,
+        fastrnn_barrier_t* bar) noexcept nogil:
+    """One sequence (B = 1), columns [j0, j1) of every step on this thread.
+
+    The threads meet at a barrier once per step, when H_t is complete."""
+    cdef Py_ssize_t t, j, nj = j1 - j0
+    cdef floating* z
+    cdef const floating* w
+    cdef int sense = 0
+    cdef fastrnn_fpmode_t mode = fastrnn_ftz_on()
+    for t in range(T):
+        z = Zs + t * H
+        if nj > 0:
+            if X_ids != NULL:
+                w = W_xh + <Py_ssize_t>X_ids[t] * H
+                for j in range(j0, j1):
+                    z[j] = w[j] + b_h[j]
+            else:
+                for j in range(j0, j1):
+                    z[j] = b_h[j]
+                _vecmat(X + t * D, W_xh + j0, H, z + j0, D, nj, 1)
+    for t in range(T):
+        z = Zs + t * H
+        if nj > 0:
+            _vecmat(Hs + t * H, W_hh + j0, H, z + j0, H, nj, 1)
+            _activate(z + j0, Hs + (t + 1) * H + j0, nj, nonlin)
+        fastrnn_barrier_wait(bar, &sense)
     fastrnn_fp_restore(mode)
 
 
@@ -274,6 +324,43 @@ cdef void _backward_chunk(
     fastrnn_fp_restore(mode)
 
 
+cdef void _backward_split(
+        const floating* W_hh,      # IN  (H, H)
+        const floating* Hs,        # IN  (T+1, H)
+        floating* dZs,             # IN/OUT (T, H): dL/dH_t from the output layer -> dL/dZ_t
+        floating* dh,              # OUT (H,): dL/dh0 on exit
+        Py_ssize_t T, Py_ssize_t H, Py_ssize_t i0, Py_ssize_t i1, int nonlin,
+        fastrnn_barrier_t* bar) noexcept nogil:
+    """One sequence (B = 1), hidden units [i0, i1) on this thread: it owns
+    dZ_t[i0:i1] and dH_{t-1}[i0:i1] = W_hh[i0:i1] dZ_t. One barrier per step,
+    when dZ_t is complete."""
+    cdef Py_ssize_t t, i, ni = i1 - i0
+    cdef floating* dz
+    cdef const floating* h
+    cdef int sense = 0
+    cdef fastrnn_fpmode_t mode = fastrnn_ftz_on()
+    for i in range(i0, i1):
+        dh[i] = 0
+    t = T - 1
+    while t >= 0:
+        dz = dZs + t * H
+        h = Hs + (t + 1) * H
+        if ni > 0:
+            if nonlin == TANH:
+                if floating is float:
+                    fastrnn_dtanh_f32(dz + i0, dh + i0, h + i0, ni)
+                else:
+                    fastrnn_dtanh_f64(dz + i0, dh + i0, h + i0, ni)
+            else:
+                for i in range(i0, i1):
+                    dz[i] = (dz[i] + dh[i]) if h[i] > 0 else 0
+        fastrnn_barrier_wait(bar, &sense)
+        if ni > 0:
+            _vecmatT(dz, W_hh + i0 * H, dh + i0, ni, H)
+        t -= 1
+    fastrnn_fp_restore(mode)
+
+
 cdef void _colsum(const floating* A, floating* out, Py_ssize_t n, Py_ssize_t ld,
                   Py_ssize_t j0, Py_ssize_t j1) noexcept nogil:
     """out[j] = sum_r A[r, j] for columns j in [j0, j1), accumulated in order."""
@@ -345,6 +432,13 @@ cdef void _weight_grads_chunk(
 cdef double MIN_FLOPS_PER_THREAD = 2e6
 
 
+cdef inline bint _split_one_sequence(int num_threads, Py_ssize_t B, Py_ssize_t H) noexcept nogil:
+    """Split a single sequence's recurrence by hidden units across two threads?
+    Only when each step has enough work to pay for a barrier per step."""
+    return (FASTRNN_OMP_ENABLED and B == 1 and num_threads >= 2
+            and 2.0 * H * H >= MIN_FLOPS_PER_THREAD / 16)
+
+
 def set_min_flops_per_thread(double flops):
     """Set the work threshold below which fewer threads are used; returns the old
     value. Tests set 0 so that every requested thread gets a chunk."""
@@ -396,18 +490,33 @@ def forward(const floating[:, ::1] W_xh, const floating[:, ::1] W_hh,
     cdef const int32_t* yp = &Y[0] if Y.shape[0] > 0 else NULL
     cdef bint do_out = O.shape[0] > 0
     cdef floating scale = <floating>(1.0 / N)
-    cdef int c, nc, no
+    cdef int c, nc, no, tid, nthr
     cdef Py_ssize_t lo, hi
+    cdef fastrnn_barrier_t bar
     if num_threads < 1:
         raise ValueError("num_threads must be >= 1")
     # the time loop splits the batch; the output layer splits its T*B rows
     nc = _threads_for(num_threads, 2.0 * N * H * (H + 1), B)
     no = _threads_for(num_threads, 2.0 * N * H * V, N)
+    fastrnn_barrier_init(&bar, 2)
     with nogil:
-        for c in prange(nc, num_threads=nc, schedule='static'):
-            _forward_chunk(&W_xh[0, 0], &W_hh[0, 0], &b_h[0], ids, xd, &Hs[0, 0, 0],
-                           &Zs[0, 0], T, B, H, D, (B * c) // nc, (B * (c + 1)) // nc,
-                           nonlin)
+        if _split_one_sequence(num_threads, B, H):
+            # one sequence: two threads split the hidden units of every step
+            with parallel(num_threads=2):
+                tid = fastrnn_omp_thread_id()
+                nthr = fastrnn_omp_num_threads()
+                if nthr == 2:
+                    _forward_split(&W_xh[0, 0], &W_hh[0, 0], &b_h[0], ids, xd,
+                                   &Hs[0, 0, 0], &Zs[0, 0], T, H, D,
+                                   (H * tid) // 2, (H * (tid + 1)) // 2, nonlin, &bar)
+                elif tid == 0:  # OpenMP gave us one thread: no barrier partner
+                    _forward_chunk(&W_xh[0, 0], &W_hh[0, 0], &b_h[0], ids, xd,
+                                   &Hs[0, 0, 0], &Zs[0, 0], T, B, H, D, 0, B, nonlin)
+        else:
+            for c in prange(nc, num_threads=nc, schedule='static'):
+                _forward_chunk(&W_xh[0, 0], &W_hh[0, 0], &b_h[0], ids, xd, &Hs[0, 0, 0],
+                               &Zs[0, 0], T, B, H, D, (B * c) // nc, (B * (c + 1)) // nc,
+                               nonlin)
         if do_out:
             for c in prange(no, num_threads=no, schedule='static'):
                 lo = (N * c) // no
@@ -434,9 +543,10 @@ def backward(const floating[:, ::1] W_xh, const floating[:, ::1] W_hh,
     cdef Py_ssize_t D = W_xh.shape[0], V = W_hq.shape[1], N = T * B
     cdef const int32_t* ids = &X_ids[0, 0] if X_ids.shape[0] > 0 else NULL
     cdef const floating* xd = &X[0, 0] if X.shape[0] > 0 else NULL
-    cdef int c, nc, no, nw
+    cdef int c, nc, no, nw, tid, nthr
     cdef Py_ssize_t lo, hi
     cdef fastrnn_fpmode_t mode
+    cdef fastrnn_barrier_t bar
     if num_threads < 1:
         raise ValueError("num_threads must be >= 1")
     nc = _threads_for(num_threads, 2.0 * N * H * (H + 1), B)
@@ -452,9 +562,21 @@ def backward(const floating[:, ::1] W_xh, const floating[:, ::1] W_hh,
                  &dO[0, 0] + lo * V, <int>V, &W_hq[0, 0], <int>V, <floating>0.0,
                  &dZs[0, 0] + lo * H, <int>H)
             fastrnn_fp_restore(mode)
-        for c in prange(nc, num_threads=nc, schedule='static'):
-            _backward_chunk(&W_hh[0, 0], &Hs[0, 0, 0], &dZs[0, 0], &dh0[0, 0], T, B, H,
-                            (B * c) // nc, (B * (c + 1)) // nc, nonlin)
+        if _split_one_sequence(num_threads, B, H):
+            fastrnn_barrier_init(&bar, 2)
+            with parallel(num_threads=2):
+                tid = fastrnn_omp_thread_id()
+                nthr = fastrnn_omp_num_threads()
+                if nthr == 2:
+                    _backward_split(&W_hh[0, 0], &Hs[0, 0, 0], &dZs[0, 0], &dh0[0, 0], T, H,
+                                    (H * tid) // 2, (H * (tid + 1)) // 2, nonlin, &bar)
+                elif tid == 0:
+                    _backward_chunk(&W_hh[0, 0], &Hs[0, 0, 0], &dZs[0, 0], &dh0[0, 0], T,
+                                    B, H, 0, B, nonlin)
+        else:
+            for c in prange(nc, num_threads=nc, schedule='static'):
+                _backward_chunk(&W_hh[0, 0], &Hs[0, 0, 0], &dZs[0, 0], &dh0[0, 0], T, B,
+                                H, (B * c) // nc, (B * (c + 1)) // nc, nonlin)
         for c in prange(nw, num_threads=nw, schedule='static'):
             _weight_grads_chunk(&Hs[0, 0, 0], &dZs[0, 0], &dO[0, 0], ids, xd,
                                 &dW_xh[0, 0], &dW_hh[0, 0], &db_h[0], &dW_hq[0, 0],

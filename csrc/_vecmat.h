@@ -1,4 +1,4 @@
-/* y(N) = x(K) @ W(K, N) (+ y), W row-major and contiguous: the one-row
+/* y(N) = x(K) @ W(K, N) (+ y), W row-major with leading dimension ldw: the one-row
  * matrix product of the recurrence when a thread owns a single sequence
  * (B = 1 training, generation).
  *
@@ -13,6 +13,10 @@
 
 #include <stddef.h>
 
+#if defined(_MSC_VER) && !defined(restrict)
+#define restrict __restrict
+#endif
+
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) \
     && !defined(FASTRNN_NO_CLONES)
 #define FASTRNN_VM_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
@@ -24,8 +28,8 @@
 
 #define FASTRNN_DEFINE_VECMAT(NAME, T)                                                   \
 FASTRNN_VM_CLONES                                                                        \
-static void NAME(const T *restrict x, const T *restrict W, T *restrict y,               \
-                 ptrdiff_t K, ptrdiff_t N, int accumulate) {                             \
+static void NAME(const T *restrict x, const T *restrict W, ptrdiff_t ldw,              \
+                 T *restrict y, ptrdiff_t K, ptrdiff_t N, int accumulate) {              \
     for (ptrdiff_t j0 = 0; j0 < N; j0 += FASTRNN_VM_BLOCK) {                             \
         ptrdiff_t nb = N - j0 < FASTRNN_VM_BLOCK ? N - j0 : FASTRNN_VM_BLOCK;            \
         T acc[FASTRNN_VM_BLOCK];                                                         \
@@ -34,13 +38,14 @@ static void NAME(const T *restrict x, const T *restrict W, T *restrict y,       
                 acc[j] = accumulate ? y[j0 + j] : (T)0;                                  \
             ptrdiff_t k = 0;                                                             \
             for (; k + 4 <= K; k += 4) {                                                 \
-                const T *w0 = W + k * N + j0, *w1 = w0 + N, *w2 = w1 + N, *w3 = w2 + N;  \
+                const T *w0 = W + k * ldw + j0, *w1 = w0 + ldw, *w2 = w1 + ldw,         \
+                        *w3 = w2 + ldw;                                          \
                 T a0 = x[k], a1 = x[k + 1], a2 = x[k + 2], a3 = x[k + 3];               \
                 for (int j = 0; j < FASTRNN_VM_BLOCK; j++)                               \
                     acc[j] += (a0 * w0[j] + a1 * w1[j]) + (a2 * w2[j] + a3 * w3[j]);     \
             }                                                                            \
             for (; k < K; k++) {                                                         \
-                const T *w0 = W + k * N + j0;                                            \
+                const T *w0 = W + k * ldw + j0;                                          \
                 T a0 = x[k];                                                             \
                 for (int j = 0; j < FASTRNN_VM_BLOCK; j++) acc[j] += a0 * w0[j];         \
             }                                                                            \
@@ -50,13 +55,14 @@ static void NAME(const T *restrict x, const T *restrict W, T *restrict y,       
                 acc[j] = accumulate ? y[j0 + j] : (T)0;                                  \
             ptrdiff_t k = 0;                                                             \
             for (; k + 4 <= K; k += 4) {                                                 \
-                const T *w0 = W + k * N + j0, *w1 = w0 + N, *w2 = w1 + N, *w3 = w2 + N;  \
+                const T *w0 = W + k * ldw + j0, *w1 = w0 + ldw, *w2 = w1 + ldw,         \
+                        *w3 = w2 + ldw;                                          \
                 T a0 = x[k], a1 = x[k + 1], a2 = x[k + 2], a3 = x[k + 3];               \
                 for (ptrdiff_t j = 0; j < nb; j++)                                       \
                     acc[j] += (a0 * w0[j] + a1 * w1[j]) + (a2 * w2[j] + a3 * w3[j]);     \
             }                                                                            \
             for (; k < K; k++) {                                                         \
-                const T *w0 = W + k * N + j0;                                            \
+                const T *w0 = W + k * ldw + j0;                                          \
                 T a0 = x[k];                                                             \
                 for (ptrdiff_t j = 0; j < nb; j++) acc[j] += a0 * w0[j];                 \
             }                                                                            \

@@ -147,3 +147,29 @@ def test_inputs_not_modified(rng):
     np.testing.assert_array_equal(X, copies[1])
     np.testing.assert_array_equal(Y, copies[2])
     np.testing.assert_array_equal(h0, copies[3])
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("dense", [False, True], ids=["ids", "dense"])
+@pytest.mark.parametrize("H", [1, 7, 64, 130])
+def test_single_sequence_split_across_threads(rng, dtype, dense, H):
+    """B = 1 with several threads splits each step's hidden units between two
+    threads (a barrier per step); results agree with one thread to rounding
+    (a unit may land in a vectorised or a scalar loop, which round differently)."""
+    p, _, X, Y, h0 = make_problem(rng, 1, 23, 9, H, 11, dtype=dtype, dense=dense)
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    for nonlinearity in ("tanh", "relu"):
+        _, h1, s1 = fastrnn.forward(p, X, h0, nonlinearity=nonlinearity, num_threads=1,
+                                    return_states=True)
+        one = fastrnn.loss_and_grad(p, X, Y, h0, nonlinearity=nonlinearity, num_threads=1)
+        for nt in (2, 3):
+            _, h2, s2 = fastrnn.forward(p, X, h0, nonlinearity=nonlinearity,
+                                        num_threads=nt, return_states=True)
+            assert_close(s2["Z"], s1["Z"], tol, "Z")
+            assert_close(s2["H"], s1["H"], tol, "H")
+            assert_close(h2, h1, tol, "h_T")
+            two = fastrnn.loss_and_grad(p, X, Y, h0, nonlinearity=nonlinearity,
+                                        num_threads=nt)
+            assert abs(two[0] - one[0]) <= tol * abs(one[0])
+            for name in GRAD_NAMES:
+                assert_close(two[1][name], one[1][name], tol, name)
