@@ -490,7 +490,7 @@ def forward(const floating[:, ::1] W_xh, const floating[:, ::1] W_hh,
     cdef const int32_t* yp = &Y[0] if Y.shape[0] > 0 else NULL
     cdef bint do_out = O.shape[0] > 0
     cdef floating scale = <floating>(1.0 / N)
-    cdef int c, nc, no, tid, nthr
+    cdef int c, nc, no, tid = 0, nthr = 0
     cdef Py_ssize_t lo, hi
     cdef fastrnn_barrier_t bar
     if num_threads < 1:
@@ -543,7 +543,7 @@ def backward(const floating[:, ::1] W_xh, const floating[:, ::1] W_hh,
     cdef Py_ssize_t D = W_xh.shape[0], V = W_hq.shape[1], N = T * B
     cdef const int32_t* ids = &X_ids[0, 0] if X_ids.shape[0] > 0 else NULL
     cdef const floating* xd = &X[0, 0] if X.shape[0] > 0 else NULL
-    cdef int c, nc, no, nw, tid, nthr
+    cdef int c, nc, no, nw, tid = 0, nthr = 0
     cdef Py_ssize_t lo, hi
     cdef fastrnn_fpmode_t mode
     cdef fastrnn_barrier_t bar
