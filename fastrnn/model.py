@@ -423,6 +423,7 @@ class CharLM:
                      top_k: int | None = None, greedy: bool = False,
                      seed: int | None = None) -> np.ndarray:
         """Like :meth:`generate` but return the ``length`` new token ids (int32)."""
+        length = _pos_int("length", length, minimum=0)   # None is valid for stream() only
         lm, p, feed, rng, h, work, temp, k, greedy = self._gen_setup(
             prefix, length, temperature, top_k, greedy, seed)
         out = np.empty(length, np.int32)
@@ -886,9 +887,7 @@ class CharLM:
         extra = sorted(set(arrays) - allowed)
         if extra:
             raise bad(f"unexpected arrays {extra}")
-        self = cls.__new__(cls)
-        self._setup(vocab, H, nonlin, dt)
-        for k, shape, _ in _layout(V, H):
+        for k, shape, _ in _layout(V, H):          # check everything before allocating
             a = arrays.get(k)
             if a is None:
                 raise bad(f"parameter {k!r} is missing")
@@ -897,7 +896,10 @@ class CharLM:
                           f"expected {shape} {dt} (V={V}, H={H})")
             if not np.isfinite(a).all():
                 raise bad(f"parameter {k!r} contains NaN or inf")
-            self.params[k][...] = a
+        self = cls.__new__(cls)
+        self._setup(vocab, H, nonlin, dt)
+        for k in PARAM_NAMES:
+            self.params[k][...] = arrays[k]
         hist = meta.get("history", [])
         if not isinstance(hist, list) or not all(isinstance(r, dict) for r in hist):
             raise bad("history must be a list of records")
