@@ -423,9 +423,10 @@ def _cmd_train(args) -> int:
                sampling=sampling, num_threads=args.threads, progress=progress,
                checkpoint=ckpt, resume=bool(args.resume), callbacks=[on_epoch], seed=seed)
     except TrainingInterrupted as exc:
-        print(f"\nfastrnn: interrupted at epoch {exc.epoch}, minibatch {exc.batch}; "
-              f"checkpoint saved to {ckpt}. Continue with: fastrnn train --resume {ckpt}",
-              file=sys.stderr, flush=True)
+        where = (f"after epoch {exc.epoch}" if exc.batch == 0
+                 else f"at epoch {exc.epoch}, minibatch {exc.batch}")
+        print(f"\nfastrnn: interrupted {where}; checkpoint saved to {ckpt}. "
+              f"Continue with: fastrnn train --resume {ckpt}", file=sys.stderr, flush=True)
         status = EXIT_INTERRUPTED
     except TrainingDiverged as exc:
         _err(str(exc))

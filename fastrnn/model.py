@@ -274,6 +274,8 @@ class CharLM:
         self.info: dict[str, Any] = {}                     # free JSON metadata, saved too
         self._opt: dict[str, np.ndarray] = {}              # optimizer state, flat buffers
         self._train: dict | None = None                    # resumable training state
+        self._fit_lock = threading.Lock()                  # one fit at a time per model
+        self._param_lock = threading.RLock()               # updates vs. readers of _flat
 
     # -- properties -------------------------------------------------------------
     @property
@@ -368,7 +370,7 @@ class CharLM:
         if n - bs * L:
             parts.append((ids[bs * L: n][None, :], ids[bs * L + 1:][None, :]))
         total, count = 0.0, 0
-        with blas_single_thread():
+        with blas_single_thread(), self._param_lock:
             for X, Y in parts:
                 h = None
                 for t0 in range(0, X.shape[1], _EVAL_CHUNK):
@@ -384,7 +386,7 @@ class CharLM:
         """Summed CE over every stride-1 window of ids, each from a zero state."""
         X, Y = _ds.windows(ids, num_steps)
         total, count = 0.0, 0
-        with blas_single_thread():
+        with blas_single_thread(), self._param_lock:
             for i in range(0, len(X), bs):
                 logits, _ = _core.forward(self.params, np.ascontiguousarray(X[i: i + bs]),
                                           nonlinearity=self._nonlinearity,
@@ -416,7 +418,8 @@ class CharLM:
         lm.rng_seed(np.uint64(_seed64(seed)), rng)
         h = np.zeros(self._H, self._dtype)
         work = np.empty(self._H + 2 * self._V, self._dtype)
-        p = _core.check_params(self.params)      # finite, contiguous views
+        with self._param_lock:
+            p = _core.check_params(self.params)  # finite, contiguous views
         return lm, p, feed, rng, h, work, temperature, k, greedy
 
     def generate_ids(self, prefix: str, length: int, *, temperature: float = 1.0,
@@ -428,7 +431,7 @@ class CharLM:
             prefix, length, temperature, top_k, greedy, seed)
         out = np.empty(length, np.int32)
         if length:
-            with blas_single_thread():
+            with blas_single_thread(), self._param_lock:
                 lm.generate(p["W_xh"], p["W_hh"], p["b_h"], p["W_hq"], p["b_q"], feed, out,
                             h, work, rng, temp, k, greedy, self._nonlinearity)
         return out
@@ -486,7 +489,7 @@ class CharLM:
         while length is None or done < length:
             n = cs if length is None else min(cs, length - done)
             out = np.empty(n, np.int32)
-            with blas_single_thread():
+            with blas_single_thread(), self._param_lock:
                 lm.generate(p["W_xh"], p["W_hh"], p["b_h"], p["W_hq"], p["b_q"], feed, out,
                             h, work, rng, temp, k, greedy, self._nonlinearity)
             feed = out[-1:].copy()             # the last draw is fed at the next chunk
@@ -589,6 +592,22 @@ class CharLM:
             On Ctrl-C (first press), after finishing the current minibatch and
             saving ``checkpoint``. A second Ctrl-C interrupts immediately.
         """
+        if not self._fit_lock.acquire(blocking=False):
+            raise RuntimeError("CharLM.fit: this model is already being trained by another "
+                               "thread; train separate models (or copies) in parallel threads")
+        try:
+            return self._fit(
+                text, val_text=val_text, epochs=epochs, batch_size=batch_size,
+                num_steps=num_steps, lr=lr, optimizer=optimizer, clip=clip,
+                clip_value=clip_value, sampling=sampling, num_threads=num_threads,
+                progress=progress, checkpoint=checkpoint, resume=resume, callbacks=callbacks,
+                seed=seed, betas=betas, eps=eps)
+        finally:
+            self._fit_lock.release()
+
+    def _fit(self, text, *, val_text, epochs, batch_size, num_steps, lr, optimizer, clip,
+             clip_value, sampling, num_threads, progress, checkpoint, resume, callbacks, seed,
+             betas, eps) -> list[dict]:
         lm = _need_lm()
         # ---- validate everything before any work
         E = _pos_int("epochs", epochs)
@@ -628,8 +647,9 @@ class CharLM:
                     self._H, self._nonlinearity, self._dtype):
                 raise ValueError(f"resume={str(resume)!r}: the checkpoint is {other!r}, "
                                  f"this model is {self!r}")
-            self._flat[...] = other._flat
-            self._opt, self._train, self.history = other._opt, other._train, other.history
+            with self._param_lock:
+                self._flat[...] = other._flat
+                self._opt, self._train, self.history = other._opt, other._train, other.history
             resume = True
         train_ids = self._ids(text, "text")
         val_ids = None if val_text is None else self._ids(val_text, "val_text")
@@ -692,7 +712,8 @@ class CharLM:
                 self.save(ckpt_path)
 
         def diverged(what, value):
-            self._flat[...] = backup
+            with self._param_lock:
+                self._flat[...] = backup
             raise TrainingDiverged(
                 f"training diverged at epoch {st['epoch'] + 1}, step {st['step'] + 1}: the "
                 f"{what} became {value}; stopped and kept the last parameters with a finite "
@@ -730,16 +751,19 @@ class CharLM:
                             diverged("gradient norm", norm)
                         if clip_value is not None:
                             lm.clip_value(gflat, clip_value)
-                        np.copyto(backup, self._flat)
-                        if optimizer == "sgd":
-                            lm.sgd_update(self._flat, gflat, lr)
-                        elif optimizer == "adagrad":
-                            lm.adagrad_update(self._flat, gflat, self._opt["opt_mem"], lr, eps)
-                        else:
-                            lm.adam_update(self._flat, gflat, self._opt["opt_m"],
-                                           self._opt["opt_v"], lr, b1, b2, eps, st["step"] + 1)
-                        if not np.isfinite(self._flat).all():
-                            diverged("parameters", "non-finite after the update")
+                        with self._param_lock:      # readers never see half an update
+                            np.copyto(backup, self._flat)
+                            if optimizer == "sgd":
+                                lm.sgd_update(self._flat, gflat, lr)
+                            elif optimizer == "adagrad":
+                                lm.adagrad_update(self._flat, gflat, self._opt["opt_mem"], lr,
+                                                  eps)
+                            else:
+                                lm.adam_update(self._flat, gflat, self._opt["opt_m"],
+                                               self._opt["opt_v"], lr, b1, b2, eps,
+                                               st["step"] + 1)
+                            if not np.isfinite(self._flat).all():
+                                diverged("parameters", "non-finite after the update")
                         ntok = X.size
                         st["step"] += 1
                         st["batch"] = i + 1
@@ -827,7 +851,10 @@ class CharLM:
         -------
         pathlib.Path
         """
-        arrays = {k: self.params[k] for k in PARAM_NAMES}
+        with self._param_lock:                             # a consistent snapshot
+            arrays = {k: self.params[k].copy() for k in PARAM_NAMES}
+            opt = {k: a.copy() for k, a in self._opt.items()}
+            h_carry = None if self._train is None else self._train.get("h_carry")
         meta: dict[str, Any] = {
             "fastrnn_version": __version__,
             "model": {"vocab_size": self._V, "hidden_size": self._H,
@@ -840,10 +867,9 @@ class CharLM:
         if training_state and self._train is not None:
             st = {k: v for k, v in self._train.items() if k != "h_carry"}
             meta["train"] = st
-            for name, a in self._opt.items():
-                arrays[name] = a
-            if self._train.get("h_carry") is not None:
-                arrays["h_carry"] = self._train["h_carry"]
+            arrays.update(opt)
+            if h_carry is not None:
+                arrays["h_carry"] = h_carry
         return _ckpt.write(path, arrays, meta)
 
     @classmethod

@@ -400,6 +400,31 @@ def test_callbacks_and_early_stop():
         lm.fit(TEXT, epochs=1, batch_size=4, num_steps=8, progress=False, callbacks=[3])
 
 
+def test_concurrent_fit_on_one_model_rejected():
+    import threading
+    lm = tiny()
+    inside, release, errors = threading.Event(), threading.Event(), []
+
+    def wait(model, record):
+        inside.set()
+        release.wait(30)
+
+    t = threading.Thread(target=lambda: lm.fit(TEXT, epochs=1, batch_size=4, num_steps=8,
+                                               progress=False, callbacks=[wait]))
+    t.start()
+    try:
+        assert inside.wait(30)
+        with pytest.raises(RuntimeError, match="another thread"):
+            lm.fit(TEXT, epochs=1, batch_size=4, num_steps=8, progress=False)
+        # readers still work (the callback's thread holds no parameter lock)
+        assert isinstance(lm.generate("the", 5, seed=0), str)
+    finally:
+        release.set()
+        t.join(30)
+    assert len(lm.history) == 1
+    lm.fit(TEXT, epochs=1, batch_size=4, num_steps=8, progress=False)   # free again
+
+
 def test_progress_bar_shows_loss_ppl_tokens(capsys):
     tiny().fit(TEXT, epochs=1, batch_size=4, num_steps=8, progress=True, val_text=TEXT[:50])
     err = capsys.readouterr().err
