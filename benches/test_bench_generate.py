@@ -1,0 +1,77 @@
+"""Generation: 10,000 characters sampled with temperature from a state warmed up
+on a prefix, B=1 (compare.CONFIGS["generation"]), timing compare.py's
+gen_fastrnn (CharLM.generate), gen_reference (a NumPy loop) and gen_torch.
+
+    pytest benches/test_bench_generate.py
+"""
+import numpy as np
+import pytest
+
+import compare
+import fastrnn
+from _bench_common import GEN_CONFIGS, THREADS, impl_params, run_bench, timed
+
+PREFIX = "the time traveller "  # the prefix of compare.gen_*
+UNK = "<unk>"
+GENS = {"fastrnn": compare.gen_fastrnn, "numpy": compare.gen_reference,
+        "torch": compare.gen_torch}
+
+
+def n_tokens(text):
+    """Characters generated, counting the unknown token (decoded as "<unk>", which
+    no other sequence of the 27-letter vocabulary spells) as one."""
+    return len(text) - (len(UNK) - 1) * text.count(UNK)
+
+
+def numpy_greedy_check(lm, ids):
+    """Check ``ids``, CharLM's greedy continuation of PREFIX, against greedy
+    decoding in float64 NumPy: feed the same characters through the NumPy
+    recurrence and require each id to be the argmax of the NumPy logits. Where
+    that holds at every step, NumPy's own greedy loop produces exactly ``ids``;
+    float32 rounding may only pick the other side of a near-tie (within 1e-4 of
+    the logits' scale). Returns the number of such near-ties."""
+    p = {k: v.astype(np.float64) for k, v in lm.params.items()}
+    h = np.zeros(lm.hidden_size)
+    for x in lm.vocab.encode(PREFIX):
+        h = np.tanh(p["W_xh"][x] + h @ p["W_hh"] + p["b_h"])
+    ties = 0
+    for i, tok in enumerate(ids):
+        o = h @ p["W_hq"] + p["b_q"]
+        best = int(np.argmax(o))
+        if tok != best:
+            tol = 1e-4 * max(1.0, float(np.abs(o).max()))
+            assert o[best] - o[tok] <= tol, (
+                f"greedy step {i}: fastrnn chose {tok} (logit {o[tok]}), "
+                f"NumPy's argmax is {best} (logit {o[best]})")
+            ties += 1
+        h = np.tanh(p["W_xh"][tok] + h @ p["W_hh"] + p["b_h"])
+    return ties
+
+
+@pytest.mark.parametrize("impl", impl_params(GENS))
+@pytest.mark.parametrize("config", GEN_CONFIGS)
+def test_generate(benchmark, config, impl):
+    V, H, _, _ = compare.CONFIGS[config]
+    n = compare.GEN_CHARS
+    p = fastrnn.init_params(V, H, dtype="float32", seed=0, init="uniform")
+    run = GENS[impl](p, THREADS)
+    # the checks, once, outside the timed calls
+    text, seconds = timed(run)
+    if impl == "fastrnn":  # CharLM.generate returns the prefix too
+        assert text.startswith(PREFIX)
+        text = text[len(PREFIX):]
+        # the same model, decoding greedily, against NumPy's greedy decoding
+        lm = fastrnn.CharLM(compare._vocab28(), H, dtype="float32")
+        for k in p:
+            lm.params[k][...] = p[k]
+        ids = lm.generate_ids(PREFIX, n, greedy=True)
+        assert len(ids) == n
+        ties = numpy_greedy_check(lm, ids)
+        assert ties <= n // 100, f"{ties} near-ties in {n} greedy steps"
+        # sampling: the same seed gives the same characters as the timed call's
+        head = lm.generate_ids(PREFIX, 200, temperature=compare.TEMPERATURE, seed=1)
+        assert text.startswith(lm.vocab.decode(head))
+    assert n_tokens(text) == n, f"{impl} generated {n_tokens(text)} characters, not {n}"
+    assert set(text.replace(UNK, "")) <= set("abcdefghijklmnopqrstuvwxyz ")
+    run_bench(benchmark, run, group=f"generate {n} chars (V={V} H={H} B=1)",
+              check_seconds=seconds, units=n, unit_name="chars", rounds_lo=2, rounds_hi=20)
