@@ -13,7 +13,9 @@ and batch is checked against the reference (and generation's first characters
 against a NumPy sampler), so a fast wrong answer cannot win.
 
 Columns: tokens/s (characters/s for generation); the ratio of fastrnn's speed to
-the reference's and to PyTorch's; achieved GFLOP/s (6*H*H + 6*H*V flops per token
+the reference's and to the fastest PyTorch variant (training: one-hot + nn.RNN, and
+nn.Embedding + nn.RNN; generation: the same thread count, and one thread, which is
+faster for one character at a time); achieved GFLOP/s (6*H*H + 6*H*V flops per token
 for a training step, 2*H*H + 2*H*V per generated character); and that rate as a
 percentage of this machine's float32 gemm rate (numpy ``@`` on 2048x2048 with the
 same number of threads), measured in the same run.
@@ -131,6 +133,7 @@ def make_torch(p, X, Y, threads, variant):
         loss0 = float(loss_fn())
 
     def step():
+        torch.set_num_threads(threads)
         opt.zero_grad(set_to_none=True)
         loss = loss_fn()
         loss.backward()
@@ -181,7 +184,6 @@ def gen_reference(p, threads):
 
 
 def gen_torch(p, threads):
-    torch.set_num_threads(threads)
     torch.set_flush_denormal(True)
     vocab = _vocab28()
     V, H = p["W_hq"].shape[1], p["W_hh"].shape[0]
@@ -198,6 +200,7 @@ def gen_torch(p, threads):
 
     @torch.no_grad()
     def run():
+        torch.set_num_threads(threads)
         ids = torch.from_numpy(vocab.encode("the time traveller ").astype(np.int64))
         _, h = rnn(torch.nn.functional.one_hot(ids, V).float().unsqueeze(1))
         x = ids[-1:]
@@ -268,6 +271,8 @@ def run_gen_config(V, H, threads, quick, torch_ok):
     runs = {"fastrnn": gen_fastrnn(p, threads), "numpy": gen_reference(p, threads)}
     if torch_ok:
         runs["torch"] = gen_torch(p, threads)
+        if threads != 1:  # one character at a time: PyTorch is faster on one thread
+            runs["torch-1thread"] = gen_torch(p, 1)
     texts = {k: r() for k, r in runs.items()}  # warm-up, and a sanity check
     for k, s in texts.items():
         if len(s) < GEN_CHARS:  # <unk> decodes to 5 characters, so >= not ==
