@@ -482,8 +482,11 @@ class CharLM:
         compiled chunks of ``chunk_size``, so the caller can print them as they come.
         """
         cs = _pos_int("chunk_size", chunk_size)
-        lm, p, feed, rng, h, work, temp, k, greedy = self._gen_setup(
-            prefix, length, temperature, top_k, greedy, seed)
+        setup = self._gen_setup(prefix, length, temperature, top_k, greedy, seed)
+        return self._stream(setup, length, cs)    # arguments checked now, not at next()
+
+    def _stream(self, setup, length, cs) -> Iterator[str]:
+        lm, p, feed, rng, h, work, temp, k, greedy = setup
         tokens = self.vocab.tokens
         done = 0
         while length is None or done < length:
@@ -579,9 +582,9 @@ class CharLM:
         list of dict
             :attr:`history`: one record per epoch with ``epoch``, ``step``,
             ``train_loss`` (mean cross-entropy), ``train_ppl``, ``val_loss`` and
-            ``val_ppl`` (None without ``val_text``), ``tokens``, ``tokens_per_s``
-            and ``wall_time`` (seconds spent on the epoch's minibatches and
-            validation).
+            ``val_ppl`` (None without ``val_text``), ``tokens`` (predictions
+            trained on), ``tokens_per_s`` (training throughput, validation
+            excluded) and ``wall_time`` (seconds for the epoch, validation included).
 
         Raises
         ------
@@ -791,6 +794,7 @@ class CharLM:
                                 checkpoint=ckpt_path, history=list(self.history),
                                 epoch=st["epoch"] + 1, batch=st["batch"])
                     # ---- end of epoch
+                    train_seconds = time.perf_counter() - t_start
                     train_loss = st["loss_sum"] / max(st["tokens"], 1)
                     val_loss = None
                     if val_ids is not None:
@@ -807,7 +811,7 @@ class CharLM:
                         "val_ppl": _finite_or_none(None if val_loss is None
                                                    else math.exp(min(val_loss, 700))),
                         "tokens": st["tokens"],
-                        "tokens_per_s": st["tokens"] / max(seconds, 1e-9),
+                        "tokens_per_s": st["tokens"] / max(train_seconds, 1e-9),
                         "wall_time": seconds,
                     }
                     if bar is not None:

@@ -123,7 +123,7 @@ def test_python_m_fastrnn_help(tmp_path):
 # ---------------------------------------------------------------- help and errors (in process)
 @pytest.mark.parametrize("command,options", [
     ("train", ["--corpus", "--preprocess", "--val-fraction", "--hidden", "--nonlinearity",
-               "--dtype", "--steps", "--batch", "--epochs", "--lr", "--optimizer", "--clip",
+               "--dtype", "--init", "--steps", "--batch", "--epochs", "--lr", "--optimizer", "--clip",
                "--clip-value", "--sampling", "--threads", "--seed", "--out", "--checkpoint",
                "--resume", "--plot", "--prefix", "--sample-length", "--temperature",
                "--no-progress", "builtin", "time-machine", "Ctrl-C"]),

@@ -145,6 +145,14 @@ def test_generate_bad_arguments(kwargs, exc, match):
         lm.generate(**kwargs)
 
 
+def test_stream_checks_arguments_eagerly():
+    lm = _model()
+    with pytest.raises(ValueError, match="prefix"):
+        lm.stream("", 5)                    # raised at the call, before any next()
+    with pytest.raises(ValueError, match="chunk_size"):
+        lm.stream("a", 5, chunk_size=0)
+
+
 def test_greedy_ignores_temperature():
     lm = _model()
     assert lm.generate("th", 30, greedy=True, temperature=0) == lm.generate("th", 30, greedy=True)
