@@ -18,17 +18,18 @@ metadata is parsed as JSON with a size limit. Every failure raises
 """
 from __future__ import annotations
 
-import io
+import glob
 import json
 import os
 import tempfile
+import time
 import zipfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
-__all__ = ["CheckpointError", "FORMAT", "FORMAT_VERSION", "write", "read"]
+__all__ = ["CheckpointError", "FORMAT", "FORMAT_VERSION", "write", "read", "check_writable"]
 
 FORMAT = "fastrnn-charlm"
 FORMAT_VERSION = 1
@@ -47,6 +48,56 @@ class CheckpointError(ValueError):
 
 # ---------------------------------------------------------------------------
 # write
+
+STALE_SECONDS = 60.0   # temporaries older than this are leftovers of killed saves
+
+
+def _named(exc: OSError, path: Path) -> OSError:
+    """The same kind of OSError (errno kept), naming the file and what failed."""
+    if exc.errno:
+        return type(exc)(exc.errno, f"cannot save the model to {path}: "
+                                    f"{exc.strerror or exc}")
+    return type(exc)(f"cannot save the model to {path}: {exc}")
+
+
+def check_writable(path: str | os.PathLike) -> Path:
+    """Fail early, naming ``path``, if a model cannot be written there; return its directory.
+
+    Raises
+    ------
+    FileNotFoundError
+        The directory does not exist.
+    IsADirectoryError
+        ``path`` is a directory.
+    PermissionError
+        The directory is not writable.
+    """
+    path = Path(path).expanduser()
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():
+        raise FileNotFoundError(f"cannot save the model to {path}: directory {directory} "
+                                "does not exist")
+    if path.is_dir():
+        raise IsADirectoryError(f"cannot save the model to {path}: it is a directory")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot save the model to {path}: directory {directory} "
+                              "is not writable")
+    return directory
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Delete ``.NAME.*.tmp`` siblings left by saves that were killed (SIGKILL, power
+    loss) more than :data:`STALE_SECONDS` ago; a save in progress is younger."""
+    now = time.time()
+    try:
+        for p in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+            try:
+                if now - p.stat().st_mtime > STALE_SECONDS:
+                    p.unlink()
+            except OSError:
+                pass
+    except OSError:
+        pass
 
 def write(path: str | os.PathLike, arrays: Mapping[str, np.ndarray],
           meta: Mapping[str, Any]) -> Path:
@@ -80,21 +131,25 @@ def write(path: str | os.PathLike, arrays: Mapping[str, np.ndarray],
             raise TypeError(f"array {name!r} has dtype {a.dtype}; only numeric arrays are saved")
         members[name] = a
     members[META_KEY] = np.frombuffer(blob, dtype=np.uint8)
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise FileNotFoundError(f"cannot save {path}: directory {directory} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+    directory = check_writable(path)
+    _remove_stale_temporaries(path)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise _named(exc, path) from None
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **members)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(exc, OSError):
+            raise _named(exc, path) from None
         raise
     try:  # make the rename itself durable (POSIX); not possible everywhere
         dfd = os.open(directory, os.O_RDONLY)

@@ -30,7 +30,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -589,8 +589,10 @@ class CharLM:
         Raises
         ------
         TrainingDiverged
-            If the loss or the gradient norm becomes NaN or infinite; the model
-            keeps the last parameters that gave a finite loss.
+            If the loss or the gradient norm becomes NaN or infinite, or a
+            minibatch loss exceeds ``10 log V + 10`` nats (far worse than
+            guessing uniformly, ``log V``); the model keeps the last parameters
+            that gave an acceptable loss.
         TrainingInterrupted
             On Ctrl-C (first press), after finishing the current minibatch and
             saving ``checkpoint``. A second Ctrl-C interrupts immediately.
@@ -636,8 +638,8 @@ class CharLM:
             if not callable(cb):
                 raise TypeError(f"callbacks[{i}] is not callable ({type(cb).__name__})")
         ckpt_path = None if checkpoint is None else Path(checkpoint).expanduser()
-        if ckpt_path is not None and not ckpt_path.parent.is_dir():
-            raise FileNotFoundError(f"checkpoint directory {ckpt_path.parent} does not exist")
+        if ckpt_path is not None:
+            _ckpt.check_writable(ckpt_path)             # fail now, not after an epoch
         if not isinstance(resume, (bool, str, os.PathLike)):
             raise TypeError(f"resume must be a bool or a path, got {type(resume).__name__}")
         if not isinstance(resume, bool):
@@ -709,6 +711,7 @@ class CharLM:
         backup = self._flat.copy()                       # last parameters with finite loss
         gen = np.random.Generator(np.random.PCG64())
         windows = _ds.windows(train_ids, T) if sampling == "windows" else None
+        loss_limit = 10 * math.log(self._V) + 10   # uniform guessing costs log V per char
 
         def save_checkpoint():
             if ckpt_path is not None:
@@ -746,6 +749,9 @@ class CharLM:
                                                      num_threads=nt, out=grads)
                         if not math.isfinite(loss):
                             diverged("training loss", loss)
+                        if loss > loss_limit:
+                            diverged("training loss", f"{loss:.4g} nats, far worse than a "
+                                     f"uniform guess (log V = {math.log(self._V):.2f})")
                         if clip is not None:
                             norm = lm.clip_global_norm(gflat, clip)
                         else:

@@ -331,3 +331,34 @@ def test_write_rejects_bad_arrays(tmp_path):
     with pytest.raises(ValueError):
         checkpoint.write(tmp_path / "x.npz", {"a": np.zeros(2)}, {"x": float("nan")})
     assert not list(tmp_path.iterdir())
+
+
+def test_stale_temporaries_removed_fresh_ones_kept(tmp_path, trained):
+    import time
+    stale, fresh = tmp_path / ".m.npz.old1.tmp", tmp_path / ".m.npz.new1.tmp"
+    other = tmp_path / ".x.npz.old2.tmp"                 # another file's: not ours to touch
+    for f in (stale, fresh, other):
+        f.write_bytes(b"partial")
+    for f in (stale, other):
+        os.utime(f, (time.time() - 3600,) * 2)
+    trained.save(tmp_path / "m.npz")
+    assert not stale.exists() and fresh.exists() and other.exists()
+
+
+def test_write_errors_name_the_file(tmp_path, trained, monkeypatch):
+    import errno
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError, match="cannot save the model to .*m.npz: No space") as info:
+        trained.save(tmp_path / "m.npz")
+    assert info.value.errno == errno.ENOSPC
+    assert not list(tmp_path.iterdir())
+    monkeypatch.undo()
+    with pytest.raises(IsADirectoryError, match="is a directory"):
+        trained.save(tmp_path)
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        trained.save(tmp_path / "f" / "m.npz")

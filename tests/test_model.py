@@ -358,6 +358,25 @@ def test_divergence_stops_and_keeps_last_good_parameters(monkeypatch):
     assert math.isfinite(loss)
 
 
+def test_divergence_on_absurd_finite_loss():
+    lm = tiny()
+    with pytest.raises(TrainingDiverged, match="far worse than a uniform guess"):
+        lm.fit(TEXT, epochs=2, batch_size=4, num_steps=8, progress=False, lr=1e6,
+               optimizer="sgd", clip=1.0)
+    limit = 10 * math.log(len(lm.vocab)) + 10
+    assert all(r["train_loss"] < limit for r in lm.history)
+    assert lm.perplexity(TEXT) < math.exp(limit)
+
+
+def test_unwritable_checkpoint_refused_before_training(tmp_path):
+    lm = tiny()
+    before = lm.parameters.copy()
+    with pytest.raises(IsADirectoryError):
+        lm.fit(TEXT, epochs=1, batch_size=4, num_steps=8, progress=False, checkpoint=tmp_path)
+    np.testing.assert_array_equal(lm.parameters, before)
+    assert lm.history == []
+
+
 def test_divergence_on_nan_loss(monkeypatch):
     real = model_mod.loss_and_grad
     n = {"k": 0}
