@@ -455,8 +455,8 @@ def _cmd_generate(args) -> int:
     from .model import CharLM
 
     lm = CharLM.load(args.model)
-    prefix = args.prefix if args.prefix is not None else lm.info.get("prefix") or (
-        lm.vocab.tokens[-1] if len(lm.vocab) else "")
+    prefix = args.prefix if args.prefix is not None else lm.info.get("prefix") or next(
+        (t for t in lm.vocab.tokens if len(t) == 1 and t != lm.vocab.unk), "")  # most frequent
     if not prefix:
         raise CLIError("--prefix must not be empty")
     out = sys.stdout

@@ -592,7 +592,9 @@ class CharLM:
             If the loss or the gradient norm becomes NaN or infinite, or a
             minibatch loss exceeds ``10 log V + 10`` nats (far worse than
             guessing uniformly, ``log V``); the model keeps the last parameters
-            that gave an acceptable loss.
+            that gave an acceptable loss (Adam's or Adagrad's in-memory state
+            may include the failing step: for an exact continuation, resume
+            from the last checkpoint).
         TrainingInterrupted
             On Ctrl-C (first press), after finishing the current minibatch and
             saving ``checkpoint``. A second Ctrl-C interrupts immediately.
@@ -720,13 +722,13 @@ class CharLM:
         def diverged(what, value):
             with self._param_lock:
                 self._flat[...] = backup
+            advice = (f" or stronger gradient clipping (clip={clip:g})" if clip is not None
+                      else " or gradient clipping (e.g. clip=1.0)")
             raise TrainingDiverged(
                 f"training diverged at epoch {st['epoch'] + 1}, step {st['step'] + 1}: the "
                 f"{what} became {value}; stopped and kept the last parameters with a finite "
-                f"loss. Try a smaller learning rate (lr={lr:g})" + (
-                    f" or stronger gradient clipping (clip={clip:g})" if clip is not None
-                    else " or gradient clipping (e.g. clip=1.0)") + ".", history=list(self.history), epoch=st["epoch"] + 1,
-                step=st["step"] + 1)
+                f"loss. Try a smaller learning rate (lr={lr:g}){advice}.",
+                history=list(self.history), epoch=st["epoch"] + 1, step=st["step"] + 1)
 
         with blas_single_thread(), _SigintGuard() as sigint:
             while st["epoch"] < E:

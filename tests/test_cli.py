@@ -123,9 +123,9 @@ def test_python_m_fastrnn_help(tmp_path):
 # ---------------------------------------------------------------- help and errors (in process)
 @pytest.mark.parametrize("command,options", [
     ("train", ["--corpus", "--preprocess", "--val-fraction", "--hidden", "--nonlinearity",
-               "--dtype", "--init", "--steps", "--batch", "--epochs", "--lr", "--optimizer", "--clip",
-               "--clip-value", "--sampling", "--threads", "--seed", "--out", "--checkpoint",
-               "--resume", "--plot", "--prefix", "--sample-length", "--temperature",
+               "--dtype", "--init", "--steps", "--batch", "--epochs", "--lr", "--optimizer",
+               "--clip", "--clip-value", "--sampling", "--threads", "--seed", "--out",
+               "--checkpoint", "--resume", "--plot", "--prefix", "--sample-length", "--temperature",
                "--no-progress", "builtin", "time-machine", "Ctrl-C"]),
     ("generate", ["MODEL", "--prefix", "-n", "--temperature", "--top-k", "--greedy",
                   "--seed"]),
@@ -169,6 +169,14 @@ def test_bad_arguments_one_line(capsys, argv, match):
     assert "error:" in err
     import re
     assert re.search(match, err), err
+
+
+def test_generate_model_saved_by_library(capsys, tmp_path):
+    lm = CharLM("abracadabra", 8, seed=0)       # 'a' is the most frequent character
+    lm.save(tmp_path / "m.npz")
+    assert main(["generate", str(tmp_path / "m.npz"), "-n", "10", "--seed", "1"]) == 0
+    out = capsys.readouterr().out.rstrip("\n")
+    assert out == lm.generate("a", 10, temperature=0.8, seed=1)
 
 
 def test_runtime_errors_one_line(capsys, tmp_path, corpus):
