@@ -14,7 +14,7 @@ from ._core import (default_num_threads, forward, init_params, loss_and_grad)
 from . import reference
 from . import datasets
 from .vocab import Vocab
-from .model import CharLM
+from .model import CharLM, TrainingDiverged, TrainingInterrupted
 
 
 def build_info() -> dict:
@@ -52,4 +52,5 @@ def build_info() -> dict:
 
 
 __all__ = ["__version__", "build_info", "default_num_threads", "forward", "init_params",
-           "loss_and_grad", "reference", "datasets", "Vocab", "CharLM"]
+           "loss_and_grad", "reference", "datasets", "Vocab", "CharLM", "TrainingDiverged",
+           "TrainingInterrupted"]
