@@ -61,6 +61,11 @@ import fastrnn
 from fastrnn import reference
 B, T, D, H, V = 3, 4, 5, 6, 7
 PARAM_NAMES = ("W_xh", "W_hh", "b_h", "W_hq", "b_q")
+# as conftest does for in-process tests: every requested thread gets a chunk even of
+# these small problems, so the multi-threaded paths run
+if getattr(fastrnn._core, "_rnn", None) is not None and hasattr(
+        fastrnn._core._rnn, "set_min_flops_per_thread"):
+    fastrnn._core._rnn.set_min_flops_per_thread(0)
 
 def problem(dtype=np.float64, dense=False, seed=0):
     rng = np.random.default_rng(seed)

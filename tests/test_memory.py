@@ -34,6 +34,9 @@ PRELUDE = '''
 import gc, json, os, sys, tracemalloc
 import numpy as np
 import fastrnn
+if getattr(fastrnn._core, "_rnn", None) is not None and hasattr(
+        fastrnn._core._rnn, "set_min_flops_per_thread"):
+    fastrnn._core._rnn.set_min_flops_per_thread(0)   # 2 threads really run 2 chunks
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
