@@ -38,10 +38,11 @@ TRAIN_DEFAULTS = {
     "seed": 0,
     "out": "model.npz",
     "sample_length": 200,
-    "temperature": 0.7,
+    "temperature": 0.8,
 }
 DEFAULT_LR = {"sgd": 1.0, "adagrad": 0.1, "adam": 0.003}
-PREFIXES = {"builtin": "The ", "time-machine": "time traveller "}
+# prose-like prefixes: "The " alone often starts a heading underlined with "****"
+PREFIXES = {"builtin": "The object ", "time-machine": "time traveller "}
 
 EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 1, 130
 
@@ -209,7 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(needs matplotlib: pip install 'fastrnn[plot]')")
     g.add_argument("--prefix", default=None, metavar="TEXT",
                    help="prefix of the sample printed after each epoch "
-                        "(default: 'The ' for builtin, 'time traveller ' for time-machine, "
+                        "(default: 'The object ' for builtin, 'time traveller ' for "
+                        "time-machine, "
                         "the first characters of a file)")
     g.add_argument("--sample-length", type=_nonneg_int, default=d["sample_length"],
                    metavar="N", help=f"characters per sample; 0 disables samples "
