@@ -32,8 +32,26 @@ from cython cimport floating
 from libc.math cimport tanh, tanhf, exp, sqrt, fabs, isfinite, pow
 from libc.stdint cimport int32_t, int64_t, uint64_t
 
-from _blas cimport vecmat
 from _fpmode cimport fastrnn_fpmode_t, fastrnn_ftz_on, fastrnn_fp_restore
+
+# the same vectorised one-row product and tanh as the training kernels (csrc/_rnn.pyx)
+cdef extern from "_vecmat.h" nogil:
+    void fastrnn_vecmat_f32(const float* x, const float* W, Py_ssize_t ldw, float* y,
+                            Py_ssize_t K, Py_ssize_t N, int accumulate) noexcept
+    void fastrnn_vecmat_f64(const double* x, const double* W, Py_ssize_t ldw, double* y,
+                            Py_ssize_t K, Py_ssize_t N, int accumulate) noexcept
+cdef extern from "_elementwise.h" nogil:
+    void fastrnn_tanh_f32(const float* z, float* h, Py_ssize_t n) noexcept
+    void fastrnn_tanh_f64(const double* z, double* h, Py_ssize_t n) noexcept
+
+
+cdef inline void _vecmat(const floating* x, const floating* W, floating* y, Py_ssize_t K,
+                         Py_ssize_t N) noexcept nogil:
+    """y(N) += x(K) @ W(K, N), W row-major contiguous."""
+    if floating is float:
+        fastrnn_vecmat_f32(x, W, N, y, K, N, 1)
+    else:
+        fastrnn_vecmat_f64(x, W, N, y, K, N, 1)
 
 cdef enum:
     TANH = 0
@@ -235,15 +253,6 @@ def adam_update(floating[::1] param,          # IN/OUT (P,)
 # ---------------------------------------------------------------------------
 # generation
 
-cdef inline floating _phi(floating z, int nonlin) noexcept nogil:
-    if nonlin == TANH:
-        if floating is float:
-            return tanhf(z)
-        else:
-            return tanh(z)
-    return z if z > 0 else 0
-
-
 cdef void _step(const floating* W_xh, const floating* W_hh, const floating* b_h,
                 int32_t x,                 # IN  input token id
                 floating* h,               # IN/OUT (H,) H_{t-1} -> H_t
@@ -254,9 +263,15 @@ cdef void _step(const floating* W_xh, const floating* W_hh, const floating* b_h,
     cdef const floating* w = W_xh + <Py_ssize_t>x * H
     for j in range(H):
         z[j] = w[j] + b_h[j]
-    vecmat(c'N', <int>H, <int>H, <floating>1.0, h, W_hh, <int>H, <floating>1.0, z)
-    for j in range(H):
-        h[j] = _phi(z[j], nonlin)
+    _vecmat(h, W_hh, z, H, H)
+    if nonlin == TANH:
+        if floating is float:
+            fastrnn_tanh_f32(z, h, H)
+        else:
+            fastrnn_tanh_f64(z, h, H)
+    else:
+        for j in range(H):
+            h[j] = z[j] if z[j] > 0 else 0
 
 
 cdef floating _kth_largest(floating* a, Py_ssize_t n, Py_ssize_t k) noexcept nogil:
@@ -376,7 +391,6 @@ def generate(const floating[:, ::1] W_xh,     # IN (V, H)
             # O_t = H_t W_hq + b_q
             for v in range(V):
                 o[v] = b_q[v]
-            vecmat(c'N', <int>H, <int>V, <floating>1.0, &h[0], &W_hq[0, 0], <int>V,
-                   <floating>1.0, o)
+            _vecmat(&h[0], &W_hq[0, 0], o, H, V)
             out[i] = _sample(o, sel, V, inv_temp, top_k, greedy, &rng[0])
         fastrnn_fp_restore(mode)

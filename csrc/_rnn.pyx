@@ -432,10 +432,26 @@ cdef void _weight_grads_chunk(
 cdef double MIN_FLOPS_PER_THREAD = 2e6
 
 
+# Off by default: a barrier per time step is ~100 ns on an idle machine, but when
+# another process holds one of the cores the partner thread is descheduled at
+# every step and a B=1 step became 60x slower (measured here: 0.63 -> 42 ms).
+cdef bint SPLIT_ONE_SEQUENCE = False
+
+
+def set_split_one_sequence(bint enable):
+    """Let B=1 calls split each step's hidden units across two threads (a spin
+    barrier per step; pays only on an otherwise idle machine). Returns the old
+    setting."""
+    global SPLIT_ONE_SEQUENCE
+    old = SPLIT_ONE_SEQUENCE
+    SPLIT_ONE_SEQUENCE = enable
+    return old
+
+
 cdef inline bint _split_one_sequence(int num_threads, Py_ssize_t B, Py_ssize_t H) noexcept nogil:
     """Split a single sequence's recurrence by hidden units across two threads?
-    Only when each step has enough work to pay for a barrier per step."""
-    return (FASTRNN_OMP_ENABLED and B == 1 and num_threads >= 2
+    Only when enabled and each step has enough work to pay for a barrier."""
+    return (SPLIT_ONE_SEQUENCE and FASTRNN_OMP_ENABLED and B == 1 and num_threads >= 2
             and 2.0 * H * H >= MIN_FLOPS_PER_THREAD / 16)
 
 

@@ -153,9 +153,18 @@ def test_inputs_not_modified(rng):
 @pytest.mark.parametrize("dense", [False, True], ids=["ids", "dense"])
 @pytest.mark.parametrize("H", [1, 7, 64, 130])
 def test_single_sequence_split_across_threads(rng, dtype, dense, H):
-    """B = 1 with several threads splits each step's hidden units between two
-    threads (a barrier per step); results agree with one thread to rounding
+    """B = 1 with several threads can split each step's hidden units between two
+    threads (a barrier per step, opt-in); results agree with one thread to rounding
     (a unit may land in a vectorised or a scalar loop, which round differently)."""
+    from fastrnn import _rnn
+    old = _rnn.set_split_one_sequence(True)
+    try:
+        _check_split(rng, dtype, dense, H)
+    finally:
+        _rnn.set_split_one_sequence(old)
+
+
+def _check_split(rng, dtype, dense, H):
     p, _, X, Y, h0 = make_problem(rng, 1, 23, 9, H, 11, dtype=dtype, dense=dense)
     tol = 1e-12 if dtype == np.float64 else 1e-5
     for nonlinearity in ("tanh", "relu"):
