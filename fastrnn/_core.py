@@ -116,6 +116,12 @@ def blas_single_thread():
 # ---------------------------------------------------------------------------
 # validation
 
+def _c_aligned(a, dtype=None) -> np.ndarray:
+    """C-contiguous and aligned (a misaligned float* is undefined behaviour in C):
+    the array itself when it already is, else a copy."""
+    return np.require(a, dtype=dtype, requirements=["C", "A"])
+
+
 def _dtype_of(params) -> np.dtype:
     if not isinstance(params, Mapping):
         raise TypeError(f"params must be a mapping of arrays with keys {PARAM_NAMES}, "
@@ -141,7 +147,7 @@ def _dtype_of(params) -> np.dtype:
 def check_params(params, *, check_finite: bool = True) -> dict:
     """Return C-contiguous params after checking names, dtypes, shapes and values."""
     dtype = _dtype_of(params)
-    p = {k: np.ascontiguousarray(params[k]) for k in PARAM_NAMES}
+    p = {k: _c_aligned(params[k]) for k in PARAM_NAMES}
     for k, nd in zip(PARAM_NAMES, (2, 2, 1, 2, 1)):
         if p[k].ndim != nd:
             raise ValueError(f"params[{k!r}] must be {nd}-D, got shape {p[k].shape}")
@@ -165,7 +171,7 @@ def check_params(params, *, check_finite: bool = True) -> dict:
 
 
 def _int_ids(a, name, upper, what):
-    arr = np.asarray(a)
+    arr = _asarray(a, name)
     if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
         raise TypeError(f"{name} must be an integer array of {what}, got dtype {arr.dtype}")
     if arr.ndim != 2:
@@ -191,13 +197,13 @@ def check_inputs(p, X, h0, Y=None):
     if X is None:
         raise TypeError("X must be an array of token ids (B, T) or dense inputs (B, T, D), "
                         "got None")
-    Xa = np.asarray(X)
+    Xa = _asarray(X, "X")
     if Xa.dtype == object or not (np.issubdtype(Xa.dtype, np.number) or Xa.dtype == bool):
         raise TypeError(f"X must be numeric, got dtype {Xa.dtype}")
     if Xa.ndim == 2:
         Xa = _int_ids(Xa, "X", D, "token ids")
         B, T = Xa.shape
-        X_ids = np.ascontiguousarray(Xa.T, dtype=np.int32)
+        X_ids = _c_aligned(Xa.T, np.int32)
         X_dense = np.empty((0, 0), dtype)
     elif Xa.ndim == 3:
         if not np.issubdtype(Xa.dtype, np.floating):
@@ -206,7 +212,7 @@ def check_inputs(p, X, h0, Y=None):
         B, T, Dx = Xa.shape
         if Dx != D:
             raise ValueError(f"X has {Dx} features per step but params['W_xh'] expects D={D}")
-        X_dense = np.ascontiguousarray(Xa.transpose(1, 0, 2), dtype=dtype).reshape(T * B, D)
+        X_dense = _c_aligned(Xa.transpose(1, 0, 2), dtype).reshape(T * B, D)
         if not np.isfinite(X_dense).all():
             raise ValueError("X contains NaN or inf")
         X_ids = np.empty((0, 0), np.int32)
@@ -215,15 +221,18 @@ def check_inputs(p, X, h0, Y=None):
                          f"got shape {Xa.shape}")
     if B < 1 or T < 1:
         raise ValueError(f"X must have at least one sequence and one step, got B={B}, T={T}")
+    if B * T >= 2**31:  # BLAS takes 32-bit sizes
+        raise ValueError(f"X has B*T = {B * T} steps in one call; at most 2**31 - 1 "
+                         "(split the batch or the sequence)")
     if h0 is None:
         h = np.zeros((B, H), dtype)
     else:
-        ha = np.asarray(h0)
+        ha = _asarray(h0, "h0")
         if not (np.issubdtype(ha.dtype, np.floating) or np.issubdtype(ha.dtype, np.integer)):
             raise TypeError(f"h0 must be a float array, got dtype {ha.dtype}")
         if ha.shape != (B, H):
             raise ValueError(f"h0 has shape {ha.shape}, expected (B, H) = {(B, H)}")
-        h = np.ascontiguousarray(ha, dtype=dtype)
+        h = _c_aligned(ha, dtype)
         if not np.isfinite(h).all():
             raise ValueError("h0 contains NaN or inf")
     Yt = None
@@ -231,14 +240,23 @@ def check_inputs(p, X, h0, Y=None):
         Ya = _int_ids(Y, "Y", V, "target ids")
         if Ya.shape != (B, T):
             raise ValueError(f"Y has shape {Ya.shape}, expected (B, T) = {(B, T)} like X")
-        Yt = np.ascontiguousarray(Ya.T, dtype=np.int32).reshape(T * B)
+        Yt = _c_aligned(Ya.T, np.int32).reshape(T * B)
     return X_ids, X_dense, h, Yt, B, T
 
 
-def check_nonlinearity(nonlinearity):
-    if nonlinearity not in NONLINEARITIES:
+def check_nonlinearity(nonlinearity) -> str:
+    """Return the nonlinearity as a plain str ('tanh' or 'relu')."""
+    if not isinstance(nonlinearity, str) or nonlinearity not in NONLINEARITIES:
         raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
-    return nonlinearity
+    return str(nonlinearity)  # np.str_ -> str: the kernels take a Python str
+
+
+def _asarray(a, name):
+    """np.asarray with numpy's conversion errors (ragged lists...) naming the argument."""
+    try:
+        return np.asarray(a)
+    except (ValueError, TypeError) as exc:
+        raise type(exc)(f"{name} could not be converted to an array: {exc}") from None
 
 
 # ---------------------------------------------------------------------------
@@ -285,16 +303,24 @@ def init_params(input_size: int, hidden_size: int, output_size: int | None = Non
     rng = np.random.default_rng(seed)
     shapes = {"W_xh": (D, H), "W_hh": (H, H), "b_h": (H,), "W_hq": (H, V), "b_q": (V,)}
     if init == "d2l":
+        if isinstance(scale, bool) or not isinstance(scale, (int, float, np.integer,
+                                                              np.floating)):
+            raise TypeError(f"scale must be a real number, got {type(scale).__name__}")
         if not np.isfinite(scale) or scale < 0:
             raise ValueError(f"scale must be a finite number >= 0, got {scale}")
-        p = {k: (rng.standard_normal(s) * scale if k.startswith("W") else np.zeros(s))
-             for k, s in shapes.items()}
+        with np.errstate(over="ignore"):  # a huge scale is reported below
+            p = {k: (rng.standard_normal(s) * scale if k.startswith("W") else np.zeros(s))
+                 for k, s in shapes.items()}
     elif init == "uniform":
         bound = 1.0 / np.sqrt(H)
         p = {k: rng.uniform(-bound, bound, s) for k, s in shapes.items()}
     else:
         raise ValueError(f"init must be 'd2l' or 'uniform', got {init!r}")
-    return {k: np.ascontiguousarray(v, dtype=dt) for k, v in p.items()}
+    with np.errstate(over="ignore"):
+        out = {k: np.ascontiguousarray(v, dtype=dt) for k, v in p.items()}
+    if not all(np.isfinite(v).all() for v in out.values()):
+        raise ValueError(f"scale={scale} is too large for {dt}: the initial weights overflow")
+    return out
 
 
 _workspace = threading.local()
@@ -370,7 +396,7 @@ def forward(params, X, h0=None, *, nonlinearity: str = "tanh", num_threads=None,
         The final hidden state.
     """
     p = check_params(params)
-    check_nonlinearity(nonlinearity)
+    nonlinearity = check_nonlinearity(nonlinearity)
     X_ids, X_dense, h, _, B, T = check_inputs(p, X, h0)
     nt = resolve_num_threads(num_threads)
     if _rnn is None:
@@ -408,9 +434,16 @@ def _grad_buffers(p, B, out):
             raise ValueError(f"out is missing {k!r}")
         a = g[k]
         if (not isinstance(a, np.ndarray) or a.shape != shape or a.dtype != p["W_hh"].dtype
-                or not a.flags.c_contiguous or not a.flags.writeable):
-            raise ValueError(f"out[{k!r}] must be a writeable C-contiguous {p['W_hh'].dtype} "
-                             f"array of shape {shape}")
+                or not a.flags.c_contiguous or not a.flags.writeable
+                or not a.flags.aligned):
+            raise ValueError(f"out[{k!r}] must be a writeable, aligned, C-contiguous "
+                             f"{p['W_hh'].dtype} array of shape {shape}")
+    keys = list(shapes)
+    for i, a in enumerate(keys):
+        for b in keys[i + 1:]:
+            if np.shares_memory(g[a], g[b]):
+                raise ValueError(f"out[{a!r}] and out[{b!r}] share memory; every gradient "
+                                 "needs its own buffer")
     return g
 
 
@@ -439,7 +472,9 @@ def loss_and_grad(params, X, Y, h0=None, *, nonlinearity: str = "tanh", num_thre
         flat gradient buffer. Returned as ``grads``.
     """
     p = check_params(params)
-    check_nonlinearity(nonlinearity)
+    nonlinearity = check_nonlinearity(nonlinearity)
+    if Y is None:
+        raise TypeError("Y must be an integer array of target ids (B, T), got None")
     X_ids, X_dense, h, Yt, B, T = check_inputs(p, X, h0, Y)
     nt = resolve_num_threads(num_threads)
     if _rnn is None:

@@ -25,6 +25,11 @@ def _check_text(text: Any, name: str = "text") -> str:
     raise TypeError(f"{name} must be a str, got {type(text).__name__}{hint}")
 
 
+def _check_unk(unk: Any) -> None:
+    if unk is not None and not isinstance(unk, str):
+        raise TypeError(f"unk must be a str or None, got {type(unk).__name__}")
+
+
 class Vocab:
     """Character-level vocabulary: one token per Unicode code point.
 
@@ -82,10 +87,15 @@ class Vocab:
                 counts.update(_check_text(piece, f"text_or_tokens[{i}]"))
         else:
             _check_text(text_or_tokens, "text_or_tokens")  # raises TypeError
-        if isinstance(min_freq, bool) or operator.index(min_freq) < 0:
+        if isinstance(min_freq, bool) or not isinstance(min_freq, (int, np.integer)):
+            raise TypeError(f"min_freq must be an int, got {type(min_freq).__name__}")
+        if min_freq < 0:
             raise ValueError(f"min_freq must be a non-negative int, got {min_freq!r}")
-        if isinstance(reserved_tokens, str):
-            raise TypeError("reserved_tokens must be a sequence of str, not a str")
+        if isinstance(reserved_tokens, str) or not (
+                reserved_tokens is None or isinstance(reserved_tokens, Iterable)):
+            raise TypeError("reserved_tokens must be a sequence of str, got "
+                            f"{type(reserved_tokens).__name__}")
+        _check_unk(unk)
         head = ([] if unk is None else [unk]) + list(reserved_tokens or [])
         taken = set(head)
         chars = sorted(
@@ -130,8 +140,9 @@ class Vocab:
         unk : str or None, default "<unk>"
             The unknown token; it must be one of ``tokens`` unless None.
         """
-        if isinstance(tokens, str):
-            raise TypeError("tokens must be a sequence of str, not a str")
+        if isinstance(tokens, str) or not isinstance(tokens, Iterable):
+            raise TypeError(f"tokens must be a sequence of str, got {type(tokens).__name__}")
+        _check_unk(unk)
         self = cls.__new__(cls)
         self._setup(list(tokens), unk)
         return self

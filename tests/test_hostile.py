@@ -434,23 +434,14 @@ def test_h0_as_list_and_int_array_is_cast():
         assert fastrnn.loss_and_grad(p, X, Y, h)[0] == base[0]
 
 
-# ---- known gaps, kept as strict xfails so that the fix is noticed
+# ---- gaps found by this suite (fixed): each test failed before its fix
 
-@pytest.mark.xfail(strict=True, reason="BUG fastrnn/_core.py loss_and_grad: Y=None is not "
-                   "rejected; the kernels then run with no targets and return loss 0.0 "
-                   "and gradients of the raw logits. Fix: in loss_and_grad, before "
-                   "check_inputs: `if Y is None: raise TypeError('Y must be an integer "
-                   "array of target ids (B, T), got None')`")
 def test_loss_and_grad_requires_Y():
     p, X, _, h0 = valid_problem()
     with pytest.raises(TypeError, match="Y"):
         fastrnn.loss_and_grad(p, X, None, h0)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG fastrnn/_core.py _grad_buffers: two out= "
-                   "buffers that share memory are accepted and the gradients written "
-                   "into them are silently wrong. Fix: after checking each out[k], "
-                   "raise ValueError if np.shares_memory(out[a], out[b]) for any pair")
 def test_overlapping_out_buffers_rejected_or_correct():
     rng = np.random.default_rng(0)
     p = fastrnn.init_params(6, 6, 6, dtype="float64", seed=1, init="uniform")
@@ -480,23 +471,12 @@ def test_out_aliasing_the_params_gives_the_right_gradients():
         np.testing.assert_array_equal(got[1][k], ref[1][k], err_msg=k)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG fastrnn/_core.py check_nonlinearity: a numpy "
-                   "str (np.str_('tanh'), e.g. read from an array) passes the check but the "
-                   "Cython entry (typed `str`) rejects it with 'Argument nonlinearity has "
-                   "incorrect type'. Fix: check_nonlinearity returns str(nonlinearity) "
-                   "and forward/loss_and_grad pass on the returned value")
 def test_numpy_str_nonlinearity_works():
     p, X, Y, h0 = valid_problem()
     base = fastrnn.loss_and_grad(p, X, Y, h0, nonlinearity="relu")
     assert fastrnn.loss_and_grad(p, X, Y, h0, nonlinearity=np.str_("relu"))[0] == base[0]
 
 
-@pytest.mark.xfail(strict=True, reason="fastrnn/_core.py: errors from numpy's own conversion "
-                   "do not name the argument (a ragged list X gives 'setting an array "
-                   "element with a sequence...'; init_params(scale='a') gives 'ufunc "
-                   "isfinite not supported'). Fix: wrap np.asarray(X/Y/h0) in try/except "
-                   "ValueError -> ValueError(f'{name} ...: {exc}'), and check scale is a "
-                   "real number first")
 @pytest.mark.parametrize("case", ["ragged_X", "ragged_Y", "scale_str", "scale_None"])
 def test_numpy_conversion_errors_name_the_argument(case):
     p, X, Y, h0 = valid_problem()
@@ -546,11 +526,6 @@ def test_init_params_works_or_raises_clean_error(d, h, v, dtype, init, scale):
         assert a.dtype == dt and a.flags.c_contiguous and np.isfinite(a).all()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG fastrnn/_core.py init_params: a finite but huge "
-                   "scale (5e38 for float32, 1e308 for float64) overflows and returns inf "
-                   "weights (only a RuntimeWarning); forward() then rejects the params. Fix: "
-                   "after building p, raise ValueError(f'scale={scale} is too large for "
-                   "{dt}: the initial weights overflow') unless every array is finite")
 @pytest.mark.parametrize("dtype,scale", [("float32", 5e38), ("float64", 1e308)])
 def test_init_params_huge_scale(dtype, scale):
     import warnings
@@ -822,11 +797,6 @@ def test_vocab_bad_construction_is_clean(kwargs):
         fastrnn.Vocab(**kwargs)
 
 
-@pytest.mark.xfail(strict=True, reason="fastrnn/vocab.py: these raise TypeError from "
-                   "operator.index/iter/hash whose message does not name the argument "
-                   "('str' object cannot be interpreted as an integer; 'int' object is not "
-                   "iterable; unhashable type: 'list'). Fix: check min_freq, "
-                   "reserved_tokens, tokens and unk types up front with named messages")
 @pytest.mark.parametrize("case", ["min_freq", "reserved_tokens", "tokens", "unk"])
 def test_vocab_errors_name_the_argument(case):
     f = {
