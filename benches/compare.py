@@ -228,18 +228,32 @@ def gemm_rate(threads, n=2048, reps=5):
     return 2 * n ** 3 / statistics.median(ts) / 1e9
 
 
-def interleaved(fns, rounds, min_time):
-    """Median seconds per call of each fn, timed round-robin."""
-    times = {k: [] for k in fns}
+def interleaved(fns, rounds, min_time, block=0.3):
+    """Median seconds per call of each fn.
+
+    Rounds alternate between the implementations so that all see the same machine
+    load; within a round each runs a block of back-to-back calls (about ``block``
+    seconds) and only the block's median counts, so that thread pools another
+    library leaves spinning (OpenBLAS, PyTorch) slow at most the first call.
+    """
+    per_call = {k: [] for k in fns}
+    reps = {}
+    for k, f in fns.items():  # calls per block, from one timed call
+        t0 = time.perf_counter()
+        f()
+        reps[k] = max(1, min(200, int(block / max(time.perf_counter() - t0, 1e-6))))
     t_end = time.perf_counter() + min_time
     r = 0
-    while r < rounds or (time.perf_counter() < t_end and r < 20 * rounds):
+    while r < rounds or (time.perf_counter() < t_end and r < 100):
         for k, f in fns.items():
-            t0 = time.perf_counter()
-            f()
-            times[k].append(time.perf_counter() - t0)
+            ts = []
+            for _ in range(reps[k]):
+                t0 = time.perf_counter()
+                f()
+                ts.append(time.perf_counter() - t0)
+            per_call[k].append(statistics.median(ts))
         r += 1
-    return {k: statistics.median(v) for k, v in times.items()}, r
+    return {k: statistics.median(v) for k, v in per_call.items()}, r
 
 
 def run_train_config(name, V, H, B, T, threads, quick, torch_ok):
