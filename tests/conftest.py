@@ -8,6 +8,14 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 
 @pytest.fixture(autouse=True)
+def run_in_a_temporary_directory(tmp_path_factory, monkeypatch):
+    """Tests and the child processes they start run outside the source tree, so
+    `python -c` / `python -m` children import the installed fastrnn, not the bare
+    source folder ('' on sys.path is the working directory)."""
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+
+
+@pytest.fixture(autouse=True)
 def every_thread_gets_work():
     """The kernels use fewer threads than asked for on small problems; tests use
     small problems, so turn that off to exercise every requested split."""

@@ -9,10 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import fastrnn
 from fastrnn import CharLM
 from fastrnn.cli import build_parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
+# children import the fastrnn under test (installed or in-place), never the bare
+# source tree (which has no compiled modules when the package is installed)
+PKG_ROOT = Path(fastrnn.__file__).resolve().parents[1]
 SHARED_TM = ROOT.parent / "shared" / "data" / "timemachine.txt"
 TINY = ["--hidden", "16", "--steps", "8", "--batch", "4", "--threads", "1",
         "--sample-length", "30", "--no-progress"]
@@ -28,7 +32,7 @@ def corpus(tmp_path):
 
 
 def run(args, cwd, timeout=120, **kw):
-    env = dict(os.environ, FASTRNN_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    env = dict(os.environ, FASTRNN_NUM_THREADS="1", PYTHONPATH=str(PKG_ROOT))
     return subprocess.run([sys.executable, "-m", "fastrnn", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout, **kw)
 
@@ -83,7 +87,7 @@ def test_resume_via_cli_equals_longer_run(tmp_path, corpus):
 
 
 def test_ctrl_c_saves_checkpoint_and_exits_cleanly(tmp_path, corpus):
-    env = dict(os.environ, FASTRNN_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    env = dict(os.environ, FASTRNN_NUM_THREADS="1", PYTHONPATH=str(PKG_ROOT))
     big = tmp_path / "big.txt"
     big.write_text(CORPUS * 20, encoding="utf-8")
     p = subprocess.Popen([sys.executable, "-m", "fastrnn", "train", "--corpus", str(big),
@@ -248,7 +252,7 @@ def test_in_process_train_d2l_preprocessing(capsys, tmp_path, corpus):
 
 @pytest.mark.skipif(not SHARED_TM.is_file(), reason=f"{SHARED_TM} not present")
 def test_d2l_example_smoke(tmp_path):
-    env = dict(os.environ, FASTRNN_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    env = dict(os.environ, FASTRNN_NUM_THREADS="1", PYTHONPATH=str(PKG_ROOT))
     out = tmp_path / "r.json"
     r = subprocess.run([sys.executable, str(ROOT / "examples" / "d2l_time_machine.py"),
                         "--data-dir", str(SHARED_TM.parent), "--epochs", "1", "--no-progress",
