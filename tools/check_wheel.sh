@@ -85,6 +85,7 @@ VERSION=$(basename "$WHEEL" | cut -d- -f2)
 RUN="$W/run"
 mkdir -p "$RUN/proj"
 cp -r "$ROOT/tests" "$RUN/proj/tests"
+cp -r "$ROOT/examples" "$RUN/proj/examples"  # tests/test_cli.py runs the d2l example script
 cp "$ROOT/pyproject.toml" "$RUN/proj/"  # pytest's settings (markers); no package beside it
 if [ -d "$SHARED" ]; then ln -s "$(realpath "$SHARED")" "$RUN/shared"
 else echo "note: no shared folder at $SHARED: tests that need its data will skip"; fi
