@@ -18,10 +18,13 @@ metadata is parsed as JSON with a size limit. Every failure raises
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
+import signal
 import tempfile
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -99,6 +102,31 @@ def _remove_stale_temporaries(path: Path) -> None:
     except OSError:
         pass
 
+@contextlib.contextmanager
+def _sigint_deferred():
+    """Hold Ctrl-C back while a save creates, writes, renames or removes its
+    temporary file (main thread only), then deliver it to the handler that was in
+    place: an interrupt can no longer strand a temporary file half-way."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got = []
+    try:
+        old = signal.signal(signal.SIGINT, lambda signum, frame: got.append(signum))
+    except (ValueError, OSError):  # no signal support here
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+        if got:
+            if callable(old):
+                old(signal.SIGINT, None)    # default_int_handler raises KeyboardInterrupt
+            elif old == signal.SIG_DFL:
+                os.kill(os.getpid(), signal.SIGINT)
+
+
 def write(path: str | os.PathLike, arrays: Mapping[str, np.ndarray],
           meta: Mapping[str, Any]) -> Path:
     """Atomically write ``arrays`` and JSON ``meta`` to ``path``.
@@ -133,24 +161,25 @@ def write(path: str | os.PathLike, arrays: Mapping[str, np.ndarray],
     members[META_KEY] = np.frombuffer(blob, dtype=np.uint8)
     directory = check_writable(path)
     _remove_stale_temporaries(path)
-    try:
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise _named(exc, path) from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **members)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
+    with _sigint_deferred():
         try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(exc, OSError):
+            fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+        except OSError as exc:
             raise _named(exc, path) from None
-        raise
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **members)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException as exc:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            if isinstance(exc, OSError):
+                raise _named(exc, path) from None
+            raise
     try:  # make the rename itself durable (POSIX); not possible everywhere
         dfd = os.open(directory, os.O_RDONLY)
         try:
