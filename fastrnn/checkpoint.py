@@ -194,16 +194,29 @@ def write(path: str | os.PathLike, arrays: Mapping[str, np.ndarray],
 # ---------------------------------------------------------------------------
 # read
 
+_MAX_NPY_HEADER = 10000
+
+
 def _npy_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo):
     """(shape, dtype, header_length) of one .npy member, read from its header only."""
-    with zf.open(info) as f:
+    with zf.open(info) as f:  # the header's length field first: numpy < 1.24 has no limit
         version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f, max_header_size=10000)
-        elif version in ((2, 0), (3, 0)):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f, max_header_size=10000)
-        else:
+        if version not in ((1, 0), (2, 0), (3, 0)):
             raise ValueError(f"unsupported .npy version {version}")
+        width = 2 if version == (1, 0) else 4
+        length = int.from_bytes(f.read(width), "little")
+        if length > _MAX_NPY_HEADER:
+            raise ValueError(f"header of {length} bytes, over the {_MAX_NPY_HEADER}-byte limit")
+    reader = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+              else np.lib.format.read_array_header_2_0)
+    with zf.open(info) as f:
+        np.lib.format.read_magic(f)
+        try:
+            shape, fortran, dtype = reader(f, max_header_size=_MAX_NPY_HEADER)
+        except TypeError as exc:  # numpy < 1.24: no max_header_size (length checked above)
+            if "max_header_size" not in str(exc):
+                raise
+            shape, fortran, dtype = reader(f)
         return shape, fortran, np.dtype(dtype), f.tell()
 
 
