@@ -94,17 +94,17 @@ def make_reference(p, X, Y, threads):
     return step, loss0
 
 
-def make_torch(p, X, Y, threads, variant):
-    """PyTorch peers. "onehot": d2l's concise model, one_hot -> nn.RNN(V, H) ->
-    nn.Linear. "embedding": nn.Embedding(V, H) (= one-hot @ W_xh) feeding
-    nn.RNN(H, H) whose input weight is the identity, so it computes the same
-    function (with one extra H x H product per step)."""
-    torch.set_num_threads(threads)
-    torch.set_flush_denormal(True)
+def torch_model(p, variant):
+    """The PyTorch peer's modules holding fastrnn's parameters ``p``; returns
+    ``(modules, logits_fn)`` with ``logits_fn(X int64 tensor) -> (B, T, V)``.
+
+    "onehot": d2l's concise model, one_hot -> nn.RNN(V, H) -> nn.Linear.
+    "embedding": nn.Embedding(V, H) (= one-hot @ W_xh) feeding nn.RNN(H, H) whose
+    input weight is the identity, so it computes the same function (with one extra
+    H x H product per step)."""
     V, H = p["W_hq"].shape[1], p["W_hh"].shape[0]
-    t = lambda a: torch.from_numpy(np.ascontiguousarray(a))
-    rnn_in = V if variant == "onehot" else H
-    rnn = torch.nn.RNN(rnn_in, H, batch_first=True)
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
+    rnn = torch.nn.RNN(V if variant == "onehot" else H, H, batch_first=True)
     lin = torch.nn.Linear(H, V)
     emb = torch.nn.Embedding(V, H) if variant == "embedding" else None
     with torch.no_grad():
@@ -118,16 +118,27 @@ def make_torch(p, X, Y, threads, variant):
         rnn.bias_hh_l0.zero_()
         lin.weight.copy_(t(p["W_hq"].T))
         lin.bias.copy_(t(p["b_q"]))
-    mods = [m for m in (emb, rnn, lin) if m is not None]
+
+    def logits(Xt):
+        inp = (torch.nn.functional.one_hot(Xt, V).float() if variant == "onehot"
+               else emb(Xt))
+        out, _ = rnn(inp)
+        return lin(out)
+    return [m for m in (emb, rnn, lin) if m is not None], logits
+
+
+def make_torch(p, X, Y, threads, variant):
+    """The idiomatic PyTorch training step on :func:`torch_model`'s modules."""
+    torch.set_num_threads(threads)
+    torch.set_flush_denormal(True)
+    V = p["W_hq"].shape[1]
+    mods, logits = torch_model(p, variant)
     params = [q for m in mods for q in m.parameters()]
     opt = torch.optim.SGD(params, lr=LR)
     Xt, Yt = torch.from_numpy(X.astype(np.int64)), torch.from_numpy(Y.astype(np.int64))
 
     def loss_fn():
-        inp = (torch.nn.functional.one_hot(Xt, V).float() if variant == "onehot"
-               else emb(Xt))
-        out, _ = rnn(inp)
-        return torch.nn.functional.cross_entropy(lin(out).reshape(-1, V), Yt.reshape(-1))
+        return torch.nn.functional.cross_entropy(logits(Xt).reshape(-1, V), Yt.reshape(-1))
 
     with torch.no_grad():
         loss0 = float(loss_fn())

@@ -27,36 +27,16 @@ def forward_reference(p, X):
 
 
 def forward_torch(p, X, variant):
-    """The modules of compare.make_torch, set up the same way, without autograd.
-    "onehot": one_hot -> nn.RNN(V, H) -> nn.Linear; "embedding": nn.Embedding(V, H)
-    -> nn.RNN(H, H) with identity input weight -> nn.Linear."""
+    """compare.torch_model's modules (as in compare.make_torch), without autograd."""
     torch = compare.torch
     torch.set_num_threads(THREADS)
     torch.set_flush_denormal(True)
-    V, H = p["W_hq"].shape[1], p["W_hh"].shape[0]
-    t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
-    rnn = torch.nn.RNN(V if variant == "onehot" else H, H, batch_first=True)
-    lin = torch.nn.Linear(H, V)
-    emb = torch.nn.Embedding(V, H) if variant == "embedding" else None
-    with torch.no_grad():
-        if variant == "onehot":
-            rnn.weight_ih_l0.copy_(t(p["W_xh"].T))
-        else:
-            emb.weight.copy_(t(p["W_xh"]))
-            rnn.weight_ih_l0.copy_(torch.eye(H))
-        rnn.weight_hh_l0.copy_(t(p["W_hh"].T))
-        rnn.bias_ih_l0.copy_(t(p["b_h"]))
-        rnn.bias_hh_l0.zero_()
-        lin.weight.copy_(t(p["W_hq"].T))
-        lin.bias.copy_(t(p["b_q"]))
+    _, logits = compare.torch_model(p, variant)
     Xt = torch.from_numpy(X.astype(np.int64))
 
     @torch.no_grad()
     def run():
-        inp = (torch.nn.functional.one_hot(Xt, V).float() if variant == "onehot"
-               else emb(Xt))
-        out, _ = rnn(inp)
-        return lin(out)  # (B, T, V)
+        return logits(Xt)  # (B, T, V)
     return run
 
 
