@@ -2,7 +2,7 @@
 
     python benches/scaling.py
 """
-import numpy as np, fastrnn, time, resource, sys
+import numpy as np, fastrnn, time
 def tm(f,n=7):
     f(); ts=[]
     for _ in range(n):

@@ -422,7 +422,7 @@ def test_callbacks_and_early_stop():
 def test_concurrent_fit_on_one_model_rejected():
     import threading
     lm = tiny()
-    inside, release, errors = threading.Event(), threading.Event(), []
+    inside, release = threading.Event(), threading.Event()
 
     def wait(model, record):
         inside.set()
