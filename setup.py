@@ -95,7 +95,8 @@ class BuildExt(build_ext):
             elif debug:
                 cflags = cflags + ["-O0", "-g", "-UNDEBUG", "-fno-omit-frame-pointer"]
             else:
-                # -fno-math-errno lets gcc inline/vectorise libm calls; no -march=native.
+                # -fno-math-errno lets gcc inline/vectorise libm calls; no CPU-specific -march flag
+                # (the hot loops pick AVX-512/AVX2/SSE2 at load time instead).
                 cflags = cflags + ["-O3", "-fno-math-errno"]
             if sanitize and ctype != "msvc":
                 cflags = cflags + [f"-fsanitize={sanitize}"]

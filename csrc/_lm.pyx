@@ -29,29 +29,13 @@ workspace), and flushes subnormals for its duration, restoring the caller's
 floating-point mode. The Python layer (fastrnn.model) validates arguments.
 """
 from cython cimport floating
-from libc.math cimport tanh, tanhf, exp, sqrt, fabs, isfinite, pow
+from libc.math cimport exp, sqrt, isfinite, pow
 from libc.stdint cimport int32_t, int64_t, uint64_t
 
 from _fpmode cimport fastrnn_fpmode_t, fastrnn_ftz_on, fastrnn_fp_restore
 
 # the same vectorised one-row product and tanh as the training kernels (csrc/_rnn.pyx)
-cdef extern from "_vecmat.h" nogil:
-    void fastrnn_vecmat_f32(const float* x, const float* W, Py_ssize_t ldw, float* y,
-                            Py_ssize_t K, Py_ssize_t N, int accumulate) noexcept
-    void fastrnn_vecmat_f64(const double* x, const double* W, Py_ssize_t ldw, double* y,
-                            Py_ssize_t K, Py_ssize_t N, int accumulate) noexcept
-cdef extern from "_elementwise.h" nogil:
-    void fastrnn_tanh_f32(const float* z, float* h, Py_ssize_t n) noexcept
-    void fastrnn_tanh_f64(const double* z, double* h, Py_ssize_t n) noexcept
-
-
-cdef inline void _vecmat(const floating* x, const floating* W, floating* y, Py_ssize_t K,
-                         Py_ssize_t N) noexcept nogil:
-    """y(N) += x(K) @ W(K, N), W row-major contiguous."""
-    if floating is float:
-        fastrnn_vecmat_f32(x, W, N, y, K, N, 1)
-    else:
-        fastrnn_vecmat_f64(x, W, N, y, K, N, 1)
+from _rowops cimport _vecmat, _tanh_vec
 
 cdef enum:
     TANH = 0
@@ -263,12 +247,9 @@ cdef void _step(const floating* W_xh, const floating* W_hh, const floating* b_h,
     cdef const floating* w = W_xh + <Py_ssize_t>x * H
     for j in range(H):
         z[j] = w[j] + b_h[j]
-    _vecmat(h, W_hh, z, H, H)
+    _vecmat(h, W_hh, H, z, H, H, 1)
     if nonlin == TANH:
-        if floating is float:
-            fastrnn_tanh_f32(z, h, H)
-        else:
-            fastrnn_tanh_f64(z, h, H)
+        _tanh_vec(z, h, H)
     else:
         for j in range(H):
             h[j] = z[j] if z[j] > 0 else 0
@@ -391,6 +372,6 @@ def generate(const floating[:, ::1] W_xh,     # IN (V, H)
             # O_t = H_t W_hq + b_q
             for v in range(V):
                 o[v] = b_q[v]
-            _vecmat(&h[0], &W_hq[0, 0], o, H, V)
+            _vecmat(&h[0], &W_hq[0, 0], V, o, H, V, 1)
             out[i] = _sample(o, sel, V, inv_temp, top_k, greedy, &rng[0])
         fastrnn_fp_restore(mode)

@@ -30,53 +30,18 @@ kernels.
 """
 from cython cimport floating
 from cython.parallel cimport prange, parallel
-from libc.math cimport tanh, tanhf, exp, expf, log, sqrt, fabs, isfinite
+from libc.math cimport log
 from libc.string cimport memcpy, memset
 from libc.stdint cimport int32_t, int64_t, uint64_t
 
-from _blas cimport gemm, vecmat
+from _blas cimport gemm
 from _omp cimport (FASTRNN_OMP_ENABLED, fastrnn_omp_max_threads, fastrnn_omp_thread_id,
                   fastrnn_omp_num_threads)
 from _fpmode cimport (fastrnn_fpmode_t, fastrnn_ftz_on, fastrnn_fp_restore, fastrnn_fp_get,
                      FASTRNN_HAVE_FTZ)
 
-cdef extern from "_elementwise.h" nogil:
-    void fastrnn_tanh_f32(const float* z, float* h, Py_ssize_t n) noexcept
-    void fastrnn_tanh_f64(const double* z, double* h, Py_ssize_t n) noexcept
-    double fastrnn_exp_shift_f32(float* o, float m, Py_ssize_t n) noexcept
-    double fastrnn_exp_shift_f64(double* o, double m, Py_ssize_t n) noexcept
-    void fastrnn_dtanh_f32(float* dz, const float* dh, const float* h, Py_ssize_t n) noexcept
-    void fastrnn_dtanh_f64(double* dz, const double* dh, const double* h,
-                           Py_ssize_t n) noexcept
-
-cdef extern from "_vecmat.h" nogil:
-    void fastrnn_vecmat_f32(const float* x, const float* W, Py_ssize_t ldw, float* y,
-                            Py_ssize_t K, Py_ssize_t N, int accumulate) noexcept
-    void fastrnn_vecmat_f64(const double* x, const double* W, Py_ssize_t ldw, double* y,
-                            Py_ssize_t K, Py_ssize_t N, int accumulate) noexcept
-    void fastrnn_matvec_f32(const float* W, const float* x, float* y, Py_ssize_t M,
-                            Py_ssize_t N) noexcept
-    void fastrnn_matvec_f64(const double* W, const double* x, double* y, Py_ssize_t M,
-                            Py_ssize_t N) noexcept
-
-
-cdef inline void _vecmat(const floating* x, const floating* W, Py_ssize_t ldw, floating* y,
-                         Py_ssize_t K, Py_ssize_t N, int accumulate) noexcept nogil:
-    """y(N) = x(K) @ W(K, N) (+ y if accumulate), W row-major, leading dimension ldw."""
-    if floating is float:
-        fastrnn_vecmat_f32(x, W, ldw, y, K, N, accumulate)
-    else:
-        fastrnn_vecmat_f64(x, W, ldw, y, K, N, accumulate)
-
-
-cdef inline void _vecmatT(const floating* x, const floating* W, floating* y, Py_ssize_t M,
-                          Py_ssize_t N) noexcept nogil:
-    """y(M) = x(N) @ W(M, N)^T, W row-major contiguous."""
-    if floating is float:
-        fastrnn_matvec_f32(W, x, y, M, N)
-    else:
-        fastrnn_matvec_f64(W, x, y, M, N)
-
+from _rowops cimport (_vecmat, _vecmatT, _tanh_vec, fastrnn_exp_shift_f32,
+                     fastrnn_exp_shift_f64, fastrnn_dtanh_f32, fastrnn_dtanh_f64)
 
 cdef extern from "_barrier.h" nogil:
     ctypedef struct fastrnn_barrier_t:
@@ -113,29 +78,12 @@ def fp_mode():
 # ---------------------------------------------------------------------------
 # elementwise helpers
 
-cdef inline floating _tanh(floating z) noexcept nogil:
-    if floating is float:
-        return tanhf(z)
-    else:
-        return tanh(z)
-
-
-cdef inline floating _exp(floating z) noexcept nogil:
-    if floating is float:
-        return expf(z)
-    else:
-        return exp(z)
-
-
 cdef inline void _activate(floating* Z, floating* Hout, Py_ssize_t n,
                            int nonlin) noexcept nogil:
     """Hout = phi(Z), elementwise over n values."""
     cdef Py_ssize_t i
     if nonlin == TANH:
-        if floating is float:
-            fastrnn_tanh_f32(Z, Hout, n)
-        else:
-            fastrnn_tanh_f64(Z, Hout, n)
+        _tanh_vec(Z, Hout, n)
     else:
         for i in range(n):
             Hout[i] = Z[i] if Z[i] > 0 else 0

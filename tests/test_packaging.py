@@ -127,7 +127,7 @@ def test_compat_explains_a_real_cython_blas_mismatch(how, cause):
 
 @pytest.mark.parametrize("how", ["signature", "missing"])
 def test_import_fails_clearly_on_a_cython_blas_mismatch(how):
-    out = _import_with_changed_cython_blas("dgemv", how)
+    out = _import_with_changed_cython_blas("dgemm", how)
     assert out["type"] == "ImportError"
     _assert_clear(out["message"])
 

@@ -1,0 +1,49 @@
+# The hand-written C kernels shared by fastrnn._rnn and fastrnn._lm: the one-row
+# products of csrc/_vecmat.h and the vectorised elementwise loops of
+# csrc/_elementwise.h, with fused float/double wrappers.
+from cython cimport floating
+
+cdef extern from "_elementwise.h" nogil:
+    void fastrnn_tanh_f32(const float* z, float* h, Py_ssize_t n) noexcept
+    void fastrnn_tanh_f64(const double* z, double* h, Py_ssize_t n) noexcept
+    double fastrnn_exp_shift_f32(float* o, float m, Py_ssize_t n) noexcept
+    double fastrnn_exp_shift_f64(double* o, double m, Py_ssize_t n) noexcept
+    void fastrnn_dtanh_f32(float* dz, const float* dh, const float* h, Py_ssize_t n) noexcept
+    void fastrnn_dtanh_f64(double* dz, const double* dh, const double* h,
+                           Py_ssize_t n) noexcept
+
+cdef extern from "_vecmat.h" nogil:
+    void fastrnn_vecmat_f32(const float* x, const float* W, Py_ssize_t ldw, float* y,
+                            Py_ssize_t K, Py_ssize_t N, int accumulate) noexcept
+    void fastrnn_vecmat_f64(const double* x, const double* W, Py_ssize_t ldw, double* y,
+                            Py_ssize_t K, Py_ssize_t N, int accumulate) noexcept
+    void fastrnn_matvec_f32(const float* W, const float* x, float* y, Py_ssize_t M,
+                            Py_ssize_t N) noexcept
+    void fastrnn_matvec_f64(const double* W, const double* x, double* y, Py_ssize_t M,
+                            Py_ssize_t N) noexcept
+
+
+cdef inline void _vecmat(const floating* x, const floating* W, Py_ssize_t ldw, floating* y,
+                         Py_ssize_t K, Py_ssize_t N, int accumulate) noexcept nogil:
+    """y(N) = x(K) @ W(K, N) (+ y if accumulate), W row-major, leading dimension ldw."""
+    if floating is float:
+        fastrnn_vecmat_f32(x, W, ldw, y, K, N, accumulate)
+    else:
+        fastrnn_vecmat_f64(x, W, ldw, y, K, N, accumulate)
+
+
+cdef inline void _vecmatT(const floating* x, const floating* W, floating* y, Py_ssize_t M,
+                          Py_ssize_t N) noexcept nogil:
+    """y(M) = x(N) @ W(M, N)^T, W row-major contiguous."""
+    if floating is float:
+        fastrnn_matvec_f32(W, x, y, M, N)
+    else:
+        fastrnn_matvec_f64(W, x, y, M, N)
+
+
+cdef inline void _tanh_vec(const floating* z, floating* h, Py_ssize_t n) noexcept nogil:
+    """h = tanh(z), elementwise over n values (vectorised approximation for float)."""
+    if floating is float:
+        fastrnn_tanh_f32(z, h, n)
+    else:
+        fastrnn_tanh_f64(z, h, n)
