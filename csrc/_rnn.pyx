@@ -32,6 +32,7 @@ from cython cimport floating
 from cython.parallel cimport prange, parallel
 from libc.math cimport log
 from libc.string cimport memcpy, memset
+from libc.stdlib cimport malloc, free
 from libc.stdint cimport int32_t, int64_t, uint64_t
 
 from _blas cimport gemm
@@ -41,7 +42,8 @@ from _fpmode cimport (fastrnn_fpmode_t, fastrnn_ftz_on, fastrnn_fp_restore, fast
                      FASTRNN_HAVE_FTZ)
 
 from _rowops cimport (_vecmat, _vecmatT, _tanh_vec, fastrnn_exp_shift_f32,
-                     fastrnn_exp_shift_f64, fastrnn_dtanh_f32, fastrnn_dtanh_f64)
+                     fastrnn_exp_shift_f64, fastrnn_dtanh_f32, fastrnn_dtanh_f64,
+                     _pack_width, _pack, _pgemm, fastrnn_pgemm_level)
 
 cdef extern from "_barrier.h" nogil:
     ctypedef struct fastrnn_barrier_t:
@@ -102,6 +104,7 @@ cdef inline void _chunk(Py_ssize_t n, int nchunks, int c,
 cdef void _forward_chunk(
         const floating* W_xh,      # IN  (D, H)
         const floating* W_hh,      # IN  (H, H)
+        const floating* Wp,        # IN  W_hh packed by _pack (used when b1 - b0 > 1)
         const floating* b_h,       # IN  (H,)
         const int32_t* X_ids,      # IN  (T, B) token ids, or NULL
         const floating* X,         # IN  (T*B, D) dense inputs, or NULL
@@ -139,8 +142,7 @@ cdef void _forward_chunk(
         if nb == 1:
             _vecmat(Hs + (t * B + b0) * H, W_hh, H, z, H, H, 1)
         else:
-            gemm(c'N', c'N', <int>nb, <int>H, <int>H, <floating>1.0,
-                 Hs + (t * B + b0) * H, <int>H, W_hh, <int>H, <floating>1.0, z, <int>H)
+            _pgemm(nb, H, H, Hs + (t * B + b0) * H, H, Wp, z, H, 1)
         _activate(z, Hs + ((t + 1) * B + b0) * H, nb * H, nonlin)
     fastrnn_fp_restore(mode)
 
@@ -234,6 +236,7 @@ cdef double _output_rows(
 
 cdef void _backward_chunk(
         const floating* W_hh,      # IN  (H, H)
+        const floating* WpT,       # IN  W_hh^T packed by _pack (used when b1 - b0 > 1)
         const floating* Hs,        # IN  (T+1, B, H)
         floating* dZs,             # IN/OUT (T*B, H): dL/dH_t from the output layer on
                                    #   entry, dL/dZ_t on exit
@@ -266,8 +269,7 @@ cdef void _backward_chunk(
         if nb == 1:
             _vecmatT(dz, W_hh, dhc, H, H)
         else:
-            gemm(c'N', c'T', <int>nb, <int>H, <int>H, <floating>1.0, dz, <int>H,
-                 W_hh, <int>H, <floating>0.0, dhc, <int>H)
+            _pgemm(nb, H, H, dz, H, WpT, dhc, H, 0)
         t -= 1
     fastrnn_fp_restore(mode)
 
@@ -431,6 +433,23 @@ cdef inline int _nonlin_code(str nonlinearity) except -1:
     raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
 
 
+def packed_gemm_level():
+    """Which packed-gemm variant runs the recurrence here: 2 = AVX-512, 1 = AVX2+FMA,
+    0 = portable C."""
+    return fastrnn_pgemm_level()
+
+
+cdef floating* _alloc_packed(Py_ssize_t H, floating dummy) except NULL:
+    """Buffer for an H x H matrix packed by _pack (freed by the caller)."""
+    cdef Py_ssize_t nr = _pack_width(dummy)
+    cdef Py_ssize_t n = H * ((H + nr - 1) // nr) * nr
+    cdef floating* p = <floating*>malloc(n * sizeof(floating))
+    if p == NULL:
+        raise MemoryError(f"cannot allocate {n * sizeof(floating)} bytes for the packed "
+                          f"recurrent weights (H={H})")
+    return p
+
+
 def forward(const floating[:, ::1] W_xh, const floating[:, ::1] W_hh,
             const floating[::1] b_h, const floating[:, ::1] W_hq, const floating[::1] b_q,
             const int32_t[:, ::1] X_ids,     # (T, B), or shape (0, 0) for dense input
@@ -454,41 +473,64 @@ def forward(const floating[:, ::1] W_xh, const floating[:, ::1] W_hh,
     cdef const int32_t* yp = &Y[0] if Y.shape[0] > 0 else NULL
     cdef bint do_out = O.shape[0] > 0
     cdef floating scale = <floating>(1.0 / N)
-    cdef int c, nc, no, tid = 0, nthr = 0
-    cdef Py_ssize_t lo, hi
+    cdef int nc, no
     cdef fastrnn_barrier_t bar
     if num_threads < 1:
         raise ValueError("num_threads must be >= 1")
     # the time loop splits the batch; the output layer splits its T*B rows
     nc = _threads_for(num_threads, 2.0 * N * H * (H + 1), B)
     no = _threads_for(num_threads, 2.0 * N * H * V, N)
+    cdef bint split = _split_one_sequence(num_threads, B, H)
+    cdef floating* Wp = NULL
     fastrnn_barrier_init(&bar, 2)
-    with nogil:
-        if _split_one_sequence(num_threads, B, H):
-            # one sequence: two threads split the hidden units of every step
-            with parallel(num_threads=2):
-                tid = fastrnn_omp_thread_id()
-                nthr = fastrnn_omp_num_threads()
-                if nthr == 2:
-                    _forward_split(&W_xh[0, 0], &W_hh[0, 0], &b_h[0], ids, xd,
-                                   &Hs[0, 0, 0], &Zs[0, 0], T, H, D,
-                                   (H * tid) // 2, (H * (tid + 1)) // 2, nonlin, &bar)
-                elif tid == 0:  # OpenMP gave us one thread: no barrier partner
-                    _forward_chunk(&W_xh[0, 0], &W_hh[0, 0], &b_h[0], ids, xd,
-                                   &Hs[0, 0, 0], &Zs[0, 0], T, B, H, D, 0, B, nonlin)
-        else:
-            for c in prange(nc, num_threads=nc, schedule='static'):
-                _forward_chunk(&W_xh[0, 0], &W_hh[0, 0], &b_h[0], ids, xd, &Hs[0, 0, 0],
-                               &Zs[0, 0], T, B, H, D, (B * c) // nc, (B * (c + 1)) // nc,
-                               nonlin)
-        if do_out:
-            for c in prange(no, num_threads=no, schedule='static'):
-                lo = (N * c) // no
-                hi = (N * (c + 1)) // no
-                loss_parts[c] = _output_rows(
-                    &Hs[0, 0, 0] + (B + lo) * H, &W_hq[0, 0], &b_q[0],
-                    (yp + lo) if yp != NULL else NULL, &O[0, 0] + lo * V,
-                    hi - lo, H, V, scale)
+    if not split and B > nc:  # some chunk has several rows: packed W_hh for _pgemm
+        Wp = _alloc_packed(H, <floating>0)
+    try:
+        with nogil:
+            if Wp != NULL:
+                _pack(&W_hh[0, 0], H, 0, H, H, _pack_width(<floating>0), Wp)
+            _forward_regions(W_xh, W_hh, Wp, b_h, W_hq, b_q, ids, xd, Hs, Zs, O, yp, loss_parts,
+                             T, B, H, D, V, N, nonlin, scale, do_out, split, nc, no, &bar)
+    finally:
+        free(Wp)
+
+
+cdef void _forward_regions(
+        const floating[:, ::1] W_xh, const floating[:, ::1] W_hh, const floating* Wp,
+        const floating[::1] b_h, const floating[:, ::1] W_hq, const floating[::1] b_q,
+        const int32_t* ids, const floating* xd, floating[:, :, ::1] Hs,
+        floating[:, ::1] Zs, floating[:, ::1] O, const int32_t* yp,
+        floating[::1] loss_parts, Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, Py_ssize_t D,
+        Py_ssize_t V, Py_ssize_t N, int nonlin, floating scale, bint do_out, bint split,
+        int nc, int no, fastrnn_barrier_t* bar) noexcept nogil:
+    """forward()'s parallel regions (arguments validated by forward())."""
+    cdef int c, tid = 0, nthr = 0
+    cdef Py_ssize_t lo, hi
+    if split:
+        # one sequence: two threads split the hidden units of every step
+        with parallel(num_threads=2):
+            tid = fastrnn_omp_thread_id()
+            nthr = fastrnn_omp_num_threads()
+            if nthr == 2:
+                _forward_split(&W_xh[0, 0], &W_hh[0, 0], &b_h[0], ids, xd,
+                               &Hs[0, 0, 0], &Zs[0, 0], T, H, D,
+                               (H * tid) // 2, (H * (tid + 1)) // 2, nonlin, bar)
+            elif tid == 0:  # OpenMP gave us one thread: no barrier partner
+                _forward_chunk(&W_xh[0, 0], &W_hh[0, 0], Wp, &b_h[0], ids, xd,
+                               &Hs[0, 0, 0], &Zs[0, 0], T, B, H, D, 0, B, nonlin)
+    else:
+        for c in prange(nc, num_threads=nc, schedule='static'):
+            _forward_chunk(&W_xh[0, 0], &W_hh[0, 0], Wp, &b_h[0], ids, xd, &Hs[0, 0, 0],
+                           &Zs[0, 0], T, B, H, D, (B * c) // nc, (B * (c + 1)) // nc,
+                           nonlin)
+    if do_out:
+        for c in prange(no, num_threads=no, schedule='static'):
+            lo = (N * c) // no
+            hi = (N * (c + 1)) // no
+            loss_parts[c] = _output_rows(
+                &Hs[0, 0, 0] + (B + lo) * H, &W_hq[0, 0], &b_q[0],
+                (yp + lo) if yp != NULL else NULL, &O[0, 0] + lo * V,
+                hi - lo, H, V, scale)
 
 
 def backward(const floating[:, ::1] W_xh, const floating[:, ::1] W_hh,
@@ -516,32 +558,41 @@ def backward(const floating[:, ::1] W_xh, const floating[:, ::1] W_hh,
     nc = _threads_for(num_threads, 2.0 * N * H * (H + 1), B)
     no = _threads_for(num_threads, 2.0 * N * H * V, N)
     nw = _threads_for(num_threads, 2.0 * N * H * (H + V + D), max(H, V))
-    with nogil:
-        # dL/dH_t from the output layer, all t at once: dO W_hq^T (rows split)
-        for c in prange(no, num_threads=no, schedule='static'):
-            lo = (N * c) // no
-            hi = (N * (c + 1)) // no
-            mode = fastrnn_ftz_on()
-            gemm(c'N', c'T', <int>(hi - lo), <int>H, <int>V, <floating>1.0,
-                 &dO[0, 0] + lo * V, <int>V, &W_hq[0, 0], <int>V, <floating>0.0,
-                 &dZs[0, 0] + lo * H, <int>H)
-            fastrnn_fp_restore(mode)
-        if _split_one_sequence(num_threads, B, H):
-            fastrnn_barrier_init(&bar, 2)
-            with parallel(num_threads=2):
-                tid = fastrnn_omp_thread_id()
-                nthr = fastrnn_omp_num_threads()
-                if nthr == 2:
-                    _backward_split(&W_hh[0, 0], &Hs[0, 0, 0], &dZs[0, 0], &dh0[0, 0], T, H,
-                                    (H * tid) // 2, (H * (tid + 1)) // 2, nonlin, &bar)
-                elif tid == 0:
-                    _backward_chunk(&W_hh[0, 0], &Hs[0, 0, 0], &dZs[0, 0], &dh0[0, 0], T,
-                                    B, H, 0, B, nonlin)
-        else:
-            for c in prange(nc, num_threads=nc, schedule='static'):
-                _backward_chunk(&W_hh[0, 0], &Hs[0, 0, 0], &dZs[0, 0], &dh0[0, 0], T, B,
-                                H, (B * c) // nc, (B * (c + 1)) // nc, nonlin)
-        for c in prange(nw, num_threads=nw, schedule='static'):
-            _weight_grads_chunk(&Hs[0, 0, 0], &dZs[0, 0], &dO[0, 0], ids, xd,
-                                &dW_xh[0, 0], &dW_hh[0, 0], &db_h[0], &dW_hq[0, 0],
-                                &db_q[0], N, B, H, D, V, c, nw)
+    cdef bint split = _split_one_sequence(num_threads, B, H)
+    cdef floating* WpT = NULL
+    if not split and B > nc:  # some chunk has several rows: packed W_hh^T for _pgemm
+        WpT = _alloc_packed(H, <floating>0)
+    try:
+        with nogil:
+            # dL/dH_t from the output layer, all t at once: dO W_hq^T (rows split)
+            for c in prange(no, num_threads=no, schedule='static'):
+                lo = (N * c) // no
+                hi = (N * (c + 1)) // no
+                mode = fastrnn_ftz_on()
+                gemm(c'N', c'T', <int>(hi - lo), <int>H, <int>V, <floating>1.0,
+                     &dO[0, 0] + lo * V, <int>V, &W_hq[0, 0], <int>V, <floating>0.0,
+                     &dZs[0, 0] + lo * H, <int>H)
+                fastrnn_fp_restore(mode)
+            if WpT != NULL:
+                _pack(&W_hh[0, 0], H, 1, H, H, _pack_width(<floating>0), WpT)
+            if split:
+                fastrnn_barrier_init(&bar, 2)
+                with parallel(num_threads=2):
+                    tid = fastrnn_omp_thread_id()
+                    nthr = fastrnn_omp_num_threads()
+                    if nthr == 2:
+                        _backward_split(&W_hh[0, 0], &Hs[0, 0, 0], &dZs[0, 0], &dh0[0, 0], T, H,
+                                        (H * tid) // 2, (H * (tid + 1)) // 2, nonlin, &bar)
+                    elif tid == 0:
+                        _backward_chunk(&W_hh[0, 0], WpT, &Hs[0, 0, 0], &dZs[0, 0], &dh0[0, 0],
+                                        T, B, H, 0, B, nonlin)
+            else:
+                for c in prange(nc, num_threads=nc, schedule='static'):
+                    _backward_chunk(&W_hh[0, 0], WpT, &Hs[0, 0, 0], &dZs[0, 0], &dh0[0, 0], T,
+                                    B, H, (B * c) // nc, (B * (c + 1)) // nc, nonlin)
+            for c in prange(nw, num_threads=nw, schedule='static'):
+                _weight_grads_chunk(&Hs[0, 0, 0], &dZs[0, 0], &dO[0, 0], ids, xd,
+                                    &dW_xh[0, 0], &dW_hh[0, 0], &db_h[0], &dW_hq[0, 0],
+                                    &db_q[0], N, B, H, D, V, c, nw)
+    finally:
+        free(WpT)

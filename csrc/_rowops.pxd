@@ -47,3 +47,46 @@ cdef inline void _tanh_vec(const floating* z, floating* h, Py_ssize_t n) noexcep
         fastrnn_tanh_f32(z, h, n)
     else:
         fastrnn_tanh_f64(z, h, n)
+
+
+cdef extern from "_pgemm.h" nogil:
+    void fastrnn_pack_f32(const float* src, Py_ssize_t ld, int trans, Py_ssize_t K,
+                          Py_ssize_t N, Py_ssize_t nr, float* dst) noexcept
+    void fastrnn_pack_f64(const double* src, Py_ssize_t ld, int trans, Py_ssize_t K,
+                          Py_ssize_t N, Py_ssize_t nr, double* dst) noexcept
+    Py_ssize_t fastrnn_pgemm_nr_f32() noexcept
+    Py_ssize_t fastrnn_pgemm_nr_f64() noexcept
+    int fastrnn_pgemm_level() noexcept
+    void fastrnn_pgemm_f32(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A,
+                           Py_ssize_t lda, const float* Bp, float* C, Py_ssize_t ldc,
+                           int accumulate) noexcept
+    void fastrnn_pgemm_f64(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const double* A,
+                           Py_ssize_t lda, const double* Bp, double* C, Py_ssize_t ldc,
+                           int accumulate) noexcept
+
+
+cdef inline Py_ssize_t _pack_width(floating dummy) noexcept nogil:
+    """Panel width of the packed-gemm variant this CPU runs."""
+    if floating is float:
+        return fastrnn_pgemm_nr_f32()
+    else:
+        return fastrnn_pgemm_nr_f64()
+
+
+cdef inline void _pack(const floating* src, Py_ssize_t ld, int trans, Py_ssize_t K,
+                       Py_ssize_t N, Py_ssize_t nr, floating* dst) noexcept nogil:
+    """Pack B = src (K, N) (or src^T when trans) into K x nr column panels."""
+    if floating is float:
+        fastrnn_pack_f32(src, ld, trans, K, N, nr, dst)
+    else:
+        fastrnn_pack_f64(src, ld, trans, K, N, nr, dst)
+
+
+cdef inline void _pgemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating* A,
+                        Py_ssize_t lda, const floating* Bp, floating* C, Py_ssize_t ldc,
+                        int accumulate) noexcept nogil:
+    """C(M, N) (+)= A(M, K) @ B(K, N), B packed by _pack."""
+    if floating is float:
+        fastrnn_pgemm_f32(M, N, K, A, lda, Bp, C, ldc, accumulate)
+    else:
+        fastrnn_pgemm_f64(M, N, K, A, lda, Bp, C, ldc, accumulate)

@@ -79,8 +79,9 @@ def resolve_num_threads(num_threads) -> int:
 
 _blas_lock = threading.Lock()
 _blas_users = 0
-_blas_restore = None
+_blas_saved = None      # [(library controller, its thread count before the limit)]
 _controller = None
+_blas_libs = None
 
 
 def _threadpool_controller():
@@ -91,26 +92,46 @@ def _threadpool_controller():
     return _controller
 
 
+def _blas_libraries():
+    """threadpoolctl's controllers of the BLAS libraries loaded now (scipy's, whose
+    cython_blas the kernels call, is loaded with them), found once: a fresh
+    ThreadpoolController scans every loaded library, which costs more than a small
+    kernel call."""
+    global _blas_libs
+    if _blas_libs is None:
+        _blas_libs = list(_threadpool_controller().select(user_api="blas").lib_controllers)
+    return _blas_libs
+
+
 @contextmanager
 def blas_single_thread():
     """Limit BLAS to one thread while our OpenMP threads own the cores.
 
     Reference-counted, so concurrent calls from several Python threads neither
-    restore the limit early nor leave it set afterwards.
+    restore the limit early nor leave it set afterwards. Only libraries not already
+    at one thread are touched, each with one direct call, so the limit costs
+    microseconds per kernel call.
     """
-    global _blas_users, _blas_restore
+    global _blas_users, _blas_saved
     with _blas_lock:
         if _blas_users == 0:
-            _blas_restore = _threadpool_controller().select(user_api="blas").limit(limits=1)
+            saved = []
+            for lib in _blas_libraries():
+                n = lib.get_num_threads()
+                if n is not None and n != 1:
+                    lib.set_num_threads(1)
+                    saved.append((lib, n))
+            _blas_saved = saved
         _blas_users += 1
     try:
         yield
     finally:
         with _blas_lock:
             _blas_users -= 1
-            if _blas_users == 0 and _blas_restore is not None:
-                _blas_restore.restore_original_limits()
-                _blas_restore = None
+            if _blas_users == 0 and _blas_saved is not None:
+                for lib, n in _blas_saved:
+                    lib.set_num_threads(n)
+                _blas_saved = None
 
 
 # ---------------------------------------------------------------------------
@@ -119,6 +140,9 @@ def blas_single_thread():
 def _c_aligned(a, dtype=None) -> np.ndarray:
     """C-contiguous and aligned (a misaligned float* is undefined behaviour in C):
     the array itself when it already is, else a copy."""
+    if (type(a) is np.ndarray and a.flags.c_contiguous and a.flags.aligned
+            and (dtype is None or a.dtype == dtype)):
+        return a
     return np.require(a, dtype=dtype, requirements=["C", "A"])
 
 

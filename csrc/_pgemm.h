@@ -1,0 +1,265 @@
+/* C(M, N) (+)= A(M, K) @ B(K, N) with B packed once, for the serial time loop.
+ *
+ * Every step of the recurrence multiplies a few batch rows by the same H x H
+ * matrix (W_hh forward, W_hh^T backward). BLAS re-packs that matrix at every
+ * call: at H = 1024 that is a 4 MB copy per step and per thread, and for small
+ * H the packing and call overhead rival the arithmetic. Here the matrix is
+ * packed once per kernel call into column panels of NR values (panel p holds
+ * B[k, p*NR .. p*NR + NR) for k = 0..K-1, contiguous, zero-padded past N) and
+ * each step runs a register-blocked MR x NR micro-kernel over it, reading A's
+ * rows in place (row-major, any leading dimension).
+ *
+ * Numerics: every C[i, j] is accumulated over k in ascending order, one
+ * multiply-add at a time, starting from C (or 0), whatever the blocking, the
+ * row tile a row falls in or the number of threads. So results are identical
+ * for any batch split. Which instruction set runs (AVX-512, AVX2+FMA, or the
+ * portable code) is chosen once per process from the CPU, as for the other
+ * kernels; no -march flag is needed.
+ */
+#ifndef FASTRNN_PGEMM_H
+#define FASTRNN_PGEMM_H
+
+#include <stddef.h>
+#include <string.h>
+
+#if defined(_MSC_VER) && !defined(restrict)
+#define restrict __restrict
+#endif
+
+#define FASTRNN_PG_KC 128  /* k block: an NR x KC panel slice stays in L1 */
+
+/* ------------------------------------------------------------------------
+ * packing (shared by every kernel variant; NR is the chosen kernel's width) */
+
+#define FASTRNN_DEFINE_PACK(NAME, T)                                                     \
+/* Pack B (K, N) = src if !trans (src is K x N, row stride ld), else src^T (src is  \
+ * N x K, row stride ld), into ceil(N / nr) panels of K x nr. */                         \
+static void NAME(const T *restrict src, ptrdiff_t ld, int trans, ptrdiff_t K,           \
+                 ptrdiff_t N, ptrdiff_t nr, T *restrict dst) {                           \
+    for (ptrdiff_t j0 = 0; j0 < N; j0 += nr) {                                           \
+        ptrdiff_t w = N - j0 < nr ? N - j0 : nr;                                         \
+        T *p = dst + (j0 / nr) * K * nr;                                                 \
+        if (!trans) {                                                                    \
+            for (ptrdiff_t k = 0; k < K; k++) {                                          \
+                const T *s = src + k * ld + j0;                                          \
+                ptrdiff_t c = 0;                                                         \
+                for (; c < w; c++) p[k * nr + c] = s[c];                                 \
+                for (; c < nr; c++) p[k * nr + c] = (T)0;                                \
+            }                                                                            \
+        } else { /* k blocks of 64, so the nr x 64 block written stays in L1 */         \
+            for (ptrdiff_t k0 = 0; k0 < K; k0 += 64) {                                   \
+                ptrdiff_t k1 = K - k0 < 64 ? K : k0 + 64;                                \
+                for (ptrdiff_t c = 0; c < nr; c++) {                                     \
+                    if (c < w) {                                                         \
+                        const T *s = src + (j0 + c) * ld;                                \
+                        for (ptrdiff_t k = k0; k < k1; k++) p[k * nr + c] = s[k];        \
+                    } else {                                                             \
+                        for (ptrdiff_t k = k0; k < k1; k++) p[k * nr + c] = (T)0;        \
+                    }                                                                    \
+                }                                                                        \
+            }                                                                            \
+        }                                                                                \
+    }                                                                                    \
+}
+
+FASTRNN_DEFINE_PACK(fastrnn_pack_f32, float)
+FASTRNN_DEFINE_PACK(fastrnn_pack_f64, double)
+
+/* ------------------------------------------------------------------------
+ * the micro-kernel loop nest, generic over the accumulator type.
+ *
+ * ACC(r, h) is accumulator h (0 or 1, each VW wide) of tile row r; the tile is
+ * MR x (2*VW). Rows past M repeat row M-1 (their results are not stored), so
+ * every row goes through the same instructions. */
+
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__) || defined(__aarch64__))
+#define FASTRNN_PG_VECTOR 1
+#endif
+
+#ifdef FASTRNN_PG_VECTOR
+
+#define FASTRNN_DEFINE_PGEMM(NAME, T, VT, VW, MR, ATTR)                                  \
+ATTR static void NAME(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T *restrict A,       \
+                      ptrdiff_t lda, const T *restrict Bp, T *restrict C, ptrdiff_t ldc, \
+                      int accumulate) {                                                  \
+    enum { NR = 2 * (VW) };                                                              \
+    for (ptrdiff_t k0 = 0; k0 < K; k0 += FASTRNN_PG_KC) {                                \
+        ptrdiff_t kc = K - k0 < FASTRNN_PG_KC ? K - k0 : FASTRNN_PG_KC;                  \
+        int acc_in = accumulate || k0 > 0;                                               \
+        for (ptrdiff_t j0 = 0; j0 < N; j0 += NR) {                                       \
+            ptrdiff_t w = N - j0 < NR ? N - j0 : NR;                                     \
+            const T *bp = Bp + (j0 / NR) * K * NR + k0 * NR;                             \
+            for (ptrdiff_t i0 = 0; i0 < M; i0 += (MR)) {                                 \
+                ptrdiff_t m = M - i0 < (MR) ? M - i0 : (MR);                             \
+                const T *a[MR];                                                          \
+                VT c0[MR], c1[MR];                                                       \
+                for (int r = 0; r < (MR); r++) {                                         \
+                    ptrdiff_t i = i0 + (r < m ? r : m - 1);                              \
+                    a[r] = A + i * lda + k0;                                             \
+                    if (acc_in && w == NR) {                                             \
+                        memcpy(&c0[r], C + i * ldc + j0, sizeof(VT));                    \
+                        memcpy(&c1[r], C + i * ldc + j0 + (VW), sizeof(VT));             \
+                    } else if (acc_in) {                                                 \
+                        T tmp[NR];                                                       \
+                        memset(tmp, 0, sizeof(tmp));                                     \
+                        memcpy(tmp, C + i * ldc + j0, (size_t)w * sizeof(T));            \
+                        memcpy(&c0[r], tmp, sizeof(VT));                                 \
+                        memcpy(&c1[r], tmp + (VW), sizeof(VT));                          \
+                    } else {                                                             \
+                        c0[r] = (VT){0};                                                 \
+                        c1[r] = (VT){0};                                                 \
+                    }                                                                    \
+                }                                                                        \
+                for (ptrdiff_t k = 0; k < kc; k++) {                                     \
+                    VT b0, b1;                                                           \
+                    memcpy(&b0, bp + k * NR, sizeof(VT));                                \
+                    memcpy(&b1, bp + k * NR + (VW), sizeof(VT));                         \
+                    for (int r = 0; r < (MR); r++) {                                     \
+                        T s = a[r][k];                                                   \
+                        c0[r] += s * b0;                                                 \
+                        c1[r] += s * b1;                                                 \
+                    }                                                                    \
+                }                                                                        \
+                for (int r = 0; r < m && w == NR; r++) {                                 \
+                    memcpy(C + (i0 + r) * ldc + j0, &c0[r], sizeof(VT));                 \
+                    memcpy(C + (i0 + r) * ldc + j0 + (VW), &c1[r], sizeof(VT));          \
+                }                                                                        \
+                for (int r = 0; r < m && w < NR; r++) {                                  \
+                    T tmp[NR];                                                           \
+                    memcpy(tmp, &c0[r], sizeof(VT));                                     \
+                    memcpy(tmp + (VW), &c1[r], sizeof(VT));                              \
+                    memcpy(C + (i0 + r) * ldc + j0, tmp, (size_t)w * sizeof(T));         \
+                }                                                                        \
+            }                                                                            \
+        }                                                                                \
+    }                                                                                    \
+}
+
+typedef float fastrnn_v16f __attribute__((vector_size(64)));
+typedef float fastrnn_v8f __attribute__((vector_size(32)));
+typedef float fastrnn_v4f __attribute__((vector_size(16)));
+typedef double fastrnn_v8d __attribute__((vector_size(64)));
+typedef double fastrnn_v4d __attribute__((vector_size(32)));
+typedef double fastrnn_v2d __attribute__((vector_size(16)));
+
+#if defined(__x86_64__) && !defined(__clang__) && !defined(FASTRNN_NO_CLONES)
+#define FASTRNN_PG_X86 1
+FASTRNN_DEFINE_PGEMM(fastrnn_pgemm_f32_avx512, float, fastrnn_v16f, 16, 6,
+                     __attribute__((target("avx512f"))))
+FASTRNN_DEFINE_PGEMM(fastrnn_pgemm_f64_avx512, double, fastrnn_v8d, 8, 6,
+                     __attribute__((target("avx512f"))))
+FASTRNN_DEFINE_PGEMM(fastrnn_pgemm_f32_avx2, float, fastrnn_v8f, 8, 6,
+                     __attribute__((target("avx2,fma"))))
+FASTRNN_DEFINE_PGEMM(fastrnn_pgemm_f64_avx2, double, fastrnn_v4d, 4, 6,
+                     __attribute__((target("avx2,fma"))))
+#endif
+FASTRNN_DEFINE_PGEMM(fastrnn_pgemm_f32_base, float, fastrnn_v4f, 4, 4, )
+FASTRNN_DEFINE_PGEMM(fastrnn_pgemm_f64_base, double, fastrnn_v2d, 2, 4, )
+
+#else  /* portable C: the same loop nest with scalar accumulators */
+
+#define FASTRNN_DEFINE_PGEMM_SCALAR(NAME, T, NR, MR)                                     \
+static void NAME(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T *restrict A,            \
+                 ptrdiff_t lda, const T *restrict Bp, T *restrict C, ptrdiff_t ldc,      \
+                 int accumulate) {                                                       \
+    for (ptrdiff_t k0 = 0; k0 < K; k0 += FASTRNN_PG_KC) {                                \
+        ptrdiff_t kc = K - k0 < FASTRNN_PG_KC ? K - k0 : FASTRNN_PG_KC;                  \
+        int acc_in = accumulate || k0 > 0;                                               \
+        for (ptrdiff_t j0 = 0; j0 < N; j0 += (NR)) {                                     \
+            ptrdiff_t w = N - j0 < (NR) ? N - j0 : (NR);                                 \
+            const T *bp = Bp + (j0 / (NR)) * K * (NR) + k0 * (NR);                       \
+            for (ptrdiff_t i0 = 0; i0 < M; i0 += (MR)) {                                 \
+                ptrdiff_t m = M - i0 < (MR) ? M - i0 : (MR);                             \
+                T c[MR][NR];                                                             \
+                const T *a[MR];                                                          \
+                for (int r = 0; r < (MR); r++) {                                         \
+                    ptrdiff_t i = i0 + (r < m ? r : m - 1);                              \
+                    a[r] = A + i * lda + k0;                                             \
+                    for (int q = 0; q < (NR); q++)                                       \
+                        c[r][q] = (acc_in && q < w) ? C[i * ldc + j0 + q] : (T)0;        \
+                }                                                                        \
+                for (ptrdiff_t k = 0; k < kc; k++)                                       \
+                    for (int r = 0; r < (MR); r++) {                                     \
+                        T s = a[r][k];                                                   \
+                        for (int q = 0; q < (NR); q++) c[r][q] += s * bp[k * (NR) + q];  \
+                    }                                                                    \
+                for (int r = 0; r < m; r++)                                              \
+                    for (ptrdiff_t q = 0; q < w; q++) C[(i0 + r) * ldc + j0 + q] = c[r][q]; \
+            }                                                                            \
+        }                                                                                \
+    }                                                                                    \
+}
+FASTRNN_DEFINE_PGEMM_SCALAR(fastrnn_pgemm_f32_base, float, 8, 4)
+FASTRNN_DEFINE_PGEMM_SCALAR(fastrnn_pgemm_f64_base, double, 4, 4)
+
+#endif
+
+/* ------------------------------------------------------------------------
+ * dispatch: one variant per process, chosen from the CPU at first use */
+
+typedef void (*fastrnn_pgemm_f32_fn)(ptrdiff_t, ptrdiff_t, ptrdiff_t, const float *,
+                                     ptrdiff_t, const float *, float *, ptrdiff_t, int);
+typedef void (*fastrnn_pgemm_f64_fn)(ptrdiff_t, ptrdiff_t, ptrdiff_t, const double *,
+                                     ptrdiff_t, const double *, double *, ptrdiff_t, int);
+
+/* 2 = AVX-512, 1 = AVX2+FMA, 0 = portable */
+static int fastrnn_pgemm_level(void) {
+#ifdef FASTRNN_PG_X86
+    static int level = -1;
+    if (level < 0) {
+        __builtin_cpu_init();
+        if (__builtin_cpu_supports("avx512f"))
+            level = 2;
+        else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+            level = 1;
+        else
+            level = 0;
+    }
+    return level;
+#else
+    return 0;
+#endif
+}
+
+/* Panel width NR of the variant this CPU runs (pack with this). */
+static ptrdiff_t fastrnn_pgemm_nr_f32(void) {
+#ifdef FASTRNN_PG_X86
+    int l = fastrnn_pgemm_level();
+    return l == 2 ? 32 : l == 1 ? 16 : 8;
+#else
+    return 8;
+#endif
+}
+
+static ptrdiff_t fastrnn_pgemm_nr_f64(void) {
+#ifdef FASTRNN_PG_X86
+    int l = fastrnn_pgemm_level();
+    return l == 2 ? 16 : l == 1 ? 8 : 4;
+#else
+    return 4;
+#endif
+}
+
+static void fastrnn_pgemm_f32(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const float *A,
+                              ptrdiff_t lda, const float *Bp, float *C, ptrdiff_t ldc,
+                              int accumulate) {
+#ifdef FASTRNN_PG_X86
+    int l = fastrnn_pgemm_level();
+    if (l == 2) { fastrnn_pgemm_f32_avx512(M, N, K, A, lda, Bp, C, ldc, accumulate); return; }
+    if (l == 1) { fastrnn_pgemm_f32_avx2(M, N, K, A, lda, Bp, C, ldc, accumulate); return; }
+#endif
+    fastrnn_pgemm_f32_base(M, N, K, A, lda, Bp, C, ldc, accumulate);
+}
+
+static void fastrnn_pgemm_f64(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const double *A,
+                              ptrdiff_t lda, const double *Bp, double *C, ptrdiff_t ldc,
+                              int accumulate) {
+#ifdef FASTRNN_PG_X86
+    int l = fastrnn_pgemm_level();
+    if (l == 2) { fastrnn_pgemm_f64_avx512(M, N, K, A, lda, Bp, C, ldc, accumulate); return; }
+    if (l == 1) { fastrnn_pgemm_f64_avx2(M, N, K, A, lda, Bp, C, ldc, accumulate); return; }
+#endif
+    fastrnn_pgemm_f64_base(M, N, K, A, lda, Bp, C, ldc, accumulate);
+}
+
+#endif
