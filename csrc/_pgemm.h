@@ -10,7 +10,7 @@
  * rows in place (row-major, any leading dimension).
  *
  * Numerics: every C[i, j] is accumulated over k in ascending order, one
- * multiply-add at a time, starting from C (or 0), whatever the blocking, the
+ * multiply-add at a time, starting from C, bias[j] or 0, whatever the blocking, the
  * row tile a row falls in or the number of threads. So results are identical
  * for any batch split. Which instruction set runs (AVX-512, AVX2+FMA, or the
  * portable code) is chosen once per process from the CPU, as for the other
@@ -72,7 +72,8 @@ FASTRNN_DEFINE_PACK(fastrnn_pack_f64, double)
  * MR x (2*VW). Rows past M repeat row M-1 (their results are not stored), so
  * every row goes through the same instructions. */
 
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__) || defined(__aarch64__))
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__) || defined(__aarch64__)) \
+    && !defined(FASTRNN_PG_SCALAR)
 #define FASTRNN_PG_VECTOR 1
 #endif
 
@@ -81,7 +82,7 @@ FASTRNN_DEFINE_PACK(fastrnn_pack_f64, double)
 #define FASTRNN_DEFINE_PGEMM(NAME, T, VT, VW, MR, ATTR)                                  \
 ATTR static void NAME(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T *restrict A,       \
                       ptrdiff_t lda, const T *restrict Bp, T *restrict C, ptrdiff_t ldc, \
-                      int accumulate) {                                                  \
+                      int accumulate, const T *restrict bias) {                          \
     enum { NR = 2 * (VW) };                                                              \
     for (ptrdiff_t k0 = 0; k0 < K; k0 += FASTRNN_PG_KC) {                                \
         ptrdiff_t kc = K - k0 < FASTRNN_PG_KC ? K - k0 : FASTRNN_PG_KC;                  \
@@ -96,13 +97,15 @@ ATTR static void NAME(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T *restrict A
                 for (int r = 0; r < (MR); r++) {                                         \
                     ptrdiff_t i = i0 + (r < m ? r : m - 1);                              \
                     a[r] = A + i * lda + k0;                                             \
-                    if (acc_in && w == NR) {                                             \
-                        memcpy(&c0[r], C + i * ldc + j0, sizeof(VT));                    \
-                        memcpy(&c1[r], C + i * ldc + j0 + (VW), sizeof(VT));             \
-                    } else if (acc_in) {                                                 \
+                    const T *src = (k0 == 0 && bias) ? bias + j0 : acc_in ? C + i * ldc + j0 \
+                                                                       : NULL;           \
+                    if (src && w == NR) {                                                \
+                        memcpy(&c0[r], src, sizeof(VT));                                 \
+                        memcpy(&c1[r], src + (VW), sizeof(VT));                          \
+                    } else if (src) {                                                    \
                         T tmp[NR];                                                       \
                         memset(tmp, 0, sizeof(tmp));                                     \
-                        memcpy(tmp, C + i * ldc + j0, (size_t)w * sizeof(T));            \
+                        memcpy(tmp, src, (size_t)w * sizeof(T));                         \
                         memcpy(&c0[r], tmp, sizeof(VT));                                 \
                         memcpy(&c1[r], tmp + (VW), sizeof(VT));                          \
                     } else {                                                             \
@@ -161,7 +164,7 @@ FASTRNN_DEFINE_PGEMM(fastrnn_pgemm_f64_base, double, fastrnn_v2d, 2, 4, )
 #define FASTRNN_DEFINE_PGEMM_SCALAR(NAME, T, NR, MR)                                     \
 static void NAME(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T *restrict A,            \
                  ptrdiff_t lda, const T *restrict Bp, T *restrict C, ptrdiff_t ldc,      \
-                 int accumulate) {                                                       \
+                 int accumulate, const T *restrict bias) {                               \
     for (ptrdiff_t k0 = 0; k0 < K; k0 += FASTRNN_PG_KC) {                                \
         ptrdiff_t kc = K - k0 < FASTRNN_PG_KC ? K - k0 : FASTRNN_PG_KC;                  \
         int acc_in = accumulate || k0 > 0;                                               \
@@ -176,7 +179,8 @@ static void NAME(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T *restrict A,    
                     ptrdiff_t i = i0 + (r < m ? r : m - 1);                              \
                     a[r] = A + i * lda + k0;                                             \
                     for (int q = 0; q < (NR); q++)                                       \
-                        c[r][q] = (acc_in && q < w) ? C[i * ldc + j0 + q] : (T)0;        \
+                        c[r][q] = q >= w ? (T)0 : (k0 == 0 && bias) ? bias[j0 + q]      \
+                                  : acc_in ? C[i * ldc + j0 + q] : (T)0;                 \
                 }                                                                        \
                 for (ptrdiff_t k = 0; k < kc; k++)                                       \
                     for (int r = 0; r < (MR); r++) {                                     \
@@ -198,9 +202,11 @@ FASTRNN_DEFINE_PGEMM_SCALAR(fastrnn_pgemm_f64_base, double, 4, 4)
  * dispatch: one variant per process, chosen from the CPU at first use */
 
 typedef void (*fastrnn_pgemm_f32_fn)(ptrdiff_t, ptrdiff_t, ptrdiff_t, const float *,
-                                     ptrdiff_t, const float *, float *, ptrdiff_t, int);
+                                     ptrdiff_t, const float *, float *, ptrdiff_t, int,
+                                     const float *);
 typedef void (*fastrnn_pgemm_f64_fn)(ptrdiff_t, ptrdiff_t, ptrdiff_t, const double *,
-                                     ptrdiff_t, const double *, double *, ptrdiff_t, int);
+                                     ptrdiff_t, const double *, double *, ptrdiff_t, int,
+                                     const double *);
 
 /* 2 = AVX-512, 1 = AVX2+FMA, 0 = portable */
 static int fastrnn_pgemm_level(void) {
@@ -242,24 +248,24 @@ static ptrdiff_t fastrnn_pgemm_nr_f64(void) {
 
 static void fastrnn_pgemm_f32(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const float *A,
                               ptrdiff_t lda, const float *Bp, float *C, ptrdiff_t ldc,
-                              int accumulate) {
+                              int accumulate, const float *bias) {
 #ifdef FASTRNN_PG_X86
     int l = fastrnn_pgemm_level();
-    if (l == 2) { fastrnn_pgemm_f32_avx512(M, N, K, A, lda, Bp, C, ldc, accumulate); return; }
-    if (l == 1) { fastrnn_pgemm_f32_avx2(M, N, K, A, lda, Bp, C, ldc, accumulate); return; }
+    if (l == 2) { fastrnn_pgemm_f32_avx512(M, N, K, A, lda, Bp, C, ldc, accumulate, bias); return; }
+    if (l == 1) { fastrnn_pgemm_f32_avx2(M, N, K, A, lda, Bp, C, ldc, accumulate, bias); return; }
 #endif
-    fastrnn_pgemm_f32_base(M, N, K, A, lda, Bp, C, ldc, accumulate);
+    fastrnn_pgemm_f32_base(M, N, K, A, lda, Bp, C, ldc, accumulate, bias);
 }
 
 static void fastrnn_pgemm_f64(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const double *A,
                               ptrdiff_t lda, const double *Bp, double *C, ptrdiff_t ldc,
-                              int accumulate) {
+                              int accumulate, const double *bias) {
 #ifdef FASTRNN_PG_X86
     int l = fastrnn_pgemm_level();
-    if (l == 2) { fastrnn_pgemm_f64_avx512(M, N, K, A, lda, Bp, C, ldc, accumulate); return; }
-    if (l == 1) { fastrnn_pgemm_f64_avx2(M, N, K, A, lda, Bp, C, ldc, accumulate); return; }
+    if (l == 2) { fastrnn_pgemm_f64_avx512(M, N, K, A, lda, Bp, C, ldc, accumulate, bias); return; }
+    if (l == 1) { fastrnn_pgemm_f64_avx2(M, N, K, A, lda, Bp, C, ldc, accumulate, bias); return; }
 #endif
-    fastrnn_pgemm_f64_base(M, N, K, A, lda, Bp, C, ldc, accumulate);
+    fastrnn_pgemm_f64_base(M, N, K, A, lda, Bp, C, ldc, accumulate, bias);
 }
 
 #endif

@@ -43,7 +43,7 @@ from _fpmode cimport (fastrnn_fpmode_t, fastrnn_ftz_on, fastrnn_fp_restore, fast
 
 from _rowops cimport (_vecmat, _vecmatT, _tanh_vec, fastrnn_exp_shift_f32,
                      fastrnn_exp_shift_f64, fastrnn_dtanh_f32, fastrnn_dtanh_f64,
-                     _pack_width, _pack, _pgemm, fastrnn_pgemm_level)
+                     _pack_width, _packed_size, _pack, _pgemm, fastrnn_pgemm_level)
 
 cdef extern from "_barrier.h" nogil:
     ctypedef struct fastrnn_barrier_t:
@@ -142,7 +142,7 @@ cdef void _forward_chunk(
         if nb == 1:
             _vecmat(Hs + (t * B + b0) * H, W_hh, H, z, H, H, 1)
         else:
-            _pgemm(nb, H, H, Hs + (t * B + b0) * H, H, Wp, z, H, 1)
+            _pgemm(nb, H, H, Hs + (t * B + b0) * H, H, Wp, z, H, 1, NULL)
         _activate(z, Hs + ((t + 1) * B + b0) * H, nb * H, nonlin)
     fastrnn_fp_restore(mode)
 
@@ -191,7 +191,7 @@ cdef void _forward_split(
 
 cdef double _output_rows(
         const floating* Hrows,     # IN  (n, H) hidden states H_t (rows of Hs[1:])
-        const floating* W_hq,      # IN  (H, V)
+        const floating* Wqp,       # IN  W_hq (H, V) packed by _pack
         const floating* b_q,       # IN  (V,)
         const int32_t* Y,          # IN  (n,) targets, or NULL for logits only
         floating* O,               # OUT (n, V) logits, or dO = d mean-loss / dO if Y
@@ -206,10 +206,7 @@ cdef double _output_rows(
     if n <= 0:
         fastrnn_fp_restore(mode)
         return 0.0
-    for r in range(n):
-        memcpy(O + r * V, b_q, V * sizeof(floating))
-    gemm(c'N', c'N', <int>n, <int>V, <int>H, <floating>1.0, Hrows, <int>H,
-         W_hq, <int>V, <floating>1.0, O, <int>V)
+    _pgemm(n, V, H, Hrows, H, Wqp, O, V, 0, b_q)
     if Y != NULL:
         for r in range(n):
             o = O + r * V
@@ -269,7 +266,7 @@ cdef void _backward_chunk(
         if nb == 1:
             _vecmatT(dz, W_hh, dhc, H, H)
         else:
-            _pgemm(nb, H, H, dz, H, WpT, dhc, H, 0)
+            _pgemm(nb, H, H, dz, H, WpT, dhc, H, 0, NULL)
         t -= 1
     fastrnn_fp_restore(mode)
 
@@ -439,14 +436,11 @@ def packed_gemm_level():
     return fastrnn_pgemm_level()
 
 
-cdef floating* _alloc_packed(Py_ssize_t H, floating dummy) except NULL:
-    """Buffer for an H x H matrix packed by _pack (freed by the caller)."""
-    cdef Py_ssize_t nr = _pack_width(dummy)
-    cdef Py_ssize_t n = H * ((H + nr - 1) // nr) * nr
-    cdef floating* p = <floating*>malloc(n * sizeof(floating))
+cdef floating* _alloc_packed(Py_ssize_t n, floating dummy) except NULL:
+    """Buffer for n values of packed weights (freed by the caller)."""
+    cdef floating* p = <floating*>malloc((n if n > 0 else 1) * sizeof(floating))
     if p == NULL:
-        raise MemoryError(f"cannot allocate {n * sizeof(floating)} bytes for the packed "
-                          f"recurrent weights (H={H})")
+        raise MemoryError(f"cannot allocate {n * sizeof(floating)} bytes for packed weights")
     return p
 
 
@@ -481,23 +475,30 @@ def forward(const floating[:, ::1] W_xh, const floating[:, ::1] W_hh,
     nc = _threads_for(num_threads, 2.0 * N * H * (H + 1), B)
     no = _threads_for(num_threads, 2.0 * N * H * V, N)
     cdef bint split = _split_one_sequence(num_threads, B, H)
-    cdef floating* Wp = NULL
+    # packed weights for _pgemm: W_hq for the output layer, and W_hh when some chunk
+    # of the time loop has several rows (one row uses _vecmat on W_hh itself)
+    cdef bint pack_hh = not split and B > nc
+    cdef Py_ssize_t nq = _packed_size(H, V, <floating>0) if do_out else 0
+    cdef floating* Wqp = _alloc_packed(nq + (_packed_size(H, H, <floating>0) if pack_hh else 0),
+                                       <floating>0)
+    cdef floating* Wp = (Wqp + nq) if pack_hh else NULL
     fastrnn_barrier_init(&bar, 2)
-    if not split and B > nc:  # some chunk has several rows: packed W_hh for _pgemm
-        Wp = _alloc_packed(H, <floating>0)
     try:
         with nogil:
-            if Wp != NULL:
+            if do_out:
+                _pack(&W_hq[0, 0], V, 0, H, V, _pack_width(<floating>0), Wqp)
+            if pack_hh:
                 _pack(&W_hh[0, 0], H, 0, H, H, _pack_width(<floating>0), Wp)
-            _forward_regions(W_xh, W_hh, Wp, b_h, W_hq, b_q, ids, xd, Hs, Zs, O, yp, loss_parts,
-                             T, B, H, D, V, N, nonlin, scale, do_out, split, nc, no, &bar)
+            _forward_regions(W_xh, W_hh, Wp, Wqp, b_h, b_q, ids, xd, Hs, Zs, O, yp,
+                             loss_parts, T, B, H, D, V, N, nonlin, scale, do_out, split, nc,
+                             no, &bar)
     finally:
-        free(Wp)
+        free(Wqp)
 
 
 cdef void _forward_regions(
         const floating[:, ::1] W_xh, const floating[:, ::1] W_hh, const floating* Wp,
-        const floating[::1] b_h, const floating[:, ::1] W_hq, const floating[::1] b_q,
+        const floating* Wqp, const floating[::1] b_h, const floating[::1] b_q,
         const int32_t* ids, const floating* xd, floating[:, :, ::1] Hs,
         floating[:, ::1] Zs, floating[:, ::1] O, const int32_t* yp,
         floating[::1] loss_parts, Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, Py_ssize_t D,
@@ -528,7 +529,7 @@ cdef void _forward_regions(
             lo = (N * c) // no
             hi = (N * (c + 1)) // no
             loss_parts[c] = _output_rows(
-                &Hs[0, 0, 0] + (B + lo) * H, &W_hq[0, 0], &b_q[0],
+                &Hs[0, 0, 0] + (B + lo) * H, Wqp, &b_q[0],
                 (yp + lo) if yp != NULL else NULL, &O[0, 0] + lo * V,
                 hi - lo, H, V, scale)
 
@@ -559,22 +560,26 @@ def backward(const floating[:, ::1] W_xh, const floating[:, ::1] W_hh,
     no = _threads_for(num_threads, 2.0 * N * H * V, N)
     nw = _threads_for(num_threads, 2.0 * N * H * (H + V + D), max(H, V))
     cdef bint split = _split_one_sequence(num_threads, B, H)
-    cdef floating* WpT = NULL
-    if not split and B > nc:  # some chunk has several rows: packed W_hh^T for _pgemm
-        WpT = _alloc_packed(H, <floating>0)
+    # packed W_hq^T for dO W_hq^T, and W_hh^T when some chunk of the time loop has
+    # several rows
+    cdef bint pack_hh = not split and B > nc
+    cdef Py_ssize_t nq = _packed_size(V, H, <floating>0)
+    cdef floating* WqpT = _alloc_packed(
+        nq + (_packed_size(H, H, <floating>0) if pack_hh else 0), <floating>0)
+    cdef floating* WpT = (WqpT + nq) if pack_hh else NULL
     try:
         with nogil:
+            _pack(&W_hq[0, 0], V, 1, V, H, _pack_width(<floating>0), WqpT)
+            if pack_hh:
+                _pack(&W_hh[0, 0], H, 1, H, H, _pack_width(<floating>0), WpT)
             # dL/dH_t from the output layer, all t at once: dO W_hq^T (rows split)
             for c in prange(no, num_threads=no, schedule='static'):
                 lo = (N * c) // no
                 hi = (N * (c + 1)) // no
                 mode = fastrnn_ftz_on()
-                gemm(c'N', c'T', <int>(hi - lo), <int>H, <int>V, <floating>1.0,
-                     &dO[0, 0] + lo * V, <int>V, &W_hq[0, 0], <int>V, <floating>0.0,
-                     &dZs[0, 0] + lo * H, <int>H)
+                _pgemm(hi - lo, H, V, &dO[0, 0] + lo * V, V, WqpT, &dZs[0, 0] + lo * H, H, 0,
+                       NULL)
                 fastrnn_fp_restore(mode)
-            if WpT != NULL:
-                _pack(&W_hh[0, 0], H, 1, H, H, _pack_width(<floating>0), WpT)
             if split:
                 fastrnn_barrier_init(&bar, 2)
                 with parallel(num_threads=2):
@@ -595,4 +600,4 @@ def backward(const floating[:, ::1] W_xh, const floating[:, ::1] W_hh,
                                     &dW_xh[0, 0], &dW_hh[0, 0], &db_h[0], &dW_hq[0, 0],
                                     &db_q[0], N, B, H, D, V, c, nw)
     finally:
-        free(WpT)
+        free(WqpT)

@@ -59,10 +59,10 @@ cdef extern from "_pgemm.h" nogil:
     int fastrnn_pgemm_level() noexcept
     void fastrnn_pgemm_f32(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A,
                            Py_ssize_t lda, const float* Bp, float* C, Py_ssize_t ldc,
-                           int accumulate) noexcept
+                           int accumulate, const float* bias) noexcept
     void fastrnn_pgemm_f64(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const double* A,
                            Py_ssize_t lda, const double* Bp, double* C, Py_ssize_t ldc,
-                           int accumulate) noexcept
+                           int accumulate, const double* bias) noexcept
 
 
 cdef inline Py_ssize_t _pack_width(floating dummy) noexcept nogil:
@@ -71,6 +71,12 @@ cdef inline Py_ssize_t _pack_width(floating dummy) noexcept nogil:
         return fastrnn_pgemm_nr_f32()
     else:
         return fastrnn_pgemm_nr_f64()
+
+
+cdef inline Py_ssize_t _packed_size(Py_ssize_t K, Py_ssize_t N, floating dummy) noexcept nogil:
+    """Values in the packed form of a K x N matrix."""
+    cdef Py_ssize_t nr = _pack_width(dummy)
+    return K * ((N + nr - 1) // nr) * nr
 
 
 cdef inline void _pack(const floating* src, Py_ssize_t ld, int trans, Py_ssize_t K,
@@ -84,9 +90,10 @@ cdef inline void _pack(const floating* src, Py_ssize_t ld, int trans, Py_ssize_t
 
 cdef inline void _pgemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating* A,
                         Py_ssize_t lda, const floating* Bp, floating* C, Py_ssize_t ldc,
-                        int accumulate) noexcept nogil:
-    """C(M, N) (+)= A(M, K) @ B(K, N), B packed by _pack."""
+                        int accumulate, const floating* bias) noexcept nogil:
+    """C(M, N) = (C if accumulate, else bias or 0) + A(M, K) @ B(K, N), B packed by
+    _pack; bias (N,) may be NULL."""
     if floating is float:
-        fastrnn_pgemm_f32(M, N, K, A, lda, Bp, C, ldc, accumulate)
+        fastrnn_pgemm_f32(M, N, K, A, lda, Bp, C, ldc, accumulate, bias)
     else:
-        fastrnn_pgemm_f64(M, N, K, A, lda, Bp, C, ldc, accumulate)
+        fastrnn_pgemm_f64(M, N, K, A, lda, Bp, C, ldc, accumulate, bias)
