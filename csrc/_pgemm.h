@@ -138,6 +138,89 @@ ATTR static void NAME(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T *restrict A
     }                                                                                    \
 }
 
+/* C(M, N) (+)= A^T B with A (K, M) and B (K, N) row-major, read in place: the
+ * weight gradients (K = T*B rows). The same micro-kernel walks k, broadcasting
+ * A[k, i0..i0+MR) and loading B[k, j0..j0+NR). A panel that runs past N reads
+ * the next row's values into lanes that are never stored (lanes are independent),
+ * as long as the read stays inside B; the last rows, where it would not, are
+ * copied through a small buffer. */
+#define FASTRNN_DEFINE_TNGEMM(NAME, T, VT, VW, MR, ATTR)                                 \
+ATTR static void NAME(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T *restrict A,       \
+                      ptrdiff_t lda, const T *restrict B, ptrdiff_t ldb, T *restrict C,  \
+                      ptrdiff_t ldc, int accumulate) {                                   \
+    enum { NR = 2 * (VW) };                                                              \
+    for (ptrdiff_t k0 = 0; k0 < K; k0 += 4 * FASTRNN_PG_KC) {                            \
+        ptrdiff_t kc = K - k0 < 4 * FASTRNN_PG_KC ? K - k0 : 4 * FASTRNN_PG_KC;          \
+        int acc_in = accumulate || k0 > 0;                                               \
+        for (ptrdiff_t j0 = 0; j0 < N; j0 += NR) {                                       \
+            ptrdiff_t w = N - j0 < NR ? N - j0 : NR;                                     \
+            /* rows k (global) whose NR-wide read from B[k, j0] stays inside B */        \
+            ptrdiff_t kfull = (K * ldb - j0 - NR) >= 0 ? (K * ldb - j0 - NR) / ldb + 1 : 0; \
+            ptrdiff_t kend = kfull - k0 < kc ? (kfull - k0 > 0 ? kfull - k0 : 0) : kc;   \
+            const T *bp = B + k0 * ldb + j0;                                             \
+            for (ptrdiff_t i0 = 0; i0 < M; i0 += (MR)) {                                 \
+                ptrdiff_t m = M - i0 < (MR) ? M - i0 : (MR);                             \
+                ptrdiff_t ai[MR];                                                        \
+                VT c0[MR], c1[MR];                                                       \
+                for (int r = 0; r < (MR); r++) {                                         \
+                    ptrdiff_t i = i0 + (r < m ? r : m - 1);                              \
+                    ai[r] = i;                                                           \
+                    if (acc_in && w == NR) {                                             \
+                        memcpy(&c0[r], C + i * ldc + j0, sizeof(VT));                    \
+                        memcpy(&c1[r], C + i * ldc + j0 + (VW), sizeof(VT));             \
+                    } else if (acc_in) {                                                 \
+                        T tmp[NR];                                                       \
+                        memset(tmp, 0, sizeof(tmp));                                     \
+                        memcpy(tmp, C + i * ldc + j0, (size_t)w * sizeof(T));            \
+                        memcpy(&c0[r], tmp, sizeof(VT));                                 \
+                        memcpy(&c1[r], tmp + (VW), sizeof(VT));                          \
+                    } else {                                                             \
+                        c0[r] = (VT){0};                                                 \
+                        c1[r] = (VT){0};                                                 \
+                    }                                                                    \
+                }                                                                        \
+                const T *a = A + k0 * lda;                                               \
+                ptrdiff_t k = 0;                                                         \
+                for (; k < kend; k++) {                                                  \
+                    VT b0, b1;                                                           \
+                    memcpy(&b0, bp + k * ldb, sizeof(VT));                               \
+                    memcpy(&b1, bp + k * ldb + (VW), sizeof(VT));                        \
+                    const T *ak = a + k * lda;                                           \
+                    for (int r = 0; r < (MR); r++) {                                     \
+                        T s = ak[ai[r]];                                                 \
+                        c0[r] += s * b0;                                                 \
+                        c1[r] += s * b1;                                                 \
+                    }                                                                    \
+                }                                                                        \
+                for (; k < kc; k++) {                                                    \
+                    T tmp[NR];                                                           \
+                    VT b0, b1;                                                           \
+                    memset(tmp, 0, sizeof(tmp));                                         \
+                    memcpy(tmp, bp + k * ldb, (size_t)w * sizeof(T));                    \
+                    memcpy(&b0, tmp, sizeof(VT));                                        \
+                    memcpy(&b1, tmp + (VW), sizeof(VT));                                 \
+                    const T *ak = a + k * lda;                                           \
+                    for (int r = 0; r < (MR); r++) {                                     \
+                        T s = ak[ai[r]];                                                 \
+                        c0[r] += s * b0;                                                 \
+                        c1[r] += s * b1;                                                 \
+                    }                                                                    \
+                }                                                                        \
+                for (int r = 0; r < m && w == NR; r++) {                                 \
+                    memcpy(C + (i0 + r) * ldc + j0, &c0[r], sizeof(VT));                 \
+                    memcpy(C + (i0 + r) * ldc + j0 + (VW), &c1[r], sizeof(VT));          \
+                }                                                                        \
+                for (int r = 0; r < m && w < NR; r++) {                                  \
+                    T tmp[NR];                                                           \
+                    memcpy(tmp, &c0[r], sizeof(VT));                                     \
+                    memcpy(tmp + (VW), &c1[r], sizeof(VT));                              \
+                    memcpy(C + (i0 + r) * ldc + j0, tmp, (size_t)w * sizeof(T));         \
+                }                                                                        \
+            }                                                                            \
+        }                                                                                \
+    }                                                                                    \
+}
+
 typedef float fastrnn_v16f __attribute__((vector_size(64)));
 typedef float fastrnn_v8f __attribute__((vector_size(32)));
 typedef float fastrnn_v4f __attribute__((vector_size(16)));
@@ -155,9 +238,19 @@ FASTRNN_DEFINE_PGEMM(fastrnn_pgemm_f32_avx2, float, fastrnn_v8f, 8, 6,
                      __attribute__((target("avx2,fma"))))
 FASTRNN_DEFINE_PGEMM(fastrnn_pgemm_f64_avx2, double, fastrnn_v4d, 4, 6,
                      __attribute__((target("avx2,fma"))))
+FASTRNN_DEFINE_TNGEMM(fastrnn_tngemm_f32_avx512, float, fastrnn_v16f, 16, 6,
+                      __attribute__((target("avx512f"))))
+FASTRNN_DEFINE_TNGEMM(fastrnn_tngemm_f64_avx512, double, fastrnn_v8d, 8, 6,
+                      __attribute__((target("avx512f"))))
+FASTRNN_DEFINE_TNGEMM(fastrnn_tngemm_f32_avx2, float, fastrnn_v8f, 8, 6,
+                      __attribute__((target("avx2,fma"))))
+FASTRNN_DEFINE_TNGEMM(fastrnn_tngemm_f64_avx2, double, fastrnn_v4d, 4, 6,
+                      __attribute__((target("avx2,fma"))))
 #endif
 FASTRNN_DEFINE_PGEMM(fastrnn_pgemm_f32_base, float, fastrnn_v4f, 4, 4, )
 FASTRNN_DEFINE_PGEMM(fastrnn_pgemm_f64_base, double, fastrnn_v2d, 2, 4, )
+FASTRNN_DEFINE_TNGEMM(fastrnn_tngemm_f32_base, float, fastrnn_v4f, 4, 4, )
+FASTRNN_DEFINE_TNGEMM(fastrnn_tngemm_f64_base, double, fastrnn_v2d, 2, 4, )
 
 #else  /* portable C: the same loop nest with scalar accumulators */
 
@@ -195,6 +288,24 @@ static void NAME(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T *restrict A,    
 }
 FASTRNN_DEFINE_PGEMM_SCALAR(fastrnn_pgemm_f32_base, float, 8, 4)
 FASTRNN_DEFINE_PGEMM_SCALAR(fastrnn_pgemm_f64_base, double, 4, 4)
+
+#define FASTRNN_DEFINE_TNGEMM_SCALAR(NAME, T)                                            \
+static void NAME(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T *restrict A,            \
+                 ptrdiff_t lda, const T *restrict B, ptrdiff_t ldb, T *restrict C,       \
+                 ptrdiff_t ldc, int accumulate) {                                        \
+    for (ptrdiff_t i = 0; i < M; i++) {                                                  \
+        T *c = C + i * ldc;                                                              \
+        if (!accumulate)                                                                 \
+            for (ptrdiff_t j = 0; j < N; j++) c[j] = (T)0;                               \
+        for (ptrdiff_t k = 0; k < K; k++) {                                              \
+            T s = A[k * lda + i];                                                        \
+            const T *b = B + k * ldb;                                                    \
+            for (ptrdiff_t j = 0; j < N; j++) c[j] += s * b[j];                          \
+        }                                                                                \
+    }                                                                                    \
+}
+FASTRNN_DEFINE_TNGEMM_SCALAR(fastrnn_tngemm_f32_base, float)
+FASTRNN_DEFINE_TNGEMM_SCALAR(fastrnn_tngemm_f64_base, double)
 
 #endif
 
@@ -266,6 +377,28 @@ static void fastrnn_pgemm_f64(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const doubl
     if (l == 1) { fastrnn_pgemm_f64_avx2(M, N, K, A, lda, Bp, C, ldc, accumulate, bias); return; }
 #endif
     fastrnn_pgemm_f64_base(M, N, K, A, lda, Bp, C, ldc, accumulate, bias);
+}
+
+static void fastrnn_tngemm_f32(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const float *A,
+                               ptrdiff_t lda, const float *B, ptrdiff_t ldb, float *C,
+                               ptrdiff_t ldc, int accumulate) {
+#ifdef FASTRNN_PG_X86
+    int l = fastrnn_pgemm_level();
+    if (l == 2) { fastrnn_tngemm_f32_avx512(M, N, K, A, lda, B, ldb, C, ldc, accumulate); return; }
+    if (l == 1) { fastrnn_tngemm_f32_avx2(M, N, K, A, lda, B, ldb, C, ldc, accumulate); return; }
+#endif
+    fastrnn_tngemm_f32_base(M, N, K, A, lda, B, ldb, C, ldc, accumulate);
+}
+
+static void fastrnn_tngemm_f64(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const double *A,
+                               ptrdiff_t lda, const double *B, ptrdiff_t ldb, double *C,
+                               ptrdiff_t ldc, int accumulate) {
+#ifdef FASTRNN_PG_X86
+    int l = fastrnn_pgemm_level();
+    if (l == 2) { fastrnn_tngemm_f64_avx512(M, N, K, A, lda, B, ldb, C, ldc, accumulate); return; }
+    if (l == 1) { fastrnn_tngemm_f64_avx2(M, N, K, A, lda, B, ldb, C, ldc, accumulate); return; }
+#endif
+    fastrnn_tngemm_f64_base(M, N, K, A, lda, B, ldb, C, ldc, accumulate);
 }
 
 #endif

@@ -97,3 +97,22 @@ cdef inline void _pgemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating
         fastrnn_pgemm_f32(M, N, K, A, lda, Bp, C, ldc, accumulate, bias)
     else:
         fastrnn_pgemm_f64(M, N, K, A, lda, Bp, C, ldc, accumulate, bias)
+
+
+cdef extern from "_pgemm.h" nogil:
+    void fastrnn_tngemm_f32(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A,
+                            Py_ssize_t lda, const float* B, Py_ssize_t ldb, float* C,
+                            Py_ssize_t ldc, int accumulate) noexcept
+    void fastrnn_tngemm_f64(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const double* A,
+                            Py_ssize_t lda, const double* B, Py_ssize_t ldb, double* C,
+                            Py_ssize_t ldc, int accumulate) noexcept
+
+
+cdef inline void _tngemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating* A,
+                         Py_ssize_t lda, const floating* B, Py_ssize_t ldb, floating* C,
+                         Py_ssize_t ldc, int accumulate) noexcept nogil:
+    """C(M, N) (+)= A^T B, A (K, M) and B (K, N) row-major, read in place."""
+    if floating is float:
+        fastrnn_tngemm_f32(M, N, K, A, lda, B, ldb, C, ldc, accumulate)
+    else:
+        fastrnn_tngemm_f64(M, N, K, A, lda, B, ldb, C, ldc, accumulate)
