@@ -11,6 +11,8 @@ cdef extern from "_elementwise.h" nogil:
     void fastrnn_dtanh_f32(float* dz, const float* dh, const float* h, Py_ssize_t n) noexcept
     void fastrnn_dtanh_f64(double* dz, const double* dh, const double* h,
                            Py_ssize_t n) noexcept
+    double fastrnn_sumsq_f32(const float* g, Py_ssize_t n) noexcept
+    double fastrnn_sumsq_f64(const double* g, Py_ssize_t n) noexcept
 
 cdef extern from "_vecmat.h" nogil:
     void fastrnn_vecmat_f32(const float* x, const float* W, Py_ssize_t ldw, float* y,
