@@ -31,6 +31,7 @@ floating-point mode. The Python layer (fastrnn.model) validates arguments.
 from cython cimport floating
 from libc.math cimport exp, sqrt, isfinite, pow
 from libc.stdint cimport int32_t, int64_t, uint64_t
+from libc.stdlib cimport malloc, free
 
 from _fpmode cimport fastrnn_fpmode_t, fastrnn_ftz_on, fastrnn_fp_restore
 
@@ -283,6 +284,7 @@ cdef floating _kth_largest(floating* a, Py_ssize_t n, Py_ssize_t k) noexcept nog
 
 cdef int32_t _sample(const floating* o,       # IN  (V,) logits
                      floating* work,          # WORK (V,)
+                     double* ex,              # WORK (V,) the kept exponentials
                      Py_ssize_t V, double inv_temp, Py_ssize_t top_k, bint greedy,
                      uint64_t* rng) noexcept nogil:
     """Draw an id from softmax(o / T) over the logits >= the top_k-th largest."""
@@ -305,14 +307,15 @@ cdef int32_t _sample(const floating* o,       # IN  (V,) logits
             if o[v] < thresh:
                 thresh = o[v]
     total = 0.0
-    for v in range(V):
+    for v in range(V):        # each exponential once (libm exp is most of a draw)
         if o[v] >= thresh:
-            total += exp((<double>o[v] - <double>mx) * inv_temp)
+            ex[v] = exp((<double>o[v] - <double>mx) * inv_temp)
+            total += ex[v]
     u = _uniform(rng) * total
     acc = 0.0
     for v in range(V):
         if o[v] >= thresh:
-            acc += exp((<double>o[v] - <double>mx) * inv_temp)
+            acc += ex[v]
             best = v              # the last kept id absorbs rounding at the top end
             if u < acc:
                 break
@@ -360,6 +363,21 @@ def generate(const floating[:, ::1] W_xh,     # IN (V, H)
     z = &work[0]
     o = z + H
     sel = o + V
+    # W_hq and b_q zero-padded to a multiple of 16 columns, so the output product
+    # runs whole vectors (the kept columns are computed exactly as without padding),
+    # and the sampler's exponentials: one buffer, allocated once per call
+    cdef Py_ssize_t Vp = (V + 15) // 16 * 16, k
+    cdef double* ex = <double*>malloc(V * sizeof(double) + (H + 2) * Vp * sizeof(floating))
+    if ex == NULL:
+        raise MemoryError("cannot allocate the sampler's work buffers")
+    cdef floating* Wq = <floating*>(ex + V)
+    cdef floating* bq = Wq + H * Vp
+    cdef floating* op = bq + Vp
+    for k in range(H):
+        for v in range(Vp):
+            Wq[k * Vp + v] = W_hq[k, v] if v < V else 0
+    for v in range(Vp):
+        bq[v] = b_q[v] if v < V else 0
     with nogil:
         mode = fastrnn_ftz_on()
         for i in range(P):
@@ -368,8 +386,9 @@ def generate(const floating[:, ::1] W_xh,     # IN (V, H)
             if i > 0:
                 _step(&W_xh[0, 0], &W_hh[0, 0], &b_h[0], out[i - 1], &h[0], z, H, nonlin)
             # O_t = H_t W_hq + b_q
-            for v in range(V):
-                o[v] = b_q[v]
-            _vecmat(&h[0], &W_hq[0, 0], V, o, H, V, 1)
-            out[i] = _sample(o, sel, V, inv_temp, top_k, greedy, &rng[0])
+            for v in range(Vp):
+                op[v] = bq[v]
+            _vecmat(&h[0], Wq, Vp, op, H, Vp, 1)
+            out[i] = _sample(op, sel, ex, V, inv_temp, top_k, greedy, &rng[0])
         fastrnn_fp_restore(mode)
+    free(ex)
