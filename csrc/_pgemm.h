@@ -14,12 +14,16 @@
  * row tile a row falls in or the number of threads. So results are identical
  * for any batch split. Which instruction set runs (AVX-512, AVX2+FMA, or the
  * portable code) is chosen once per process from the CPU, as for the other
- * kernels; no -march flag is needed.
+ * kernels; no -march flag is needed. fastrnn._rnn uses these kernels only at
+ * level >= 1 (AVX2+FMA or AVX-512 on x86-64): elsewhere (other CPUs, other
+ * compilers) it calls BLAS as before, whose own kernels are faster than this
+ * portable code there.
  */
 #ifndef FASTRNN_PGEMM_H
 #define FASTRNN_PGEMM_H
 
 #include <stddef.h>
+#include <stdlib.h>
 #include <string.h>
 
 #if defined(_MSC_VER) && !defined(restrict)
@@ -228,7 +232,7 @@ typedef double fastrnn_v8d __attribute__((vector_size(64)));
 typedef double fastrnn_v4d __attribute__((vector_size(32)));
 typedef double fastrnn_v2d __attribute__((vector_size(16)));
 
-#if defined(__x86_64__) && !defined(__clang__) && !defined(FASTRNN_NO_CLONES)
+#if defined(__x86_64__) && !defined(FASTRNN_NO_CLONES)
 #define FASTRNN_PG_X86 1
 FASTRNN_DEFINE_PGEMM(fastrnn_pgemm_f32_avx512, float, fastrnn_v16f, 16, 6,
                      __attribute__((target("avx512f"))))
@@ -319,18 +323,25 @@ typedef void (*fastrnn_pgemm_f64_fn)(ptrdiff_t, ptrdiff_t, ptrdiff_t, const doub
                                      ptrdiff_t, const double *, double *, ptrdiff_t, int,
                                      const double *);
 
-/* 2 = AVX-512, 1 = AVX2+FMA, 0 = portable */
+/* 2 = AVX-512, 1 = AVX2+FMA, 0 = portable. The environment variable
+ * FASTRNN_KERNEL_LEVEL caps it (tests run every variant this CPU supports). The
+ * first call must happen before threads use it (fastrnn._rnn calls it at import). */
 static int fastrnn_pgemm_level(void) {
 #ifdef FASTRNN_PG_X86
     static int level = -1;
     if (level < 0) {
+        const char *cap = getenv("FASTRNN_KERNEL_LEVEL");
+        int l;
         __builtin_cpu_init();
         if (__builtin_cpu_supports("avx512f"))
-            level = 2;
+            l = 2;
         else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-            level = 1;
+            l = 1;
         else
-            level = 0;
+            l = 0;
+        if (cap && cap[0] >= '0' && cap[0] <= '2' && cap[0] - '0' < l)
+            l = cap[0] - '0';
+        level = l;
     }
     return level;
 #else

@@ -105,7 +105,7 @@ cdef inline void _chunk(Py_ssize_t n, int nchunks, int c,
 cdef void _forward_chunk(
         const floating* W_xh,      # IN  (D, H)
         const floating* W_hh,      # IN  (H, H)
-        const floating* Wp,        # IN  W_hh packed by _pack (used when b1 - b0 > 1)
+        const floating* Wp,        # IN  W_hh packed by _pack, or NULL for BLAS
         const floating* b_h,       # IN  (H,)
         const int32_t* X_ids,      # IN  (T, B) token ids, or NULL
         const floating* X,         # IN  (T*B, D) dense inputs, or NULL
@@ -142,8 +142,11 @@ cdef void _forward_chunk(
         z = Zs + (t * B + b0) * H
         if nb == 1:
             _vecmat(Hs + (t * B + b0) * H, W_hh, H, z, H, H, 1)
-        else:
+        elif Wp != NULL:
             _pgemm(nb, H, H, Hs + (t * B + b0) * H, H, Wp, z, H, 1, NULL)
+        else:
+            gemm(c'N', c'N', <int>nb, <int>H, <int>H, <floating>1.0,
+                 Hs + (t * B + b0) * H, <int>H, W_hh, <int>H, <floating>1.0, z, <int>H)
         _activate(z, Hs + ((t + 1) * B + b0) * H, nb * H, nonlin)
     fastrnn_fp_restore(mode)
 
@@ -192,7 +195,8 @@ cdef void _forward_split(
 
 cdef double _output_rows(
         const floating* Hrows,     # IN  (n, H) hidden states H_t (rows of Hs[1:])
-        const floating* Wqp,       # IN  W_hq (H, V) packed by _pack
+        const floating* W_hq,      # IN  (H, V)
+        const floating* Wqp,       # IN  W_hq packed by _pack, or NULL for BLAS
         const floating* b_q,       # IN  (V,)
         const int32_t* Y,          # IN  (n,) targets, or NULL for logits only
         floating* O,               # OUT (n, V) logits, or dO = d mean-loss / dO if Y
@@ -207,7 +211,13 @@ cdef double _output_rows(
     if n <= 0:
         fastrnn_fp_restore(mode)
         return 0.0
-    _pgemm(n, V, H, Hrows, H, Wqp, O, V, 0, b_q)
+    if Wqp != NULL:
+        _pgemm(n, V, H, Hrows, H, Wqp, O, V, 0, b_q)
+    else:
+        for r in range(n):
+            memcpy(O + r * V, b_q, V * sizeof(floating))
+        gemm(c'N', c'N', <int>n, <int>V, <int>H, <floating>1.0, Hrows, <int>H,
+             W_hq, <int>V, <floating>1.0, O, <int>V)
     if Y != NULL:
         for r in range(n):
             o = O + r * V
@@ -234,7 +244,7 @@ cdef double _output_rows(
 
 cdef void _backward_chunk(
         const floating* W_hh,      # IN  (H, H)
-        const floating* WpT,       # IN  W_hh^T packed by _pack (used when b1 - b0 > 1)
+        const floating* WpT,       # IN  W_hh^T packed by _pack, or NULL for BLAS
         const floating* Hs,        # IN  (T+1, B, H)
         floating* dZs,             # IN/OUT (T*B, H): dL/dH_t from the output layer on
                                    #   entry, dL/dZ_t on exit
@@ -266,8 +276,11 @@ cdef void _backward_chunk(
         # dL/dH_{t-1} through the recurrence = dZ_t W_hh^T
         if nb == 1:
             _vecmatT(dz, W_hh, dhc, H, H)
-        else:
+        elif WpT != NULL:
             _pgemm(nb, H, H, dz, H, WpT, dhc, H, 0, NULL)
+        else:
+            gemm(c'N', c'T', <int>nb, <int>H, <int>H, <floating>1.0, dz, <int>H,
+                 W_hh, <int>H, <floating>0.0, dhc, <int>H)
         t -= 1
     fastrnn_fp_restore(mode)
 
@@ -320,6 +333,12 @@ cdef void _colsum(const floating* A, floating* out, Py_ssize_t n, Py_ssize_t ld,
             out[j] += A[r * ld + j]
 
 
+# The packed micro-kernels (csrc/_pgemm.h) take the recurrence, output-layer and
+# (small-H) weight-gradient products on x86-64 with AVX2+FMA or AVX-512; elsewhere
+# BLAS does. Decided once, at import (before any thread calls the kernels).
+cdef bint USE_PGEMM = fastrnn_pgemm_level() >= 1
+
+
 # Up to this hidden size the weight gradients H^T dZ and H^T dO run on _tngemm;
 # above it BLAS, whose cache blocking wins for the large products (measured here:
 # 95 vs 83 GFLOP/s at H=256, 81 vs 99 at H=1024, one thread).
@@ -348,7 +367,7 @@ cdef void _weight_grads_chunk(
     cdef fastrnn_fpmode_t mode = fastrnn_ftz_on()
     # dW_hh[i0:i1] = Hs_prev[:, i0:i1]^T dZ ;  dW_hq[i0:i1] = Hs_cur[:, i0:i1]^T dO
     _chunk(H, nchunks, c, &i0, &i1)
-    if i1 > i0 and H <= TNGEMM_MAX_H:
+    if i1 > i0 and USE_PGEMM and H <= TNGEMM_MAX_H:
         # in place, no packing: faster than BLAS for these shapes (benches/compare.py)
         _tngemm(i1 - i0, H, N, Hs + i0, H, dZs, H, dW_hh + i0 * H, H, 0)
         _tngemm(i1 - i0, V, N, Hs + B * H + i0, H, dO, V, dW_hq + i0 * V, V, 0)
@@ -442,9 +461,10 @@ cdef inline int _nonlin_code(str nonlinearity) except -1:
 
 
 def packed_gemm_level():
-    """Which packed-gemm variant runs the recurrence here: 2 = AVX-512, 1 = AVX2+FMA,
-    0 = portable C."""
-    return fastrnn_pgemm_level()
+    """The hand-written gemm variant this process runs: 2 = AVX-512, 1 = AVX2+FMA,
+    0 = none (BLAS does those products). FASTRNN_KERNEL_LEVEL in the environment
+    at import caps it."""
+    return fastrnn_pgemm_level() if USE_PGEMM else 0
 
 
 cdef floating* _alloc_packed(Py_ssize_t n, floating dummy) except NULL:
@@ -488,28 +508,35 @@ def forward(const floating[:, ::1] W_xh, const floating[:, ::1] W_hh,
     cdef bint split = _split_one_sequence(num_threads, B, H)
     # packed weights for _pgemm: W_hq for the output layer, and W_hh when some chunk
     # of the time loop has several rows (one row uses _vecmat on W_hh itself)
-    cdef bint pack_hh = not split and B > nc
-    cdef Py_ssize_t nq = _packed_size(H, V, <floating>0) if do_out else 0
-    cdef floating* Wqp = _alloc_packed(nq + (_packed_size(H, H, <floating>0) if pack_hh else 0),
-                                       <floating>0)
-    cdef floating* Wp = (Wqp + nq) if pack_hh else NULL
+    cdef bint pack_hh = USE_PGEMM and not split and B > nc
+    cdef bint pack_hq = USE_PGEMM and do_out
+    cdef Py_ssize_t nq = _packed_size(H, V, <floating>0) if pack_hq else 0
+    cdef floating* buf = NULL
+    cdef floating* Wqp = NULL
+    cdef floating* Wp = NULL
+    if pack_hh or pack_hq:
+        buf = _alloc_packed(nq + (_packed_size(H, H, <floating>0) if pack_hh else 0),
+                            <floating>0)
+        Wqp = buf if pack_hq else NULL
+        Wp = (buf + nq) if pack_hh else NULL
     fastrnn_barrier_init(&bar, 2)
     try:
         with nogil:
-            if do_out:
+            if pack_hq:
                 _pack(&W_hq[0, 0], V, 0, H, V, _pack_width(<floating>0), Wqp)
             if pack_hh:
                 _pack(&W_hh[0, 0], H, 0, H, H, _pack_width(<floating>0), Wp)
-            _forward_regions(W_xh, W_hh, Wp, Wqp, b_h, b_q, ids, xd, Hs, Zs, O, yp,
+            _forward_regions(W_xh, W_hh, Wp, Wqp, b_h, W_hq, b_q, ids, xd, Hs, Zs, O, yp,
                              loss_parts, T, B, H, D, V, N, nonlin, scale, do_out, split, nc,
                              no, &bar)
     finally:
-        free(Wqp)
+        free(buf)
 
 
 cdef void _forward_regions(
         const floating[:, ::1] W_xh, const floating[:, ::1] W_hh, const floating* Wp,
-        const floating* Wqp, const floating[::1] b_h, const floating[::1] b_q,
+        const floating* Wqp, const floating[::1] b_h, const floating[:, ::1] W_hq,
+        const floating[::1] b_q,
         const int32_t* ids, const floating* xd, floating[:, :, ::1] Hs,
         floating[:, ::1] Zs, floating[:, ::1] O, const int32_t* yp,
         floating[::1] loss_parts, Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, Py_ssize_t D,
@@ -540,7 +567,7 @@ cdef void _forward_regions(
             lo = (N * c) // no
             hi = (N * (c + 1)) // no
             loss_parts[c] = _output_rows(
-                &Hs[0, 0, 0] + (B + lo) * H, Wqp, &b_q[0],
+                &Hs[0, 0, 0] + (B + lo) * H, &W_hq[0, 0], Wqp, &b_q[0],
                 (yp + lo) if yp != NULL else NULL, &O[0, 0] + lo * V,
                 hi - lo, H, V, scale)
 
@@ -573,14 +600,18 @@ def backward(const floating[:, ::1] W_xh, const floating[:, ::1] W_hh,
     cdef bint split = _split_one_sequence(num_threads, B, H)
     # packed W_hq^T for dO W_hq^T, and W_hh^T when some chunk of the time loop has
     # several rows
-    cdef bint pack_hh = not split and B > nc
-    cdef Py_ssize_t nq = _packed_size(V, H, <floating>0)
-    cdef floating* WqpT = _alloc_packed(
-        nq + (_packed_size(H, H, <floating>0) if pack_hh else 0), <floating>0)
-    cdef floating* WpT = (WqpT + nq) if pack_hh else NULL
+    cdef bint pack_hh = USE_PGEMM and not split and B > nc
+    cdef Py_ssize_t nq = _packed_size(V, H, <floating>0) if USE_PGEMM else 0
+    cdef floating* WqpT = NULL
+    cdef floating* WpT = NULL
+    if USE_PGEMM:
+        WqpT = _alloc_packed(nq + (_packed_size(H, H, <floating>0) if pack_hh else 0),
+                             <floating>0)
+        WpT = (WqpT + nq) if pack_hh else NULL
     try:
         with nogil:
-            _pack(&W_hq[0, 0], V, 1, V, H, _pack_width(<floating>0), WqpT)
+            if WqpT != NULL:
+                _pack(&W_hq[0, 0], V, 1, V, H, _pack_width(<floating>0), WqpT)
             if pack_hh:
                 _pack(&W_hh[0, 0], H, 1, H, H, _pack_width(<floating>0), WpT)
             # dL/dH_t from the output layer, all t at once: dO W_hq^T (rows split)
@@ -588,8 +619,13 @@ def backward(const floating[:, ::1] W_xh, const floating[:, ::1] W_hh,
                 lo = (N * c) // no
                 hi = (N * (c + 1)) // no
                 mode = fastrnn_ftz_on()
-                _pgemm(hi - lo, H, V, &dO[0, 0] + lo * V, V, WqpT, &dZs[0, 0] + lo * H, H, 0,
-                       NULL)
+                if WqpT != NULL:
+                    _pgemm(hi - lo, H, V, &dO[0, 0] + lo * V, V, WqpT, &dZs[0, 0] + lo * H, H,
+                           0, NULL)
+                else:
+                    gemm(c'N', c'T', <int>(hi - lo), <int>H, <int>V, <floating>1.0,
+                         &dO[0, 0] + lo * V, <int>V, &W_hq[0, 0], <int>V, <floating>0.0,
+                         &dZs[0, 0] + lo * H, <int>H)
                 fastrnn_fp_restore(mode)
             if split:
                 fastrnn_barrier_init(&bar, 2)

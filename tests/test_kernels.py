@@ -1,4 +1,9 @@
 """Compiled kernels against the float64 NumPy reference, every output."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -35,6 +40,8 @@ SHAPES = [  # (B, T, D, H, V)
     (3, 5, 1, 4, 5),        # D = 1
     (3, 5, 5, 4, 1),        # V = 1
     (17, 9, 28, 32, 28),    # a small char-LM
+    (13, 4, 7, 33, 40),     # packed micro-kernel: partial row tiles and column panels
+    (8, 3, 6, 70, 3),       # H over two AVX-512 panels; V under one (reads past rows)
 ]
 
 
@@ -182,3 +189,27 @@ def _check_split(rng, dtype, dense, H):
             assert abs(two[0] - one[0]) <= tol * abs(one[0])
             for name in GRAD_NAMES:
                 assert_close(two[1][name], one[1][name], tol, name)
+
+
+KERNEL_LEVELS = {0: "BLAS (no hand-written gemm)", 1: "AVX2+FMA micro-kernels"}
+
+
+@pytest.mark.parametrize("level", sorted(KERNEL_LEVELS), ids=lambda l: KERNEL_LEVELS[l])
+def test_every_kernel_variant_matches_reference(level):
+    """The products run on a variant picked from the CPU (csrc/_pgemm.h): this run
+    of the suite covers the best one here; rerun the kernel tests with each lower
+    variant forced by FASTRNN_KERNEL_LEVEL, as a machine without it would run."""
+    from fastrnn import _rnn
+    detected = _rnn.packed_gemm_level()
+    if level >= detected:
+        pytest.skip(f"level {level} is what this CPU runs by default (level {detected}); "
+                    "the rest of this file covers it")
+    env = dict(os.environ, FASTRNN_KERNEL_LEVEL=str(level))
+    probe = subprocess.run([sys.executable, "-c",
+                            "from fastrnn import _rnn; print(_rnn.packed_gemm_level())"],
+                           env=env, capture_output=True, text=True, check=True)
+    assert probe.stdout.strip() == str(level)
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+                          str(Path(__file__).resolve()), "-k", "not every_kernel_variant"],
+                         env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
