@@ -83,7 +83,48 @@ FASTRNN_DEFINE_PACK(fastrnn_pack_f64, double)
 
 #ifdef FASTRNN_PG_VECTOR
 
-#define FASTRNN_DEFINE_PGEMM(NAME, T, VT, VW, MR, ATTR)                                  \
+/* Partial vectors at the right edge of a matrix (n < VW lanes valid, 0 <= n):
+ * through a small buffer in general, masked loads/stores with AVX-512 (a libc
+ * memcpy per row was 5% of a d2l step at V = 28). */
+#define FASTRNN_PG_LOADN(VT, T, VW, dst, src, n) do {                                    \
+    T tmp_[VW] = {0};                                                                    \
+    memcpy(tmp_, (src), (size_t)(n) * sizeof(T));                                        \
+    memcpy(&(dst), tmp_, sizeof(VT)); } while (0)
+#define FASTRNN_PG_STOREN(VT, T, VW, dst, vec, n) do {                                   \
+    T tmp_[VW];                                                                          \
+    memcpy(tmp_, &(vec), sizeof(VT));                                                    \
+    memcpy((dst), tmp_, (size_t)(n) * sizeof(T)); } while (0)
+
+#if defined(__x86_64__) && !defined(FASTRNN_NO_CLONES)
+#include <immintrin.h>
+#define FASTRNN_PG_LOADN_512F(VT, T, VW, dst, src, n)                                    \
+    ((dst) = (VT)_mm512_maskz_loadu_ps((__mmask16)((1u << (n)) - 1u), (src)))
+#define FASTRNN_PG_STOREN_512F(VT, T, VW, dst, vec, n)                                   \
+    _mm512_mask_storeu_ps((dst), (__mmask16)((1u << (n)) - 1u), (__m512)(vec))
+#define FASTRNN_PG_LOADN_512D(VT, T, VW, dst, src, n)                                    \
+    ((dst) = (VT)_mm512_maskz_loadu_pd((__mmask8)((1u << (n)) - 1u), (src)))
+#define FASTRNN_PG_STOREN_512D(VT, T, VW, dst, vec, n)                                   \
+    _mm512_mask_storeu_pd((dst), (__mmask8)((1u << (n)) - 1u), (__m512d)(vec))
+#endif
+
+/* load/store a 2*VW tile row with w <= 2*VW valid values */
+#define FASTRNN_PG_LOADW(VT, T, VW, LOADN, c0, c1, src, w) do {                          \
+    if ((w) >= (VW)) {                                                                   \
+        memcpy(&(c0), (src), sizeof(VT));                                                \
+        LOADN(VT, T, VW, c1, (src) + (VW), (w) - (VW));                                  \
+    } else {                                                                             \
+        LOADN(VT, T, VW, c0, (src), (w));                                                \
+        (c1) = (VT){0};                                                                  \
+    } } while (0)
+#define FASTRNN_PG_STOREW(VT, T, VW, STOREN, dst, c0, c1, w) do {                        \
+    if ((w) >= (VW)) {                                                                   \
+        memcpy((dst), &(c0), sizeof(VT));                                                \
+        STOREN(VT, T, VW, (dst) + (VW), c1, (w) - (VW));                                 \
+    } else {                                                                             \
+        STOREN(VT, T, VW, (dst), c0, (w));                                               \
+    } } while (0)
+
+#define FASTRNN_DEFINE_PGEMM(NAME, T, VT, VW, MR, ATTR, LOADN, STOREN)                   \
 ATTR static void NAME(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T *restrict A,       \
                       ptrdiff_t lda, const T *restrict Bp, T *restrict C, ptrdiff_t ldc, \
                       int accumulate, const T *restrict bias) {                          \
@@ -107,11 +148,7 @@ ATTR static void NAME(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T *restrict A
                         memcpy(&c0[r], src, sizeof(VT));                                 \
                         memcpy(&c1[r], src + (VW), sizeof(VT));                          \
                     } else if (src) {                                                    \
-                        T tmp[NR];                                                       \
-                        memset(tmp, 0, sizeof(tmp));                                     \
-                        memcpy(tmp, src, (size_t)w * sizeof(T));                         \
-                        memcpy(&c0[r], tmp, sizeof(VT));                                 \
-                        memcpy(&c1[r], tmp + (VW), sizeof(VT));                          \
+                        FASTRNN_PG_LOADW(VT, T, VW, LOADN, c0[r], c1[r], src, w);        \
                     } else {                                                             \
                         c0[r] = (VT){0};                                                 \
                         c1[r] = (VT){0};                                                 \
@@ -131,12 +168,9 @@ ATTR static void NAME(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T *restrict A
                     memcpy(C + (i0 + r) * ldc + j0, &c0[r], sizeof(VT));                 \
                     memcpy(C + (i0 + r) * ldc + j0 + (VW), &c1[r], sizeof(VT));          \
                 }                                                                        \
-                for (int r = 0; r < m && w < NR; r++) {                                  \
-                    T tmp[NR];                                                           \
-                    memcpy(tmp, &c0[r], sizeof(VT));                                     \
-                    memcpy(tmp + (VW), &c1[r], sizeof(VT));                              \
-                    memcpy(C + (i0 + r) * ldc + j0, tmp, (size_t)w * sizeof(T));         \
-                }                                                                        \
+                for (int r = 0; r < m && w < NR; r++)                                    \
+                    FASTRNN_PG_STOREW(VT, T, VW, STOREN, C + (i0 + r) * ldc + j0, c0[r], \
+                                      c1[r], w);                                         \
             }                                                                            \
         }                                                                                \
     }                                                                                    \
@@ -148,7 +182,7 @@ ATTR static void NAME(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T *restrict A
  * the next row's values into lanes that are never stored (lanes are independent),
  * as long as the read stays inside B; the last rows, where it would not, are
  * copied through a small buffer. */
-#define FASTRNN_DEFINE_TNGEMM(NAME, T, VT, VW, MR, ATTR)                                 \
+#define FASTRNN_DEFINE_TNGEMM(NAME, T, VT, VW, MR, ATTR, LOADN, STOREN)                 \
 ATTR static void NAME(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T *restrict A,       \
                       ptrdiff_t lda, const T *restrict B, ptrdiff_t ldb, T *restrict C,  \
                       ptrdiff_t ldc, int accumulate) {                                   \
@@ -173,11 +207,7 @@ ATTR static void NAME(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T *restrict A
                         memcpy(&c0[r], C + i * ldc + j0, sizeof(VT));                    \
                         memcpy(&c1[r], C + i * ldc + j0 + (VW), sizeof(VT));             \
                     } else if (acc_in) {                                                 \
-                        T tmp[NR];                                                       \
-                        memset(tmp, 0, sizeof(tmp));                                     \
-                        memcpy(tmp, C + i * ldc + j0, (size_t)w * sizeof(T));            \
-                        memcpy(&c0[r], tmp, sizeof(VT));                                 \
-                        memcpy(&c1[r], tmp + (VW), sizeof(VT));                          \
+                        FASTRNN_PG_LOADW(VT, T, VW, LOADN, c0[r], c1[r], C + i * ldc + j0, w); \
                     } else {                                                             \
                         c0[r] = (VT){0};                                                 \
                         c1[r] = (VT){0};                                                 \
@@ -197,12 +227,8 @@ ATTR static void NAME(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T *restrict A
                     }                                                                    \
                 }                                                                        \
                 for (; k < kc; k++) {                                                    \
-                    T tmp[NR];                                                           \
                     VT b0, b1;                                                           \
-                    memset(tmp, 0, sizeof(tmp));                                         \
-                    memcpy(tmp, bp + k * ldb, (size_t)w * sizeof(T));                    \
-                    memcpy(&b0, tmp, sizeof(VT));                                        \
-                    memcpy(&b1, tmp + (VW), sizeof(VT));                                 \
+                    FASTRNN_PG_LOADW(VT, T, VW, LOADN, b0, b1, bp + k * ldb, w);         \
                     const T *ak = a + k * lda;                                           \
                     for (int r = 0; r < (MR); r++) {                                     \
                         T s = ak[ai[r]];                                                 \
@@ -214,12 +240,9 @@ ATTR static void NAME(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T *restrict A
                     memcpy(C + (i0 + r) * ldc + j0, &c0[r], sizeof(VT));                 \
                     memcpy(C + (i0 + r) * ldc + j0 + (VW), &c1[r], sizeof(VT));          \
                 }                                                                        \
-                for (int r = 0; r < m && w < NR; r++) {                                  \
-                    T tmp[NR];                                                           \
-                    memcpy(tmp, &c0[r], sizeof(VT));                                     \
-                    memcpy(tmp + (VW), &c1[r], sizeof(VT));                              \
-                    memcpy(C + (i0 + r) * ldc + j0, tmp, (size_t)w * sizeof(T));         \
-                }                                                                        \
+                for (int r = 0; r < m && w < NR; r++)                                    \
+                    FASTRNN_PG_STOREW(VT, T, VW, STOREN, C + (i0 + r) * ldc + j0, c0[r], \
+                                      c1[r], w);                                         \
             }                                                                            \
         }                                                                                \
     }                                                                                    \
@@ -235,26 +258,30 @@ typedef double fastrnn_v2d __attribute__((vector_size(16)));
 #if defined(__x86_64__) && !defined(FASTRNN_NO_CLONES)
 #define FASTRNN_PG_X86 1
 FASTRNN_DEFINE_PGEMM(fastrnn_pgemm_f32_avx512, float, fastrnn_v16f, 16, 6,
-                     __attribute__((target("avx512f"))))
+                     __attribute__((target("avx512f"))), FASTRNN_PG_LOADN_512F,
+                     FASTRNN_PG_STOREN_512F)
 FASTRNN_DEFINE_PGEMM(fastrnn_pgemm_f64_avx512, double, fastrnn_v8d, 8, 6,
-                     __attribute__((target("avx512f"))))
+                     __attribute__((target("avx512f"))), FASTRNN_PG_LOADN_512D,
+                     FASTRNN_PG_STOREN_512D)
 FASTRNN_DEFINE_PGEMM(fastrnn_pgemm_f32_avx2, float, fastrnn_v8f, 8, 6,
-                     __attribute__((target("avx2,fma"))))
+                     __attribute__((target("avx2,fma"))), FASTRNN_PG_LOADN, FASTRNN_PG_STOREN)
 FASTRNN_DEFINE_PGEMM(fastrnn_pgemm_f64_avx2, double, fastrnn_v4d, 4, 6,
-                     __attribute__((target("avx2,fma"))))
+                     __attribute__((target("avx2,fma"))), FASTRNN_PG_LOADN, FASTRNN_PG_STOREN)
 FASTRNN_DEFINE_TNGEMM(fastrnn_tngemm_f32_avx512, float, fastrnn_v16f, 16, 6,
-                      __attribute__((target("avx512f"))))
+                      __attribute__((target("avx512f"))), FASTRNN_PG_LOADN_512F,
+                      FASTRNN_PG_STOREN_512F)
 FASTRNN_DEFINE_TNGEMM(fastrnn_tngemm_f64_avx512, double, fastrnn_v8d, 8, 6,
-                      __attribute__((target("avx512f"))))
+                      __attribute__((target("avx512f"))), FASTRNN_PG_LOADN_512D,
+                      FASTRNN_PG_STOREN_512D)
 FASTRNN_DEFINE_TNGEMM(fastrnn_tngemm_f32_avx2, float, fastrnn_v8f, 8, 6,
-                      __attribute__((target("avx2,fma"))))
+                      __attribute__((target("avx2,fma"))), FASTRNN_PG_LOADN, FASTRNN_PG_STOREN)
 FASTRNN_DEFINE_TNGEMM(fastrnn_tngemm_f64_avx2, double, fastrnn_v4d, 4, 6,
-                      __attribute__((target("avx2,fma"))))
+                      __attribute__((target("avx2,fma"))), FASTRNN_PG_LOADN, FASTRNN_PG_STOREN)
 #endif
-FASTRNN_DEFINE_PGEMM(fastrnn_pgemm_f32_base, float, fastrnn_v4f, 4, 4, )
-FASTRNN_DEFINE_PGEMM(fastrnn_pgemm_f64_base, double, fastrnn_v2d, 2, 4, )
-FASTRNN_DEFINE_TNGEMM(fastrnn_tngemm_f32_base, float, fastrnn_v4f, 4, 4, )
-FASTRNN_DEFINE_TNGEMM(fastrnn_tngemm_f64_base, double, fastrnn_v2d, 2, 4, )
+FASTRNN_DEFINE_PGEMM(fastrnn_pgemm_f32_base, float, fastrnn_v4f, 4, 4, , FASTRNN_PG_LOADN, FASTRNN_PG_STOREN)
+FASTRNN_DEFINE_PGEMM(fastrnn_pgemm_f64_base, double, fastrnn_v2d, 2, 4, , FASTRNN_PG_LOADN, FASTRNN_PG_STOREN)
+FASTRNN_DEFINE_TNGEMM(fastrnn_tngemm_f32_base, float, fastrnn_v4f, 4, 4, , FASTRNN_PG_LOADN, FASTRNN_PG_STOREN)
+FASTRNN_DEFINE_TNGEMM(fastrnn_tngemm_f64_base, double, fastrnn_v2d, 2, 4, , FASTRNN_PG_LOADN, FASTRNN_PG_STOREN)
 
 #else  /* portable C: the same loop nest with scalar accumulators */
 
