@@ -91,8 +91,7 @@ static void fastrnn_tanh_f64(const double *restrict z, double *restrict h, ptrdi
 
 /* o[i] = exp(o[i] - m); returns the sum, accumulated in 8 fixed lanes so the
  * loop vectorises and the result does not depend on the CPU's vector width. */
-FASTRNN_CLONES
-static double fastrnn_exp_shift_f32(float *restrict o, float m, ptrdiff_t n) {
+static inline double fastrnn_exp_shift_f32_body(float *restrict o, float m, ptrdiff_t n) {
     float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     ptrdiff_t i = 0;
     for (; i + 8 <= n; i += 8) {
@@ -111,6 +110,11 @@ static double fastrnn_exp_shift_f32(float *restrict o, float m, ptrdiff_t n) {
                     ((acc[4] + acc[5]) + (acc[6] + acc[7])));
 }
 
+FASTRNN_CLONES
+static double fastrnn_exp_shift_f32(float *restrict o, float m, ptrdiff_t n) {
+    return fastrnn_exp_shift_f32_body(o, m, n);
+}
+
 static double fastrnn_exp_shift_f64(double *restrict o, double m, ptrdiff_t n) {
     double s = 0.0;
     for (ptrdiff_t i = 0; i < n; i++) {
@@ -120,6 +124,37 @@ static double fastrnn_exp_shift_f64(double *restrict o, double m, ptrdiff_t n) {
     }
     return s;
 }
+
+/* Softmax cross-entropy over n rows of V logits, in place: each row becomes
+ * (softmax(o) - onehot(y)) * scale, and the summed loss log(sum exp(o - max)) -
+ * (o_y - max) is returned. One compiled loop over the rows (the max and the
+ * normalisation vectorise; the max over 16 fixed lanes). */
+#define FASTRNN_DEFINE_SOFTMAX_XENT(NAME, T, EXPSHIFT, ATTRS)                            \
+ATTRS                                                                                    \
+static double NAME(T *restrict O, const int32_t *restrict Y, ptrdiff_t n, ptrdiff_t V,   \
+                   T scale) {                                                            \
+    double total = 0.0;                                                                  \
+    for (ptrdiff_t r = 0; r < n; r++) {                                                  \
+        T *o = O + r * V;                                                                \
+        T mx[16];                                                                        \
+        ptrdiff_t v = 0;                                                                 \
+        for (int l = 0; l < 16; l++) mx[l] = o[0];                                       \
+        for (; v + 16 <= V; v += 16)                                                     \
+            for (int l = 0; l < 16; l++) mx[l] = o[v + l] > mx[l] ? o[v + l] : mx[l];    \
+        for (; v < V; v++) mx[0] = o[v] > mx[0] ? o[v] : mx[0];                          \
+        T m = mx[0];                                                                     \
+        for (int l = 1; l < 16; l++) m = mx[l] > m ? mx[l] : m;                          \
+        T ly = o[Y[r]] - m;                                                              \
+        double s = EXPSHIFT(o, m, V);                                                    \
+        total += log(s) - (double)ly;                                                    \
+        for (v = 0; v < V; v++) o[v] = (T)((double)o[v] / s) * scale;                    \
+        o[Y[r]] -= scale;                                                                \
+    }                                                                                    \
+    return total;                                                                        \
+}
+FASTRNN_DEFINE_SOFTMAX_XENT(fastrnn_softmax_xent_f32, float, fastrnn_exp_shift_f32_body,
+                            FASTRNN_CLONES)
+FASTRNN_DEFINE_SOFTMAX_XENT(fastrnn_softmax_xent_f64, double, fastrnn_exp_shift_f64, )
 
 /* dz = (dz + dh) * (1 - h^2)  (tanh) */
 FASTRNN_CLONES

@@ -30,7 +30,6 @@ kernels.
 """
 from cython cimport floating
 from cython.parallel cimport prange, parallel
-from libc.math cimport log
 from libc.string cimport memcpy, memset
 from libc.stdlib cimport malloc, free
 from libc.stdint cimport int32_t, int64_t, uint64_t
@@ -41,8 +40,8 @@ from _omp cimport (FASTRNN_OMP_ENABLED, fastrnn_omp_max_threads, fastrnn_omp_thr
 from _fpmode cimport (fastrnn_fpmode_t, fastrnn_ftz_on, fastrnn_fp_restore, fastrnn_fp_get,
                      FASTRNN_HAVE_FTZ)
 
-from _rowops cimport (_vecmat, _vecmatT, _tanh_vec, fastrnn_exp_shift_f32,
-                     fastrnn_exp_shift_f64, fastrnn_dtanh_f32, fastrnn_dtanh_f64,
+from _rowops cimport (_vecmat, _vecmatT, _tanh_vec, fastrnn_softmax_xent_f32,
+                     fastrnn_softmax_xent_f64, fastrnn_dtanh_f32, fastrnn_dtanh_f64,
                      _pack_width, _packed_size, _pack, _pgemm, _tngemm,
                      fastrnn_pgemm_level)
 
@@ -203,10 +202,8 @@ cdef double _output_rows(
         Py_ssize_t n, Py_ssize_t H, Py_ssize_t V, floating scale) noexcept nogil:
     """Logits for n rows; with targets, overwrite them with the loss gradient
     (softmax - onehot) * scale and return the summed cross-entropy."""
-    cdef Py_ssize_t r, v
-    cdef floating* o
-    cdef floating m, ly
-    cdef double s, total = 0.0
+    cdef Py_ssize_t r
+    cdef double total = 0.0
     cdef fastrnn_fpmode_t mode = fastrnn_ftz_on()
     if n <= 0:
         fastrnn_fp_restore(mode)
@@ -219,22 +216,10 @@ cdef double _output_rows(
         gemm(c'N', c'N', <int>n, <int>V, <int>H, <floating>1.0, Hrows, <int>H,
              W_hq, <int>V, <floating>1.0, O, <int>V)
     if Y != NULL:
-        for r in range(n):
-            o = O + r * V
-            m = o[0]
-            for v in range(1, V):
-                if o[v] > m:
-                    m = o[v]
-            ly = o[Y[r]] - m
-            if floating is float:
-                s = fastrnn_exp_shift_f32(o, m, V)
-            else:
-                s = fastrnn_exp_shift_f64(o, m, V)
-            # loss_r = log(sum_v exp(o_v - m)) - (o_y - m)
-            total += log(s) - ly
-            for v in range(V):
-                o[v] = <floating>(o[v] / s) * scale
-            o[Y[r]] -= scale
+        if floating is float:
+            total = fastrnn_softmax_xent_f32(O, Y, n, V, scale)
+        else:
+            total = fastrnn_softmax_xent_f64(O, Y, n, V, scale)
     fastrnn_fp_restore(mode)
     return total
 

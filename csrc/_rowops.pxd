@@ -2,6 +2,7 @@
 # products of csrc/_vecmat.h and the vectorised elementwise loops of
 # csrc/_elementwise.h, with fused float/double wrappers.
 from cython cimport floating
+from libc.stdint cimport int32_t
 
 cdef extern from "_elementwise.h" nogil:
     void fastrnn_tanh_f32(const float* z, float* h, Py_ssize_t n) noexcept
@@ -11,6 +12,10 @@ cdef extern from "_elementwise.h" nogil:
     void fastrnn_dtanh_f32(float* dz, const float* dh, const float* h, Py_ssize_t n) noexcept
     void fastrnn_dtanh_f64(double* dz, const double* dh, const double* h,
                            Py_ssize_t n) noexcept
+    double fastrnn_softmax_xent_f32(float* O, const int32_t* Y, Py_ssize_t n, Py_ssize_t V,
+                                    float scale) noexcept
+    double fastrnn_softmax_xent_f64(double* O, const int32_t* Y, Py_ssize_t n, Py_ssize_t V,
+                                    double scale) noexcept
     double fastrnn_sumsq_f32(const float* g, Py_ssize_t n) noexcept
     double fastrnn_sumsq_f64(const double* g, Py_ssize_t n) noexcept
 
