@@ -156,6 +156,36 @@ FASTRNN_DEFINE_SOFTMAX_XENT(fastrnn_softmax_xent_f32, float, fastrnn_exp_shift_f
                             FASTRNN_CLONES)
 FASTRNN_DEFINE_SOFTMAX_XENT(fastrnn_softmax_xent_f64, double, fastrnn_exp_shift_f64, )
 
+/* The bias gradient and the one-hot input gradient of columns [j0, j1), in one
+ * pass over dZ (N x ld): db[j] = sum_r dZ[r, j], and, when ids is given,
+ * dW[ids[r], j] += dZ[r, j] over rows r in order, after zeroing dW's D rows in
+ * those columns. Row order is fixed, so results do not depend on the CPU. */
+#define FASTRNN_DEFINE_BIAS_SCATTER(NAME, T)                                             \
+FASTRNN_CLONES                                                                           \
+static void NAME(const T *restrict dZ, ptrdiff_t N, ptrdiff_t ld, ptrdiff_t j0,          \
+                 ptrdiff_t j1, T *restrict db, const int32_t *restrict ids,              \
+                 T *restrict dW, ptrdiff_t D) {                                          \
+    if (ids)                                                                             \
+        for (ptrdiff_t d = 0; d < D; d++)                                                \
+            for (ptrdiff_t j = j0; j < j1; j++) dW[d * ld + j] = (T)0;                   \
+    for (ptrdiff_t jb = j0; jb < j1; jb += 64) {                                         \
+        ptrdiff_t w = j1 - jb < 64 ? j1 - jb : 64;                                       \
+        T acc[64];                                                                       \
+        for (ptrdiff_t j = 0; j < w; j++) acc[j] = (T)0;                                 \
+        for (ptrdiff_t r = 0; r < N; r++) {                                              \
+            const T *src = dZ + r * ld + jb;                                             \
+            for (ptrdiff_t j = 0; j < w; j++) acc[j] += src[j];                          \
+            if (ids) {                                                                   \
+                T *dst = dW + (ptrdiff_t)ids[r] * ld + jb;                               \
+                for (ptrdiff_t j = 0; j < w; j++) dst[j] += src[j];                      \
+            }                                                                            \
+        }                                                                                \
+        for (ptrdiff_t j = 0; j < w; j++) db[jb + j] = acc[j];                           \
+    }                                                                                    \
+}
+FASTRNN_DEFINE_BIAS_SCATTER(fastrnn_bias_scatter_f32, float)
+FASTRNN_DEFINE_BIAS_SCATTER(fastrnn_bias_scatter_f64, double)
+
 /* dz = (dz + dh) * (1 - h^2)  (tanh) */
 FASTRNN_CLONES
 static void fastrnn_dtanh_f32(float *restrict dz, const float *restrict dh,

@@ -42,6 +42,7 @@ from _fpmode cimport (fastrnn_fpmode_t, fastrnn_ftz_on, fastrnn_fp_restore, fast
 
 from _rowops cimport (_vecmat, _vecmatT, _tanh_vec, fastrnn_softmax_xent_f32,
                      fastrnn_softmax_xent_f64, fastrnn_dtanh_f32, fastrnn_dtanh_f64,
+                     fastrnn_bias_scatter_f32, fastrnn_bias_scatter_f64,
                      _pack_width, _packed_size, _pack, _pgemm, _tngemm,
                      fastrnn_pgemm_level)
 
@@ -307,17 +308,6 @@ cdef void _backward_split(
     fastrnn_fp_restore(mode)
 
 
-cdef void _colsum(const floating* A, floating* out, Py_ssize_t n, Py_ssize_t ld,
-                  Py_ssize_t j0, Py_ssize_t j1) noexcept nogil:
-    """out[j] = sum_r A[r, j] for columns j in [j0, j1), accumulated in order."""
-    cdef Py_ssize_t r, j
-    for j in range(j0, j1):
-        out[j] = 0
-    for r in range(n):
-        for j in range(j0, j1):
-            out[j] += A[r * ld + j]
-
-
 # The packed micro-kernels (csrc/_pgemm.h) take the recurrence, output-layer and
 # (small-H) weight-gradient products on x86-64 with AVX2+FMA or AVX-512; elsewhere
 # BLAS does. Decided once, at import (before any thread calls the kernels).
@@ -346,9 +336,7 @@ cdef void _weight_grads_chunk(
     """Chunk c of the weight gradients: each chunk owns a disjoint set of
     output rows/columns, so chunks never write the same memory and the result
     does not depend on the number of chunks."""
-    cdef Py_ssize_t i0, i1, j0, j1, v0, v1, d0, d1, r, j
-    cdef floating* dst
-    cdef const floating* src
+    cdef Py_ssize_t i0, i1, j0, j1, v0, v1, d0, d1
     cdef fastrnn_fpmode_t mode = fastrnn_ftz_on()
     # dW_hh[i0:i1] = Hs_prev[:, i0:i1]^T dZ ;  dW_hq[i0:i1] = Hs_cur[:, i0:i1]^T dO
     _chunk(H, nchunks, c, &i0, &i1)
@@ -361,23 +349,18 @@ cdef void _weight_grads_chunk(
              dZs, <int>H, <floating>0.0, dW_hh + i0 * H, <int>H)
         gemm(c'T', c'N', <int>(i1 - i0), <int>V, <int>N, <floating>1.0, Hs + B * H + i0,
              <int>H, dO, <int>V, <floating>0.0, dW_hq + i0 * V, <int>V)
-    # biases: column sums
+    # biases: column sums; dW_xh for token ids: scatter-add of dZ rows (one pass)
     _chunk(H, nchunks, c, &j0, &j1)
-    _colsum(dZs, db_h, N, H, j0, j1)
-    _chunk(V, nchunks, c, &v0, &v1)
-    _colsum(dO, db_q, N, V, v0, v1)
-    # dW_xh
-    if X_ids != NULL:
-        # scatter-add of dZ rows into the rows of the ids, columns j0:j1 of this chunk
-        for r in range(D):
-            for j in range(j0, j1):
-                dW_xh[r * H + j] = 0
-        for r in range(N):
-            dst = dW_xh + <Py_ssize_t>X_ids[r] * H
-            src = dZs + r * H
-            for j in range(j0, j1):
-                dst[j] += src[j]
+    if floating is float:
+        fastrnn_bias_scatter_f32(dZs, N, H, j0, j1, db_h, X_ids, dW_xh, D)
     else:
+        fastrnn_bias_scatter_f64(dZs, N, H, j0, j1, db_h, X_ids, dW_xh, D)
+    _chunk(V, nchunks, c, &v0, &v1)
+    if floating is float:
+        fastrnn_bias_scatter_f32(dO, N, V, v0, v1, db_q, NULL, NULL, 0)
+    else:
+        fastrnn_bias_scatter_f64(dO, N, V, v0, v1, db_q, NULL, NULL, 0)
+    if X_ids == NULL:
         _chunk(D, nchunks, c, &d0, &d1)
         if d1 > d0:
             gemm(c'T', c'N', <int>(d1 - d0), <int>H, <int>N, <floating>1.0, X + d0,

@@ -16,6 +16,12 @@ cdef extern from "_elementwise.h" nogil:
                                     float scale) noexcept
     double fastrnn_softmax_xent_f64(double* O, const int32_t* Y, Py_ssize_t n, Py_ssize_t V,
                                     double scale) noexcept
+    void fastrnn_bias_scatter_f32(const float* dZ, Py_ssize_t N, Py_ssize_t ld,
+                                  Py_ssize_t j0, Py_ssize_t j1, float* db,
+                                  const int32_t* ids, float* dW, Py_ssize_t D) noexcept
+    void fastrnn_bias_scatter_f64(const double* dZ, Py_ssize_t N, Py_ssize_t ld,
+                                  Py_ssize_t j0, Py_ssize_t j1, double* db,
+                                  const int32_t* ids, double* dW, Py_ssize_t D) noexcept
     double fastrnn_sumsq_f32(const float* g, Py_ssize_t n) noexcept
     double fastrnn_sumsq_f64(const double* g, Py_ssize_t n) noexcept
 
