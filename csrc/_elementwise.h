@@ -186,6 +186,21 @@ static void NAME(const T *restrict dZ, ptrdiff_t N, ptrdiff_t ld, ptrdiff_t j0, 
 FASTRNN_DEFINE_BIAS_SCATTER(fastrnn_bias_scatter_f32, float)
 FASTRNN_DEFINE_BIAS_SCATTER(fastrnn_bias_scatter_f64, double)
 
+/* z[b, :] = W[ids[b], :] + bias for n rows of width H: the one-hot input
+ * projection (a row gather of W_xh) plus the hidden bias. */
+#define FASTRNN_DEFINE_GATHER(NAME, T)                                                   \
+FASTRNN_CLONES                                                                           \
+static void NAME(const T *restrict W, const int32_t *restrict ids, const T *restrict bias, \
+                 T *restrict z, ptrdiff_t n, ptrdiff_t H) {                              \
+    for (ptrdiff_t b = 0; b < n; b++) {                                                  \
+        const T *w = W + (ptrdiff_t)ids[b] * H;                                          \
+        T *zb = z + b * H;                                                               \
+        for (ptrdiff_t j = 0; j < H; j++) zb[j] = w[j] + bias[j];                        \
+    }                                                                                    \
+}
+FASTRNN_DEFINE_GATHER(fastrnn_gather_f32, float)
+FASTRNN_DEFINE_GATHER(fastrnn_gather_f64, double)
+
 /* dz = (dz + dh) * (1 - h^2)  (tanh) */
 FASTRNN_CLONES
 static void fastrnn_dtanh_f32(float *restrict dz, const float *restrict dh,

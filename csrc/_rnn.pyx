@@ -43,6 +43,7 @@ from _fpmode cimport (fastrnn_fpmode_t, fastrnn_ftz_on, fastrnn_fp_restore, fast
 from _rowops cimport (_vecmat, _vecmatT, _tanh_vec, fastrnn_softmax_xent_f32,
                      fastrnn_softmax_xent_f64, fastrnn_dtanh_f32, fastrnn_dtanh_f64,
                      fastrnn_bias_scatter_f32, fastrnn_bias_scatter_f64,
+                     fastrnn_gather_f32, fastrnn_gather_f64,
                      _pack_width, _packed_size, _pack, _pgemm, _tngemm,
                      fastrnn_pgemm_level)
 
@@ -115,31 +116,30 @@ cdef void _forward_chunk(
         Py_ssize_t b0, Py_ssize_t b1, int nonlin) noexcept nogil:
     cdef Py_ssize_t t, b, j, nb = b1 - b0
     cdef floating* z
-    cdef const floating* w
     cdef fastrnn_fpmode_t mode = fastrnn_ftz_on()
     if nb <= 0:
         fastrnn_fp_restore(mode)
         return
-    # input projection for the whole sequence of this chunk (hoisted out of the loop)
-    for t in range(T):
+    # dense input projection for the whole sequence of this chunk (hoisted out of the
+    # loop; token ids are gathered step by step below, while the rows are in cache)
+    for t in range(T if X_ids == NULL else 0):
         z = Zs + (t * B + b0) * H
-        if X_ids != NULL:
-            for b in range(nb):
-                w = W_xh + <Py_ssize_t>X_ids[t * B + b0 + b] * H
-                for j in range(H):
-                    z[b * H + j] = w[j] + b_h[j]
+        for b in range(nb):
+            for j in range(H):
+                z[b * H + j] = b_h[j]
+        if nb == 1:  # the same arithmetic as _forward_split, so B=1 results agree
+            _vecmat(X + (t * B + b0) * D, W_xh, H, z, D, H, 1)
         else:
-            for b in range(nb):
-                for j in range(H):
-                    z[b * H + j] = b_h[j]
-            if nb == 1:  # the same arithmetic as _forward_split, so B=1 results agree
-                _vecmat(X + (t * B + b0) * D, W_xh, H, z, D, H, 1)
-            else:
-                gemm(c'N', c'N', <int>nb, <int>H, <int>D, <floating>1.0,
-                     X + (t * B + b0) * D, <int>D, W_xh, <int>H, <floating>1.0, z, <int>H)
+            gemm(c'N', c'N', <int>nb, <int>H, <int>D, <floating>1.0,
+                 X + (t * B + b0) * D, <int>D, W_xh, <int>H, <floating>1.0, z, <int>H)
     # the serial recurrence: Z_t += H_{t-1} W_hh ; H_t = phi(Z_t)
     for t in range(T):
         z = Zs + (t * B + b0) * H
+        if X_ids != NULL:
+            if floating is float:
+                fastrnn_gather_f32(W_xh, X_ids + t * B + b0, b_h, z, nb, H)
+            else:
+                fastrnn_gather_f64(W_xh, X_ids + t * B + b0, b_h, z, nb, H)
         if nb == 1:
             _vecmat(Hs + (t * B + b0) * H, W_hh, H, z, H, H, 1)
         elif Wp != NULL:

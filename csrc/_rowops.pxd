@@ -22,6 +22,10 @@ cdef extern from "_elementwise.h" nogil:
     void fastrnn_bias_scatter_f64(const double* dZ, Py_ssize_t N, Py_ssize_t ld,
                                   Py_ssize_t j0, Py_ssize_t j1, double* db,
                                   const int32_t* ids, double* dW, Py_ssize_t D) noexcept
+    void fastrnn_gather_f32(const float* W, const int32_t* ids, const float* bias, float* z,
+                            Py_ssize_t n, Py_ssize_t H) noexcept
+    void fastrnn_gather_f64(const double* W, const int32_t* ids, const double* bias,
+                            double* z, Py_ssize_t n, Py_ssize_t H) noexcept
     double fastrnn_sumsq_f32(const float* g, Py_ssize_t n) noexcept
     double fastrnn_sumsq_f64(const double* g, Py_ssize_t n) noexcept
 
