@@ -3,7 +3,7 @@
     pip install matplotlib                       # or: pip install -e '.[plot]'
     python benches/plot_hidden.py                # a few minutes on 2 cores
     python benches/plot_hidden.py --quick --out /tmp/q.png
-    python benches/plot_hidden.py --replot benches/throughput_vs_hidden.json
+    python benches/plot_hidden.py --replot benches/results/throughput_vs_hidden.json
 
 Times compare.py's training step (forward, mean cross-entropy, BPTT, global-norm
 clip, SGD update; float32; token ids) at B=64, T=64, V=28 -- the same B, T and V
@@ -44,7 +44,7 @@ from fastrnn import reference  # noqa: E402
 
 HIDDEN = (32, 64, 128, 256, 512, 1024, 2048)
 B, T, V = 64, 64, 28
-DEFAULT_OUT = Path(__file__).resolve().parent / "throughput_vs_hidden.png"
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "throughput_vs_hidden.png"
 STYLE = {  # label, matplotlib format
     "fastrnn": ("fastrnn", "o-"),
     "numpy": ("NumPy reference (fastrnn.reference)", "s-"),
@@ -191,7 +191,7 @@ def plot(data, out, plt):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT,
-                    help="PNG to write (default benches/throughput_vs_hidden.png); the raw "
+                    help="PNG to write (default benches/results/throughput_vs_hidden.png); the raw "
                          "numbers go to the same path with a .json suffix")
     ap.add_argument("--quick", action="store_true",
                     help="short run: about 3 s of rounds per hidden size instead of 20")
