@@ -22,8 +22,10 @@ def build_info() -> dict:
 
     Keys: ``version``, ``compiled`` (the compiled kernels are in use),
     ``openmp`` (OpenMP compiled in), ``default_num_threads``, ``ftz`` (subnormal
-    flushing supported), ``blas`` (the BLAS behind the kernels, from threadpoolctl),
-    and ``import_error`` when the kernels could not be loaded.
+    flushing supported), ``kernels`` (which hand-written matrix-product kernels run:
+    ``"avx512"``, ``"avx2"``, or ``"blas"`` when BLAS does all the products; see
+    ``FASTRNN_KERNEL_LEVEL``), ``blas`` (the BLAS behind the kernels, from
+    threadpoolctl), and ``import_error`` when the kernels could not be loaded.
     """
     from . import _core
     info = {
@@ -32,6 +34,8 @@ def build_info() -> dict:
         "openmp": _core.openmp_enabled(),
         "default_num_threads": _core.default_num_threads() if _core.openmp_enabled() else 1,
         "ftz": bool(_core._rnn is not None and _core._rnn.ftz_supported()),
+        "kernels": ({2: "avx512", 1: "avx2"}.get(_core._rnn.packed_gemm_level(), "blas")
+                    if _core._rnn is not None else None),
         "blas": None,
     }
     if _core._rnn is None:

@@ -209,6 +209,10 @@ def test_every_kernel_variant_matches_reference(level):
                             "from fastrnn import _rnn; print(_rnn.packed_gemm_level())"],
                            env=env, capture_output=True, text=True, check=True)
     assert probe.stdout.strip() == str(level)
+    names = subprocess.run([sys.executable, "-c",
+                            "import fastrnn; print(fastrnn.build_info()['kernels'])"],
+                           env=env, capture_output=True, text=True, check=True)
+    assert names.stdout.strip() == {0: "blas", 1: "avx2"}[level]
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
                           str(Path(__file__).resolve()), "-k", "not every_kernel_variant"],
                          env=env, capture_output=True, text=True)
