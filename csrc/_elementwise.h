@@ -101,10 +101,15 @@ static inline double fastrnn_exp_shift_f32_body(float *restrict o, float m, ptrd
             acc[j] += e;
         }
     }
-    for (; i < n; i++) {
-        float e = fastrnn_expf_nonpos(o[i] - m);
-        o[i] = e;
-        acc[i & 7] += e;
+    if (i < n) {  /* the tail as one padded vector (exp(-inf) = 0): same lanes as above */
+        float t[8];
+        ptrdiff_t r = n - i;
+        for (int j = 0; j < 8; j++) t[j] = j < r ? o[i + j] - m : -INFINITY;
+        for (int j = 0; j < 8; j++) {
+            t[j] = fastrnn_expf_nonpos(t[j]);
+            acc[j] += t[j];
+        }
+        for (int j = 0; j < r; j++) o[i + j] = t[j];
     }
     return (double)(((acc[0] + acc[1]) + (acc[2] + acc[3])) +
                     ((acc[4] + acc[5]) + (acc[6] + acc[7])));
@@ -128,7 +133,8 @@ static double fastrnn_exp_shift_f64(double *restrict o, double m, ptrdiff_t n) {
 /* Softmax cross-entropy over n rows of V logits, in place: each row becomes
  * (softmax(o) - onehot(y)) * scale, and the summed loss log(sum exp(o - max)) -
  * (o_y - max) is returned. One compiled loop over the rows (the max and the
- * normalisation vectorise; the max over 16 fixed lanes). */
+ * normalisation vectorise; the max over 16 fixed lanes; the normalisation
+ * multiplies by scale / sum, rounded once). */
 #define FASTRNN_DEFINE_SOFTMAX_XENT(NAME, T, EXPSHIFT, ATTRS)                            \
 ATTRS                                                                                    \
 static double NAME(T *restrict O, const int32_t *restrict Y, ptrdiff_t n, ptrdiff_t V,   \
@@ -147,7 +153,8 @@ static double NAME(T *restrict O, const int32_t *restrict Y, ptrdiff_t n, ptrdif
         T ly = o[Y[r]] - m;                                                              \
         double s = EXPSHIFT(o, m, V);                                                    \
         total += log(s) - (double)ly;                                                    \
-        for (v = 0; v < V; v++) o[v] = (T)((double)o[v] / s) * scale;                    \
+        T f = (T)((double)scale / s);                                                    \
+        for (v = 0; v < V; v++) o[v] *= f;                                               \
         o[Y[r]] -= scale;                                                                \
     }                                                                                    \
     return total;                                                                        \
