@@ -315,8 +315,8 @@ cdef bint USE_PGEMM = fastrnn_pgemm_level() >= 1
 
 
 # Up to this hidden size the weight gradients H^T dZ and H^T dO run on _tngemm;
-# above it BLAS, whose cache blocking wins for the large products (measured here:
-# 95 vs 83 GFLOP/s at H=256, 81 vs 99 at H=1024, one thread).
+# above it BLAS, whose cache blocking wins for the large products (one thread,
+# benches/micro: 95 vs 88 GFLOP/s at H=256, 85 vs 99 at H=1024).
 cdef Py_ssize_t TNGEMM_MAX_H = 512
 
 
@@ -341,7 +341,7 @@ cdef void _weight_grads_chunk(
     # dW_hh[i0:i1] = Hs_prev[:, i0:i1]^T dZ ;  dW_hq[i0:i1] = Hs_cur[:, i0:i1]^T dO
     _chunk(H, nchunks, c, &i0, &i1)
     if i1 > i0 and USE_PGEMM and H <= TNGEMM_MAX_H:
-        # in place, no packing: faster than BLAS for these shapes (benches/compare.py)
+        # in place, no packing: faster than BLAS for these shapes (benches/micro)
         _tngemm(i1 - i0, H, N, Hs + i0, H, dZs, H, dW_hh + i0 * H, H, 0)
         _tngemm(i1 - i0, V, N, Hs + B * H + i0, H, dO, V, dW_hq + i0 * V, V, 0)
     elif i1 > i0:
