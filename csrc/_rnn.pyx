@@ -103,7 +103,7 @@ cdef inline void _chunk(Py_ssize_t n, int nchunks, int c,
 # ---------------------------------------------------------------------------
 # forward: input projection + recurrence for one batch chunk
 
-cdef void _forward_chunk(
+cdef double _forward_chunk(
         const floating* W_xh,      # IN  (D, H)
         const floating* W_hh,      # IN  (H, H)
         const floating* Wp,        # IN  W_hh packed by _pack, or NULL for BLAS
@@ -113,13 +113,23 @@ cdef void _forward_chunk(
         floating* Hs,              # IN/OUT (T+1, B, H): Hs[0] = h0 on entry
         floating* Zs,              # OUT (T*B, H) pre-activations
         Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, Py_ssize_t D,
-        Py_ssize_t b0, Py_ssize_t b1, int nonlin) noexcept nogil:
+        Py_ssize_t b0, Py_ssize_t b1, int nonlin,
+        # the output layer fused into the time loop, or O == NULL for none here:
+        const floating* W_hq,      # IN  (H, V)
+        const floating* Wqp,       # IN  W_hq packed, or NULL for BLAS
+        const floating* b_q,       # IN  (V,)
+        const int32_t* Y,          # IN  (T*B,) targets, or NULL for logits only
+        floating* O,               # OUT (T*B, V) logits or dO (see _output_rows)
+        Py_ssize_t V, floating scale) noexcept nogil:
+    """The recurrence for batch rows [b0, b1); with O, each step's output rows too
+    (while H_t is in cache). Returns the summed cross-entropy of those rows."""
     cdef Py_ssize_t t, b, j, nb = b1 - b0
     cdef floating* z
+    cdef double total = 0.0
     cdef fastrnn_fpmode_t mode = fastrnn_ftz_on()
     if nb <= 0:
         fastrnn_fp_restore(mode)
-        return
+        return 0.0
     # dense input projection for the whole sequence of this chunk (hoisted out of the
     # loop; token ids are gathered step by step below, while the rows are in cache)
     for t in range(T if X_ids == NULL else 0):
@@ -148,7 +158,12 @@ cdef void _forward_chunk(
             gemm(c'N', c'N', <int>nb, <int>H, <int>H, <floating>1.0,
                  Hs + (t * B + b0) * H, <int>H, W_hh, <int>H, <floating>1.0, z, <int>H)
         _activate(z, Hs + ((t + 1) * B + b0) * H, nb * H, nonlin)
+        if O != NULL:
+            total += _output_rows(Hs + ((t + 1) * B + b0) * H, W_hq, Wqp, b_q,
+                                  (Y + t * B + b0) if Y != NULL else NULL,
+                                  O + (t * B + b0) * V, nb, H, V, scale)
     fastrnn_fp_restore(mode)
+    return total
 
 
 cdef void _forward_split(
@@ -233,10 +248,15 @@ cdef void _backward_chunk(
         const floating* WpT,       # IN  W_hh^T packed by _pack, or NULL for BLAS
         const floating* Hs,        # IN  (T+1, B, H)
         floating* dZs,             # IN/OUT (T*B, H): dL/dH_t from the output layer on
-                                   #   entry, dL/dZ_t on exit
+                                   #   entry (unless dO is given), dL/dZ_t on exit
         floating* dh,              # OUT (B, H): dL/dh0 on exit (WORK during the loop)
         Py_ssize_t T, Py_ssize_t B, Py_ssize_t H,
-        Py_ssize_t b0, Py_ssize_t b1, int nonlin) noexcept nogil:
+        Py_ssize_t b0, Py_ssize_t b1, int nonlin,
+        # dL/dH_t from the output layer computed here, step by step, when dO != NULL:
+        const floating* dO,        # IN  (T*B, V) d loss / d logits
+        const floating* W_hq,      # IN  (H, V)
+        const floating* WqpT,      # IN  W_hq^T packed, or NULL for BLAS
+        Py_ssize_t V) noexcept nogil:
     cdef Py_ssize_t t, i, nb = b1 - b0, n = (b1 - b0) * H
     cdef floating* dz
     cdef const floating* h
@@ -250,6 +270,12 @@ cdef void _backward_chunk(
     while t >= 0:
         dz = dZs + (t * B + b0) * H
         h = Hs + ((t + 1) * B + b0) * H
+        if dO != NULL:  # dL/dH_t from O_t = dO_t W_hq^T
+            if WqpT != NULL:
+                _pgemm(nb, H, V, dO + (t * B + b0) * V, V, WqpT, dz, H, 0, NULL)
+            else:
+                gemm(c'N', c'T', <int>nb, <int>H, <int>V, <floating>1.0,
+                     dO + (t * B + b0) * V, <int>V, W_hq, <int>V, <floating>0.0, dz, <int>H)
         # dZ_t = (dL/dH_t from O_t + dL/dH_t from Z_{t+1}) * phi'(Z_t)
         if nonlin == TANH:
             if floating is float:
@@ -318,6 +344,12 @@ cdef bint USE_PGEMM = fastrnn_pgemm_level() >= 1
 # above it BLAS, whose cache blocking wins for the large products (one thread,
 # benches/micro: 95 vs 88 GFLOP/s at H=256, 85 vs 99 at H=1024).
 cdef Py_ssize_t TNGEMM_MAX_H = 512
+
+
+# The output layer (and, backward, dO W_hq^T) runs inside each chunk's time loop
+# when a chunk has at least this many rows: then the products are big enough per
+# step, and a parallel region and a pass over T*B rows are saved.
+cdef Py_ssize_t FUSE_MIN_ROWS = 8
 
 
 cdef void _weight_grads_chunk(
@@ -513,6 +545,10 @@ cdef void _forward_regions(
     """forward()'s parallel regions (arguments validated by forward())."""
     cdef int c, tid = 0, nthr = 0
     cdef Py_ssize_t lo, hi
+    # with several rows per chunk, each chunk's output rows are computed inside its
+    # time loop (no second parallel region, H_t still in cache); one-row chunks and
+    # the split single sequence use one whole-sequence output region instead
+    cdef bint fuse = do_out and not split and B // nc >= FUSE_MIN_ROWS
     if split:
         # one sequence: two threads split the hidden units of every step
         with parallel(num_threads=2):
@@ -524,13 +560,15 @@ cdef void _forward_regions(
                                (H * tid) // 2, (H * (tid + 1)) // 2, nonlin, bar)
             elif tid == 0:  # OpenMP gave us one thread: no barrier partner
                 _forward_chunk(&W_xh[0, 0], &W_hh[0, 0], Wp, &b_h[0], ids, xd,
-                               &Hs[0, 0, 0], &Zs[0, 0], T, B, H, D, 0, B, nonlin)
+                               &Hs[0, 0, 0], &Zs[0, 0], T, B, H, D, 0, B, nonlin,
+                               NULL, NULL, NULL, NULL, NULL, V, scale)
     else:
         for c in prange(nc, num_threads=nc, schedule='static'):
-            _forward_chunk(&W_xh[0, 0], &W_hh[0, 0], Wp, &b_h[0], ids, xd, &Hs[0, 0, 0],
-                           &Zs[0, 0], T, B, H, D, (B * c) // nc, (B * (c + 1)) // nc,
-                           nonlin)
-    if do_out:
+            loss_parts[c] = _forward_chunk(
+                &W_xh[0, 0], &W_hh[0, 0], Wp, &b_h[0], ids, xd, &Hs[0, 0, 0], &Zs[0, 0],
+                T, B, H, D, (B * c) // nc, (B * (c + 1)) // nc, nonlin,
+                &W_hq[0, 0], Wqp, &b_q[0], yp, &O[0, 0] if fuse else NULL, V, scale)
+    if do_out and not fuse:
         for c in prange(no, num_threads=no, schedule='static'):
             lo = (N * c) // no
             hi = (N * (c + 1)) // no
@@ -569,6 +607,7 @@ def backward(const floating[:, ::1] W_xh, const floating[:, ::1] W_hh,
     # packed W_hq^T for dO W_hq^T, and W_hh^T when some chunk of the time loop has
     # several rows
     cdef bint pack_hh = USE_PGEMM and not split and B > nc
+    cdef bint fuse = not split and B // nc >= FUSE_MIN_ROWS  # as in forward()
     cdef Py_ssize_t nq = _packed_size(V, H, <floating>0) if USE_PGEMM else 0
     cdef floating* WqpT = NULL
     cdef floating* WpT = NULL
@@ -582,8 +621,9 @@ def backward(const floating[:, ::1] W_xh, const floating[:, ::1] W_hh,
                 _pack(&W_hq[0, 0], V, 1, V, H, _pack_width(<floating>0), WqpT)
             if pack_hh:
                 _pack(&W_hh[0, 0], H, 1, H, H, _pack_width(<floating>0), WpT)
-            # dL/dH_t from the output layer, all t at once: dO W_hq^T (rows split)
-            for c in prange(no, num_threads=no, schedule='static'):
+            # dL/dH_t from the output layer, all t at once: dO W_hq^T (rows split),
+            # unless each chunk computes its own rows inside its time loop (fuse)
+            for c in prange(no if not fuse else 0, num_threads=no, schedule='static'):
                 lo = (N * c) // no
                 hi = (N * (c + 1)) // no
                 mode = fastrnn_ftz_on()
@@ -605,11 +645,12 @@ def backward(const floating[:, ::1] W_xh, const floating[:, ::1] W_hh,
                                         (H * tid) // 2, (H * (tid + 1)) // 2, nonlin, &bar)
                     elif tid == 0:
                         _backward_chunk(&W_hh[0, 0], WpT, &Hs[0, 0, 0], &dZs[0, 0], &dh0[0, 0],
-                                        T, B, H, 0, B, nonlin)
+                                        T, B, H, 0, B, nonlin, NULL, NULL, NULL, V)
             else:
                 for c in prange(nc, num_threads=nc, schedule='static'):
                     _backward_chunk(&W_hh[0, 0], WpT, &Hs[0, 0, 0], &dZs[0, 0], &dh0[0, 0], T,
-                                    B, H, (B * c) // nc, (B * (c + 1)) // nc, nonlin)
+                                    B, H, (B * c) // nc, (B * (c + 1)) // nc, nonlin,
+                                    &dO[0, 0] if fuse else NULL, &W_hq[0, 0], WqpT, V)
             for c in prange(nw, num_threads=nw, schedule='static'):
                 _weight_grads_chunk(&Hs[0, 0, 0], &dZs[0, 0], &dO[0, 0], ids, xd,
                                     &dW_xh[0, 0], &dW_hh[0, 0], &db_h[0], &dW_hq[0, 0],
