@@ -166,13 +166,15 @@ FASTRNN_DEFINE_SOFTMAX_XENT(fastrnn_softmax_xent_f64, double, fastrnn_exp_shift_
 /* The bias gradient and the one-hot input gradient of columns [j0, j1), in one
  * pass over dZ (N x ld): db[j] = sum_r dZ[r, j], and, when ids is given,
  * dW[ids[r], j] += dZ[r, j] over rows r in order, after zeroing dW's D rows in
- * those columns. Row order is fixed, so results do not depend on the CPU. */
+ * those columns. With accumulate, the sum is added to db and dW is not zeroed
+ * (blocks of rows in turn). Row order is fixed, so results do not depend on the
+ * CPU. */
 #define FASTRNN_DEFINE_BIAS_SCATTER(NAME, T)                                             \
 FASTRNN_CLONES                                                                           \
 static void NAME(const T *restrict dZ, ptrdiff_t N, ptrdiff_t ld, ptrdiff_t j0,          \
                  ptrdiff_t j1, T *restrict db, const int32_t *restrict ids,              \
-                 T *restrict dW, ptrdiff_t D) {                                          \
-    if (ids)                                                                             \
+                 T *restrict dW, ptrdiff_t D, int accumulate) {                          \
+    if (ids && !accumulate)                                                              \
         for (ptrdiff_t d = 0; d < D; d++)                                                \
             for (ptrdiff_t j = j0; j < j1; j++) dW[d * ld + j] = (T)0;                   \
     for (ptrdiff_t jb = j0; jb < j1; jb += 64) {                                         \
@@ -187,7 +189,7 @@ static void NAME(const T *restrict dZ, ptrdiff_t N, ptrdiff_t ld, ptrdiff_t j0, 
                 for (ptrdiff_t j = 0; j < w; j++) dst[j] += src[j];                      \
             }                                                                            \
         }                                                                                \
-        for (ptrdiff_t j = 0; j < w; j++) db[jb + j] = acc[j];                           \
+        for (ptrdiff_t j = 0; j < w; j++) db[jb + j] = accumulate ? db[jb + j] + acc[j] : acc[j]; \
     }                                                                                    \
 }
 FASTRNN_DEFINE_BIAS_SCATTER(fastrnn_bias_scatter_f32, float)

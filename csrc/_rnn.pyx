@@ -103,6 +103,21 @@ cdef inline void _chunk(Py_ssize_t n, int nchunks, int c,
 # ---------------------------------------------------------------------------
 # forward: input projection + recurrence for one batch chunk
 
+cdef inline void _dense_input(const floating* W_xh, const floating* b_h, const floating* x,
+                              floating* z, Py_ssize_t nb, Py_ssize_t H,
+                              Py_ssize_t D) noexcept nogil:
+    """z(nb, H) = x(nb, D) W_xh + b_h: the dense input projection of one step."""
+    cdef Py_ssize_t b, j
+    for b in range(nb):
+        for j in range(H):
+            z[b * H + j] = b_h[j]
+    if nb == 1:  # the same arithmetic as _forward_split, so B=1 results agree
+        _vecmat(x, W_xh, H, z, D, H, 1)
+    else:
+        gemm(c'N', c'N', <int>nb, <int>H, <int>D, <floating>1.0, x, <int>D, W_xh, <int>H,
+             <floating>1.0, z, <int>H)
+
+
 cdef double _forward_chunk(
         const floating* W_xh,      # IN  (D, H)
         const floating* W_hh,      # IN  (H, H)
@@ -111,9 +126,10 @@ cdef double _forward_chunk(
         const int32_t* X_ids,      # IN  (T, B) token ids, or NULL
         const floating* X,         # IN  (T*B, D) dense inputs, or NULL
         floating* Hs,              # IN/OUT (T+1, B, H): Hs[0] = h0 on entry
-        floating* Zs,              # OUT (T*B, H) pre-activations
+        floating* Zs,              # OUT (T*B, H) pre-activations, or WORK (B, H) if zt == 0
         Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, Py_ssize_t D,
         Py_ssize_t b0, Py_ssize_t b1, int nonlin,
+        Py_ssize_t zt,             # B: Z_t kept in Zs[t]; 0: one step's rows reused
         # the output layer fused into the time loop, or O == NULL for none here:
         const floating* W_hq,      # IN  (H, V)
         const floating* Wqp,       # IN  W_hq packed, or NULL for BLAS
@@ -123,7 +139,7 @@ cdef double _forward_chunk(
         Py_ssize_t V, floating scale) noexcept nogil:
     """The recurrence for batch rows [b0, b1); with O, each step's output rows too
     (while H_t is in cache). Returns the summed cross-entropy of those rows."""
-    cdef Py_ssize_t t, b, j, nb = b1 - b0
+    cdef Py_ssize_t t, nb = b1 - b0
     cdef floating* z
     cdef double total = 0.0
     cdef fastrnn_fpmode_t mode = fastrnn_ftz_on()
@@ -131,20 +147,15 @@ cdef double _forward_chunk(
         fastrnn_fp_restore(mode)
         return 0.0
     # dense input projection for the whole sequence of this chunk (hoisted out of the
-    # loop; token ids are gathered step by step below, while the rows are in cache)
-    for t in range(T if X_ids == NULL else 0):
-        z = Zs + (t * B + b0) * H
-        for b in range(nb):
-            for j in range(H):
-                z[b * H + j] = b_h[j]
-        if nb == 1:  # the same arithmetic as _forward_split, so B=1 results agree
-            _vecmat(X + (t * B + b0) * D, W_xh, H, z, D, H, 1)
-        else:
-            gemm(c'N', c'N', <int>nb, <int>H, <int>D, <floating>1.0,
-                 X + (t * B + b0) * D, <int>D, W_xh, <int>H, <floating>1.0, z, <int>H)
+    # loop when every Z_t has its own rows; token ids are gathered step by step below,
+    # while the rows are in cache)
+    for t in range(T if X_ids == NULL and zt != 0 else 0):
+        _dense_input(W_xh, b_h, X + (t * B + b0) * D, Zs + (t * B + b0) * H, nb, H, D)
     # the serial recurrence: Z_t += H_{t-1} W_hh ; H_t = phi(Z_t)
     for t in range(T):
-        z = Zs + (t * B + b0) * H
+        z = Zs + (t * zt + b0) * H
+        if X_ids == NULL and zt == 0:
+            _dense_input(W_xh, b_h, X + (t * B + b0) * D, z, nb, H, D)
         if X_ids != NULL:
             if floating is float:
                 fastrnn_gather_f32(W_xh, X_ids + t * B + b0, b_h, z, nb, H)
@@ -247,16 +258,20 @@ cdef void _backward_chunk(
         const floating* W_hh,      # IN  (H, H)
         const floating* WpT,       # IN  W_hh^T packed by _pack, or NULL for BLAS
         const floating* Hs,        # IN  (T+1, B, H)
-        floating* dZs,             # IN/OUT (T*B, H): dL/dH_t from the output layer on
-                                   #   entry (unless dO is given), dL/dZ_t on exit
-        floating* dh,              # OUT (B, H): dL/dh0 on exit (WORK during the loop)
-        Py_ssize_t T, Py_ssize_t B, Py_ssize_t H,
-        Py_ssize_t b0, Py_ssize_t b1, int nonlin,
+        floating* dZs,             # IN/OUT rows of step t at ((t - t_lo) * B + b) * H:
+                                   #   dL/dH_t from the output layer on entry (unless
+                                   #   dO is given), dL/dZ_t on exit
+        floating* dh,              # IN/OUT (B, H): dL/dH_{t_hi - 1} from later steps on
+                                   #   entry (zeroed here if init_dh), dL/dH_{t_lo - 1} on
+                                   #   exit (dL/dh0 when t_lo = 0)
+        Py_ssize_t t_lo, Py_ssize_t t_hi, Py_ssize_t B, Py_ssize_t H,
+        Py_ssize_t b0, Py_ssize_t b1, int nonlin, bint init_dh,
         # dL/dH_t from the output layer computed here, step by step, when dO != NULL:
         const floating* dO,        # IN  (T*B, V) d loss / d logits
         const floating* W_hq,      # IN  (H, V)
         const floating* WqpT,      # IN  W_hq^T packed, or NULL for BLAS
         Py_ssize_t V) noexcept nogil:
+    """Steps t_hi - 1 down to t_lo of BPTT for batch rows [b0, b1)."""
     cdef Py_ssize_t t, i, nb = b1 - b0, n = (b1 - b0) * H
     cdef floating* dz
     cdef const floating* h
@@ -265,10 +280,11 @@ cdef void _backward_chunk(
     if nb <= 0:
         fastrnn_fp_restore(mode)
         return
-    memset(dhc, 0, n * sizeof(floating))
-    t = T - 1
-    while t >= 0:
-        dz = dZs + (t * B + b0) * H
+    if init_dh:
+        memset(dhc, 0, n * sizeof(floating))
+    t = t_hi - 1
+    while t >= t_lo:
+        dz = dZs + ((t - t_lo) * B + b0) * H
         h = Hs + ((t + 1) * B + b0) * H
         if dO != NULL:  # dL/dH_t from O_t = dO_t W_hq^T
             if WqpT != NULL:
@@ -353,50 +369,57 @@ cdef Py_ssize_t FUSE_MIN_ROWS = 8
 
 
 cdef void _weight_grads_chunk(
-        const floating* Hs,        # IN  (T+1, B, H)
-        const floating* dZs,       # IN  (T*B, H)
-        const floating* dO,        # IN  (T*B, V)
-        const int32_t* X_ids,      # IN  (T*B,) or NULL
-        const floating* X,         # IN  (T*B, D) or NULL
+        const floating* Hprev,     # IN  (Nz, H) H_{t-1} for the rows of dZ
+        const floating* dZ,        # IN  (Nz, H) dL/dZ_t
+        const int32_t* X_ids,      # IN  (Nz,) ids of those rows, or NULL
+        const floating* X,         # IN  (Nz, D) dense inputs of those rows, or NULL
+        const floating* Hcur,      # IN  (N, H) H_t for every row (with do_hq)
+        const floating* dO,        # IN  (N, V) (with do_hq)
         floating* dW_xh,           # OUT (D, H)
         floating* dW_hh,           # OUT (H, H)
         floating* db_h,            # OUT (H,)
         floating* dW_hq,           # OUT (H, V)
         floating* db_q,            # OUT (V,)
-        Py_ssize_t N, Py_ssize_t B, Py_ssize_t H, Py_ssize_t D, Py_ssize_t V,
+        Py_ssize_t Nz, Py_ssize_t N, Py_ssize_t H, Py_ssize_t D, Py_ssize_t V,
+        bint accumulate,           # add the dZ terms to dW_hh, db_h, dW_xh (else set)
+        bint do_hq,                # also set dW_hq and db_q from all N rows
         int c, int nchunks) noexcept nogil:
     """Chunk c of the weight gradients: each chunk owns a disjoint set of
     output rows/columns, so chunks never write the same memory and the result
     does not depend on the number of chunks."""
     cdef Py_ssize_t i0, i1, j0, j1, v0, v1, d0, d1
+    cdef floating beta = 1.0 if accumulate else 0.0
     cdef fastrnn_fpmode_t mode = fastrnn_ftz_on()
-    # dW_hh[i0:i1] = Hs_prev[:, i0:i1]^T dZ ;  dW_hq[i0:i1] = Hs_cur[:, i0:i1]^T dO
+    # dW_hh[i0:i1] (+)= Hprev[:, i0:i1]^T dZ ;  dW_hq[i0:i1] = Hcur[:, i0:i1]^T dO
     _chunk(H, nchunks, c, &i0, &i1)
     if i1 > i0 and USE_PGEMM and H <= TNGEMM_MAX_H:
         # in place, no packing: faster than BLAS for these shapes (benches/micro)
-        _tngemm(i1 - i0, H, N, Hs + i0, H, dZs, H, dW_hh + i0 * H, H, 0)
-        _tngemm(i1 - i0, V, N, Hs + B * H + i0, H, dO, V, dW_hq + i0 * V, V, 0)
+        _tngemm(i1 - i0, H, Nz, Hprev + i0, H, dZ, H, dW_hh + i0 * H, H, accumulate)
+        if do_hq:
+            _tngemm(i1 - i0, V, N, Hcur + i0, H, dO, V, dW_hq + i0 * V, V, 0)
     elif i1 > i0:
-        gemm(c'T', c'N', <int>(i1 - i0), <int>H, <int>N, <floating>1.0, Hs + i0, <int>H,
-             dZs, <int>H, <floating>0.0, dW_hh + i0 * H, <int>H)
-        gemm(c'T', c'N', <int>(i1 - i0), <int>V, <int>N, <floating>1.0, Hs + B * H + i0,
-             <int>H, dO, <int>V, <floating>0.0, dW_hq + i0 * V, <int>V)
+        gemm(c'T', c'N', <int>(i1 - i0), <int>H, <int>Nz, <floating>1.0, Hprev + i0,
+             <int>H, dZ, <int>H, beta, dW_hh + i0 * H, <int>H)
+        if do_hq:
+            gemm(c'T', c'N', <int>(i1 - i0), <int>V, <int>N, <floating>1.0, Hcur + i0,
+                 <int>H, dO, <int>V, <floating>0.0, dW_hq + i0 * V, <int>V)
     # biases: column sums; dW_xh for token ids: scatter-add of dZ rows (one pass)
     _chunk(H, nchunks, c, &j0, &j1)
     if floating is float:
-        fastrnn_bias_scatter_f32(dZs, N, H, j0, j1, db_h, X_ids, dW_xh, D)
+        fastrnn_bias_scatter_f32(dZ, Nz, H, j0, j1, db_h, X_ids, dW_xh, D, accumulate)
     else:
-        fastrnn_bias_scatter_f64(dZs, N, H, j0, j1, db_h, X_ids, dW_xh, D)
-    _chunk(V, nchunks, c, &v0, &v1)
-    if floating is float:
-        fastrnn_bias_scatter_f32(dO, N, V, v0, v1, db_q, NULL, NULL, 0)
-    else:
-        fastrnn_bias_scatter_f64(dO, N, V, v0, v1, db_q, NULL, NULL, 0)
+        fastrnn_bias_scatter_f64(dZ, Nz, H, j0, j1, db_h, X_ids, dW_xh, D, accumulate)
+    if do_hq:
+        _chunk(V, nchunks, c, &v0, &v1)
+        if floating is float:
+            fastrnn_bias_scatter_f32(dO, N, V, v0, v1, db_q, NULL, NULL, 0, 0)
+        else:
+            fastrnn_bias_scatter_f64(dO, N, V, v0, v1, db_q, NULL, NULL, 0, 0)
     if X_ids == NULL:
         _chunk(D, nchunks, c, &d0, &d1)
         if d1 > d0:
-            gemm(c'T', c'N', <int>(d1 - d0), <int>H, <int>N, <floating>1.0, X + d0,
-                 <int>D, dZs, <int>H, <floating>0.0, dW_xh + d0 * H, <int>H)
+            gemm(c'T', c'N', <int>(d1 - d0), <int>H, <int>Nz, <floating>1.0, X + d0,
+                 <int>D, dZ, <int>H, beta, dW_xh + d0 * H, <int>H)
     fastrnn_fp_restore(mode)
 
 
@@ -505,7 +528,11 @@ def forward(const floating[:, ::1] W_xh, const floating[:, ::1] W_hh,
     # the time loop splits the batch; the output layer splits its T*B rows
     nc = _threads_for(num_threads, 2.0 * N * H * (H + 1), B)
     no = _threads_for(num_threads, 2.0 * N * H * V, N)
-    cdef bint split = _split_one_sequence(num_threads, B, H)
+    # Zs is (T*B, H), or (R*B, H) with R < T: a work area (forward reuses one step's
+    # rows; backward() keeps dZ for R steps at a time)
+    if Zs.shape[0] != T * B and (Zs.shape[0] < B or Zs.shape[0] % B != 0):
+        raise ValueError("Zs must have T*B rows, or a multiple of B below that")
+    cdef bint split = _split_one_sequence(num_threads, B, H) and Zs.shape[0] == T * B
     # packed weights for _pgemm: W_hq for the output layer, and W_hh when some chunk
     # of the time loop has several rows (one row uses _vecmat on W_hh itself)
     cdef bint pack_hh = USE_PGEMM and not split and B > nc
@@ -545,6 +572,7 @@ cdef void _forward_regions(
     """forward()'s parallel regions (arguments validated by forward())."""
     cdef int c, tid = 0, nthr = 0
     cdef Py_ssize_t lo, hi
+    cdef Py_ssize_t zt = B if Zs.shape[0] == T * B else 0
     # with several rows per chunk, each chunk's output rows are computed inside its
     # time loop (no second parallel region, H_t still in cache); one-row chunks and
     # the split single sequence use one whole-sequence output region instead
@@ -560,13 +588,13 @@ cdef void _forward_regions(
                                (H * tid) // 2, (H * (tid + 1)) // 2, nonlin, bar)
             elif tid == 0:  # OpenMP gave us one thread: no barrier partner
                 _forward_chunk(&W_xh[0, 0], &W_hh[0, 0], Wp, &b_h[0], ids, xd,
-                               &Hs[0, 0, 0], &Zs[0, 0], T, B, H, D, 0, B, nonlin,
+                               &Hs[0, 0, 0], &Zs[0, 0], T, B, H, D, 0, B, nonlin, zt,
                                NULL, NULL, NULL, NULL, NULL, V, scale)
     else:
         for c in prange(nc, num_threads=nc, schedule='static'):
             loss_parts[c] = _forward_chunk(
                 &W_xh[0, 0], &W_hh[0, 0], Wp, &b_h[0], ids, xd, &Hs[0, 0, 0], &Zs[0, 0],
-                T, B, H, D, (B * c) // nc, (B * (c + 1)) // nc, nonlin,
+                T, B, H, D, (B * c) // nc, (B * (c + 1)) // nc, nonlin, zt,
                 &W_hq[0, 0], Wqp, &b_q[0], yp, &O[0, 0] if fuse else NULL, V, scale)
     if do_out and not fuse:
         for c in prange(no, num_threads=no, schedule='static'):
@@ -582,32 +610,44 @@ def backward(const floating[:, ::1] W_xh, const floating[:, ::1] W_hh,
              const floating[:, ::1] W_hq, const int32_t[:, ::1] X_ids,
              const floating[:, ::1] X,
              floating[:, :, ::1] Hs,         # IN (T+1, B, H) from forward
-             floating[:, ::1] dZs,           # IN Zs from forward (overwritten: dZ)
+             floating[:, ::1] dZs,           # WORK (T*B, H), e.g. Zs from forward, or
+                                             #   (R*B, H) with R < T: dZ for R steps
              floating[:, ::1] dO,            # IN (T*B, V) d loss / d logits
              floating[:, ::1] dW_xh, floating[:, ::1] dW_hh, floating[::1] db_h,
              floating[:, ::1] dW_hq, floating[::1] db_q,
              floating[:, ::1] dh0,           # OUT (B, H)
              str nonlinearity, int num_threads):
-    """Backpropagation through time: fills every gradient buffer."""
+    """Backpropagation through time: fills every gradient buffer.
+
+    With dZs of T*B rows, dZ is formed for the whole sequence and the weight
+    gradients are whole-sequence products. With R*B rows (R < T), the sequence is
+    taken in blocks of R steps from the end: each block's dZ is formed, then its
+    terms are added to the weight gradients (memory R*B*H instead of T*B*H)."""
     cdef int nonlin = _nonlin_code(nonlinearity)
     cdef Py_ssize_t T = Hs.shape[0] - 1, B = Hs.shape[1], H = Hs.shape[2]
     cdef Py_ssize_t D = W_xh.shape[0], V = W_hq.shape[1], N = T * B
     cdef const int32_t* ids = &X_ids[0, 0] if X_ids.shape[0] > 0 else NULL
     cdef const floating* xd = &X[0, 0] if X.shape[0] > 0 else NULL
     cdef int c, nc, no, nw, tid = 0, nthr = 0
-    cdef Py_ssize_t lo, hi
+    cdef Py_ssize_t lo, hi, t_lo, t_hi, R
+    cdef bint first
     cdef fastrnn_fpmode_t mode
     cdef fastrnn_barrier_t bar
     if num_threads < 1:
         raise ValueError("num_threads must be >= 1")
+    if dZs.shape[0] != N and (dZs.shape[0] < B or dZs.shape[0] % B != 0):
+        raise ValueError("dZs must have T*B rows, or a multiple of B below that")
+    R = dZs.shape[0] // B             # steps of dZ held at a time (T: all of them)
     nc = _threads_for(num_threads, 2.0 * N * H * (H + 1), B)
     no = _threads_for(num_threads, 2.0 * N * H * V, N)
     nw = _threads_for(num_threads, 2.0 * N * H * (H + V + D), max(H, V))
-    cdef bint split = _split_one_sequence(num_threads, B, H)
+    cdef bint split = _split_one_sequence(num_threads, B, H) and R == T
     # packed W_hq^T for dO W_hq^T, and W_hh^T when some chunk of the time loop has
     # several rows
     cdef bint pack_hh = USE_PGEMM and not split and B > nc
-    cdef bint fuse = not split and B // nc >= FUSE_MIN_ROWS  # as in forward()
+    # dO_t W_hq^T inside each chunk's time loop: with several rows per chunk, and
+    # always in blocks (the rows of a block only exist while it is processed)
+    cdef bint fuse = not split and (B // nc >= FUSE_MIN_ROWS or R < T)
     cdef Py_ssize_t nq = _packed_size(V, H, <floating>0) if USE_PGEMM else 0
     cdef floating* WqpT = NULL
     cdef floating* WpT = NULL
@@ -645,15 +685,32 @@ def backward(const floating[:, ::1] W_xh, const floating[:, ::1] W_hh,
                                         (H * tid) // 2, (H * (tid + 1)) // 2, nonlin, &bar)
                     elif tid == 0:
                         _backward_chunk(&W_hh[0, 0], WpT, &Hs[0, 0, 0], &dZs[0, 0], &dh0[0, 0],
-                                        T, B, H, 0, B, nonlin, NULL, NULL, NULL, V)
+                                        0, T, B, H, 0, B, nonlin, True, NULL, NULL, NULL, V)
+                for c in prange(nw, num_threads=nw, schedule='static'):
+                    _weight_grads_chunk(&Hs[0, 0, 0], &dZs[0, 0], ids, xd, &Hs[0, 0, 0] + B * H,
+                                        &dO[0, 0], &dW_xh[0, 0], &dW_hh[0, 0], &db_h[0],
+                                        &dW_hq[0, 0], &db_q[0], N, N, H, D, V, False, True,
+                                        c, nw)
             else:
-                for c in prange(nc, num_threads=nc, schedule='static'):
-                    _backward_chunk(&W_hh[0, 0], WpT, &Hs[0, 0, 0], &dZs[0, 0], &dh0[0, 0], T,
-                                    B, H, (B * c) // nc, (B * (c + 1)) // nc, nonlin,
-                                    &dO[0, 0] if fuse else NULL, &W_hq[0, 0], WqpT, V)
-            for c in prange(nw, num_threads=nw, schedule='static'):
-                _weight_grads_chunk(&Hs[0, 0, 0], &dZs[0, 0], &dO[0, 0], ids, xd,
-                                    &dW_xh[0, 0], &dW_hh[0, 0], &db_h[0], &dW_hq[0, 0],
-                                    &db_q[0], N, B, H, D, V, c, nw)
+                # blocks of R steps from the end (one block of T steps with full dZs)
+                t_hi = T
+                first = True
+                while t_hi > 0:
+                    t_lo = t_hi - R if t_hi > R else 0
+                    for c in prange(nc, num_threads=nc, schedule='static'):
+                        _backward_chunk(&W_hh[0, 0], WpT, &Hs[0, 0, 0], &dZs[0, 0],
+                                        &dh0[0, 0], t_lo, t_hi, B, H, (B * c) // nc,
+                                        (B * (c + 1)) // nc, nonlin, first,
+                                        &dO[0, 0] if fuse else NULL, &W_hq[0, 0], WqpT, V)
+                    for c in prange(nw, num_threads=nw, schedule='static'):
+                        _weight_grads_chunk(
+                            &Hs[0, 0, 0] + t_lo * B * H, &dZs[0, 0],
+                            (ids + t_lo * B) if ids != NULL else NULL,
+                            (xd + t_lo * B * D) if xd != NULL else NULL,
+                            &Hs[0, 0, 0] + B * H, &dO[0, 0], &dW_xh[0, 0], &dW_hh[0, 0],
+                            &db_h[0], &dW_hq[0, 0], &db_q[0], (t_hi - t_lo) * B, N, H, D, V,
+                            not first, first, c, nw)
+                    first = False
+                    t_hi = t_lo
     finally:
         free(WqpT)

@@ -350,8 +350,23 @@ def init_params(input_size: int, hidden_size: int, output_size: int | None = Non
 _workspace = threading.local()
 
 
+# BPTT keeps dL/dZ for this many time steps at a time (and at least this many rows),
+# not for the whole sequence: the backward kernel takes the sequence in blocks and
+# adds each block's terms to the weight gradients, so a step's memory is the hidden
+# states, the logits and a block of dZ, not a second T*B*H buffer.
+_DZ_BLOCK_STEPS = 8
+_DZ_BLOCK_ROWS = 256
+
+
+def _dz_steps(T, B):
+    """Steps of dZ the backward kernel holds at once (T: the whole sequence)."""
+    return min(T, max(_DZ_BLOCK_STEPS, -(-_DZ_BLOCK_ROWS // B)))
+
+
 def _buffers(dtype, T, B, H, V):
-    """Activation buffers Hs (T+1, B, H), Zs (T*B, H), O (T*B, V) for this thread.
+    """Activation buffers Hs (T+1, B, H), Zs (R*B, H) and O (T*B, V) for this thread,
+    where R = _dz_steps(T, B): Zs is the kernels' work area (forward: one step's
+    pre-activations; backward: dZ for R steps at a time).
 
     Reused while the shapes stay the same (a training loop), so steady-state calls
     neither allocate nor page-fault fresh memory. One set per Python thread, so
@@ -360,7 +375,8 @@ def _buffers(dtype, T, B, H, V):
     key = (np.dtype(dtype), T, B, H, V)
     if getattr(_workspace, "key", None) != key:
         _workspace.key = None  # drop the old buffers before allocating new ones
-        _workspace.bufs = (np.empty((T + 1, B, H), dtype), np.empty((T * B, H), dtype),
+        _workspace.bufs = (np.empty((T + 1, B, H), dtype),
+                           np.empty((_dz_steps(T, B) * B, H), dtype),
                            np.empty((T * B, V), dtype))
         _workspace.key = key
     return _workspace.bufs
@@ -372,8 +388,10 @@ def clear_workspace() -> None:
     _workspace.bufs = None
 
 
-def _run_forward(p, X_ids, X_dense, h, Yt, B, T, nonlinearity, nt, keep_logits):
-    """Call the forward kernel; returns (Hs (T+1,B,H), Zs (T*B,H), O, loss_sum).
+def _run_forward(p, X_ids, X_dense, h, Yt, B, T, nonlinearity, nt, keep_logits,
+                 full_z=False):
+    """Call the forward kernel; returns (Hs (T+1,B,H), Zs, O, loss_sum). Zs is the
+    work area for backward, or with full_z a new (T*B, H) array of every Z_t.
 
     The returned arrays are the thread's reusable workspace: copy what must outlive
     the next call.
@@ -382,6 +400,8 @@ def _run_forward(p, X_ids, X_dense, h, Yt, B, T, nonlinearity, nt, keep_logits):
     H = p["W_hh"].shape[0]
     V = p["W_hq"].shape[1]
     Hs, Zs, O = _buffers(dtype, T, B, H, V)
+    if full_z and Zs.shape[0] != T * B:
+        Zs = np.empty((T * B, H), dtype)
     Hs[0] = h
     if not keep_logits:
         O = np.empty((0, 0), dtype)
@@ -428,7 +448,8 @@ def forward(params, X, h0=None, *, nonlinearity: str = "tanh", num_threads=None,
             T, B, -1).transpose(1, 0, 2), h, nonlinearity=nonlinearity,
             return_states=return_states)
     with blas_single_thread():
-        Hs, Zs, O, _ = _run_forward(p, X_ids, X_dense, h, None, B, T, nonlinearity, nt, True)
+        Hs, Zs, O, _ = _run_forward(p, X_ids, X_dense, h, None, B, T, nonlinearity, nt, True,
+                                    full_z=return_states)
     V = p["W_hq"].shape[1]
     logits = O.reshape(T, B, V).transpose(1, 0, 2).copy()
     h_T = Hs[T].copy()

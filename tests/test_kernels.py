@@ -42,6 +42,8 @@ SHAPES = [  # (B, T, D, H, V)
     (17, 9, 28, 32, 28),    # a small char-LM
     (13, 4, 7, 33, 40),     # packed micro-kernel: partial row tiles and column panels
     (8, 3, 6, 70, 3),       # H over two AVX-512 panels; V under one (reads past rows)
+    (40, 19, 6, 33, 12),    # BPTT in blocks of 8 steps (8 + 8 + 3), dZ not kept whole
+    (3, 100, 5, 7, 9),      # blocks of 86 + 14 steps
 ]
 
 
@@ -77,8 +79,9 @@ def test_kernels_match_reference(rng, dtype, num_threads, nonlinearity, dense, s
 
 @pytest.mark.parametrize("dense", [False, True], ids=["ids", "dense"])
 @pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
-def test_thread_counts_agree(rng, dense, nonlinearity):
-    p, _, X, Y, h0 = make_problem(rng, 13, 12, 10, 24, 10, dense=dense)
+@pytest.mark.parametrize("BT", [(13, 12), (40, 21)], ids=["whole", "blocks"])
+def test_thread_counts_agree(rng, dense, nonlinearity, BT):
+    p, _, X, Y, h0 = make_problem(rng, BT[0], BT[1], 10, 24, 10, dense=dense)
     base = fastrnn.loss_and_grad(p, X, Y, h0, nonlinearity=nonlinearity, num_threads=1)
     for nt in (2, 3, 4, 8, 13, 20):
         loss, grads, hT = fastrnn.loss_and_grad(p, X, Y, h0, nonlinearity=nonlinearity,
@@ -217,3 +220,45 @@ def test_every_kernel_variant_matches_reference(level):
                           str(Path(__file__).resolve()), "-k", "not every_kernel_variant"],
                          env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("dense", [False, True], ids=["ids", "dense"])
+def test_blockwise_bptt_equals_whole_sequence(rng, dtype, dense):
+    """The backward kernel with dZ for a few steps at a time (what loss_and_grad uses
+    for long sequences) against the same kernel holding dZ for every step."""
+    from fastrnn import _core, _rnn
+    B, T, D, H, V = 6, 23, 5, 12, 7
+    p, _, X, Y, h0 = make_problem(rng, B, T, D, H, V, dtype=dtype, dense=dense)
+    p = _core.check_params(p)
+    X_ids, X_dense, h, Yt, _, _ = _core.check_inputs(p, X, h0, Y)
+    results = []
+    for R in (T, 5, 1):
+        Hs = np.empty((T + 1, B, H), dtype)
+        Hs[0] = h
+        Zs = np.empty((R * B, H), dtype)
+        O = np.empty((T * B, V), dtype)
+        parts = np.zeros(2, dtype)
+        g = {k: np.empty_like(v) for k, v in p.items()}
+        dh0 = np.empty((B, H), dtype)
+        _rnn.forward(p["W_xh"], p["W_hh"], p["b_h"], p["W_hq"], p["b_q"], X_ids, X_dense,
+                     Hs, Zs, O, Yt, parts, "tanh", 2)
+        _rnn.backward(p["W_xh"], p["W_hh"], p["W_hq"], X_ids, X_dense, Hs, Zs, O,
+                      g["W_xh"], g["W_hh"], g["b_h"], g["W_hq"], g["b_q"], dh0, "tanh", 2)
+        results.append((float(parts.sum()), g, dh0))
+    rtol = 1e-12 if dtype == np.float64 else 1e-5
+    for loss, g, dh0 in results[1:]:
+        assert abs(loss - results[0][0]) <= rtol * abs(results[0][0])
+        assert_close(dh0, results[0][2], rtol, "h0")
+        for k in g:
+            assert_close(g[k], results[0][1][k], rtol, k)
+
+
+def test_work_area_rows_checked():
+    from fastrnn import _rnn
+    p = fastrnn.init_params(5, 4, dtype="float64", seed=0)
+    Hs = np.zeros((4, 2, 4))
+    with pytest.raises(ValueError, match="Zs must have"):
+        _rnn.forward(p["W_xh"], p["W_hh"], p["b_h"], p["W_hq"], p["b_q"],
+                     np.zeros((3, 2), np.int32), np.empty((0, 0)), Hs, np.empty((3, 4)),
+                     np.empty((6, 5)), np.empty(0, np.int32), np.zeros(2), "tanh", 1)
