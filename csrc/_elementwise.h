@@ -115,11 +115,6 @@ static inline double fastrnn_exp_shift_f32_body(float *restrict o, float m, ptrd
                     ((acc[4] + acc[5]) + (acc[6] + acc[7])));
 }
 
-FASTRNN_CLONES
-static double fastrnn_exp_shift_f32(float *restrict o, float m, ptrdiff_t n) {
-    return fastrnn_exp_shift_f32_body(o, m, n);
-}
-
 static double fastrnn_exp_shift_f64(double *restrict o, double m, ptrdiff_t n) {
     double s = 0.0;
     for (ptrdiff_t i = 0; i < n; i++) {

@@ -344,7 +344,6 @@ def generate(const floating[:, ::1] W_xh,     # IN (V, H)
     cdef Py_ssize_t P = feed.shape[0], i, v
     cdef double inv_temp
     cdef floating* z
-    cdef floating* o
     cdef floating* sel
     cdef fastrnn_fpmode_t mode
     if nonlinearity == "tanh":
@@ -361,8 +360,7 @@ def generate(const floating[:, ::1] W_xh,     # IN (V, H)
         raise ValueError(f"temperature must be > 0, got {temperature}")
     inv_temp = 1.0 / temperature if not greedy else 1.0
     z = &work[0]
-    o = z + H
-    sel = o + V
+    sel = z + H + V               # (work[H:H+V] is unused: the logits live in op below)
     # W_hq and b_q zero-padded to a multiple of 16 columns, so the output product
     # runs whole vectors (the kept columns are computed exactly as without padding),
     # and the sampler's exponentials: one buffer, allocated once per call

@@ -7,8 +7,6 @@ from libc.stdint cimport int32_t
 cdef extern from "_elementwise.h" nogil:
     void fastrnn_tanh_f32(const float* z, float* h, Py_ssize_t n) noexcept
     void fastrnn_tanh_f64(const double* z, double* h, Py_ssize_t n) noexcept
-    double fastrnn_exp_shift_f32(float* o, float m, Py_ssize_t n) noexcept
-    double fastrnn_exp_shift_f64(double* o, double m, Py_ssize_t n) noexcept
     void fastrnn_dtanh_f32(float* dz, const float* dh, const float* h, Py_ssize_t n) noexcept
     void fastrnn_dtanh_f64(double* dz, const double* dh, const double* h,
                            Py_ssize_t n) noexcept
