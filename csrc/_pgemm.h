@@ -124,6 +124,34 @@ FASTRNN_DEFINE_PACK(fastrnn_pack_f64, double)
         STOREN(VT, T, VW, (dst), c0, (w));                                               \
     } } while (0)
 
+/* a tile row (c0, c1) from src (NULL: zeros) / to dst, w <= 2*VW values valid */
+#define FASTRNN_PG_TILE_LOAD(VT, T, VW, LOADN, c0, c1, src, w) do {                      \
+    if ((src) && (w) == 2 * (VW)) {                                                      \
+        memcpy(&(c0), (src), sizeof(VT));                                                \
+        memcpy(&(c1), (src) + (VW), sizeof(VT));                                         \
+    } else if (src) {                                                                    \
+        FASTRNN_PG_LOADW(VT, T, VW, LOADN, c0, c1, (src), w);                            \
+    } else {                                                                             \
+        (c0) = (VT){0};                                                                  \
+        (c1) = (VT){0};                                                                  \
+    } } while (0)
+#define FASTRNN_PG_TILE_STORE(VT, T, VW, STOREN, dst, c0, c1, w) do {                    \
+    if ((w) == 2 * (VW)) {                                                               \
+        memcpy((dst), &(c0), sizeof(VT));                                                \
+        memcpy((dst) + (VW), &(c1), sizeof(VT));                                         \
+    } else {                                                                             \
+        FASTRNN_PG_STOREW(VT, T, VW, STOREN, (dst), c0, c1, w);                          \
+    } } while (0)
+
+/* one k of the micro-kernel: c[r] += a[r][ka] * (b0, b1) for the MR tile rows (a[r]
+ * points at tile row r's values of A, ka is this k's offset from it) */
+#define FASTRNN_PG_RANK1(T, MR, c0, c1, b0, b1, a, ka) do {                              \
+    for (int r = 0; r < (MR); r++) {                                                     \
+        T s_ = (a)[r][ka];                                                               \
+        (c0)[r] += s_ * (b0);                                                            \
+        (c1)[r] += s_ * (b1);                                                            \
+    } } while (0)
+
 #define FASTRNN_DEFINE_PGEMM(NAME, T, VT, VW, MR, ATTR, LOADN, STOREN)                   \
 ATTR static void NAME(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T *restrict A,       \
                       ptrdiff_t lda, const T *restrict Bp, T *restrict C, ptrdiff_t ldc, \
@@ -144,33 +172,17 @@ ATTR static void NAME(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T *restrict A
                     a[r] = A + i * lda + k0;                                             \
                     const T *src = (k0 == 0 && bias) ? bias + j0 : acc_in ? C + i * ldc + j0 \
                                                                        : NULL;           \
-                    if (src && w == NR) {                                                \
-                        memcpy(&c0[r], src, sizeof(VT));                                 \
-                        memcpy(&c1[r], src + (VW), sizeof(VT));                          \
-                    } else if (src) {                                                    \
-                        FASTRNN_PG_LOADW(VT, T, VW, LOADN, c0[r], c1[r], src, w);        \
-                    } else {                                                             \
-                        c0[r] = (VT){0};                                                 \
-                        c1[r] = (VT){0};                                                 \
-                    }                                                                    \
+                    FASTRNN_PG_TILE_LOAD(VT, T, VW, LOADN, c0[r], c1[r], src, w);        \
                 }                                                                        \
                 for (ptrdiff_t k = 0; k < kc; k++) {                                     \
                     VT b0, b1;                                                           \
                     memcpy(&b0, bp + k * NR, sizeof(VT));                                \
                     memcpy(&b1, bp + k * NR + (VW), sizeof(VT));                         \
-                    for (int r = 0; r < (MR); r++) {                                     \
-                        T s = a[r][k];                                                   \
-                        c0[r] += s * b0;                                                 \
-                        c1[r] += s * b1;                                                 \
-                    }                                                                    \
+                    FASTRNN_PG_RANK1(T, MR, c0, c1, b0, b1, a, k);                       \
                 }                                                                        \
-                for (int r = 0; r < m && w == NR; r++) {                                 \
-                    memcpy(C + (i0 + r) * ldc + j0, &c0[r], sizeof(VT));                 \
-                    memcpy(C + (i0 + r) * ldc + j0 + (VW), &c1[r], sizeof(VT));          \
-                }                                                                        \
-                for (int r = 0; r < m && w < NR; r++)                                    \
-                    FASTRNN_PG_STOREW(VT, T, VW, STOREN, C + (i0 + r) * ldc + j0, c0[r], \
-                                      c1[r], w);                                         \
+                for (int r = 0; r < m; r++)                                              \
+                    FASTRNN_PG_TILE_STORE(VT, T, VW, STOREN, C + (i0 + r) * ldc + j0,    \
+                                          c0[r], c1[r], w);                              \
             }                                                                            \
         }                                                                                \
     }                                                                                    \
@@ -198,51 +210,29 @@ ATTR static void NAME(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T *restrict A
             const T *bp = B + k0 * ldb + j0;                                             \
             for (ptrdiff_t i0 = 0; i0 < M; i0 += (MR)) {                                 \
                 ptrdiff_t m = M - i0 < (MR) ? M - i0 : (MR);                             \
-                ptrdiff_t ai[MR];                                                        \
+                const T *a[MR];                                                          \
                 VT c0[MR], c1[MR];                                                       \
                 for (int r = 0; r < (MR); r++) {                                         \
                     ptrdiff_t i = i0 + (r < m ? r : m - 1);                              \
-                    ai[r] = i;                                                           \
-                    if (acc_in && w == NR) {                                             \
-                        memcpy(&c0[r], C + i * ldc + j0, sizeof(VT));                    \
-                        memcpy(&c1[r], C + i * ldc + j0 + (VW), sizeof(VT));             \
-                    } else if (acc_in) {                                                 \
-                        FASTRNN_PG_LOADW(VT, T, VW, LOADN, c0[r], c1[r], C + i * ldc + j0, w); \
-                    } else {                                                             \
-                        c0[r] = (VT){0};                                                 \
-                        c1[r] = (VT){0};                                                 \
-                    }                                                                    \
+                    a[r] = A + k0 * lda + i;                                             \
+                    const T *src = acc_in ? C + i * ldc + j0 : NULL;                     \
+                    FASTRNN_PG_TILE_LOAD(VT, T, VW, LOADN, c0[r], c1[r], src, w);        \
                 }                                                                        \
-                const T *a = A + k0 * lda;                                               \
                 ptrdiff_t k = 0;                                                         \
                 for (; k < kend; k++) {                                                  \
                     VT b0, b1;                                                           \
                     memcpy(&b0, bp + k * ldb, sizeof(VT));                               \
                     memcpy(&b1, bp + k * ldb + (VW), sizeof(VT));                        \
-                    const T *ak = a + k * lda;                                           \
-                    for (int r = 0; r < (MR); r++) {                                     \
-                        T s = ak[ai[r]];                                                 \
-                        c0[r] += s * b0;                                                 \
-                        c1[r] += s * b1;                                                 \
-                    }                                                                    \
+                    FASTRNN_PG_RANK1(T, MR, c0, c1, b0, b1, a, k * lda);                 \
                 }                                                                        \
                 for (; k < kc; k++) {                                                    \
                     VT b0, b1;                                                           \
                     FASTRNN_PG_LOADW(VT, T, VW, LOADN, b0, b1, bp + k * ldb, w);         \
-                    const T *ak = a + k * lda;                                           \
-                    for (int r = 0; r < (MR); r++) {                                     \
-                        T s = ak[ai[r]];                                                 \
-                        c0[r] += s * b0;                                                 \
-                        c1[r] += s * b1;                                                 \
-                    }                                                                    \
+                    FASTRNN_PG_RANK1(T, MR, c0, c1, b0, b1, a, k * lda);                 \
                 }                                                                        \
-                for (int r = 0; r < m && w == NR; r++) {                                 \
-                    memcpy(C + (i0 + r) * ldc + j0, &c0[r], sizeof(VT));                 \
-                    memcpy(C + (i0 + r) * ldc + j0 + (VW), &c1[r], sizeof(VT));          \
-                }                                                                        \
-                for (int r = 0; r < m && w < NR; r++)                                    \
-                    FASTRNN_PG_STOREW(VT, T, VW, STOREN, C + (i0 + r) * ldc + j0, c0[r], \
-                                      c1[r], w);                                         \
+                for (int r = 0; r < m; r++)                                              \
+                    FASTRNN_PG_TILE_STORE(VT, T, VW, STOREN, C + (i0 + r) * ldc + j0,    \
+                                          c0[r], c1[r], w);                              \
             }                                                                            \
         }                                                                                \
     }                                                                                    \
@@ -343,13 +333,6 @@ FASTRNN_DEFINE_TNGEMM_SCALAR(fastrnn_tngemm_f64_base, double)
 /* ------------------------------------------------------------------------
  * dispatch: one variant per process, chosen from the CPU at first use */
 
-typedef void (*fastrnn_pgemm_f32_fn)(ptrdiff_t, ptrdiff_t, ptrdiff_t, const float *,
-                                     ptrdiff_t, const float *, float *, ptrdiff_t, int,
-                                     const float *);
-typedef void (*fastrnn_pgemm_f64_fn)(ptrdiff_t, ptrdiff_t, ptrdiff_t, const double *,
-                                     ptrdiff_t, const double *, double *, ptrdiff_t, int,
-                                     const double *);
-
 /* 2 = AVX-512, 1 = AVX2+FMA, 0 = portable. The environment variable
  * FASTRNN_KERNEL_LEVEL caps it (tests run every variant this CPU supports). The
  * first call must happen before threads use it (fastrnn._rnn calls it at import). */
@@ -395,48 +378,34 @@ static ptrdiff_t fastrnn_pgemm_nr_f64(void) {
 #endif
 }
 
-static void fastrnn_pgemm_f32(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const float *A,
-                              ptrdiff_t lda, const float *Bp, float *C, ptrdiff_t ldc,
-                              int accumulate, const float *bias) {
+/* NAME(...) runs NAME_avx512, NAME_avx2 or NAME_base by fastrnn_pgemm_level() */
 #ifdef FASTRNN_PG_X86
-    int l = fastrnn_pgemm_level();
-    if (l == 2) { fastrnn_pgemm_f32_avx512(M, N, K, A, lda, Bp, C, ldc, accumulate, bias); return; }
-    if (l == 1) { fastrnn_pgemm_f32_avx2(M, N, K, A, lda, Bp, C, ldc, accumulate, bias); return; }
-#endif
-    fastrnn_pgemm_f32_base(M, N, K, A, lda, Bp, C, ldc, accumulate, bias);
+#define FASTRNN_DEFINE_DISPATCH(NAME, PARAMS, ARGS)                                      \
+static void NAME PARAMS {                                                                \
+    int l_ = fastrnn_pgemm_level();                                                      \
+    if (l_ == 2) NAME##_avx512 ARGS;                                                     \
+    else if (l_ == 1) NAME##_avx2 ARGS;                                                  \
+    else NAME##_base ARGS;                                                               \
 }
+#else
+#define FASTRNN_DEFINE_DISPATCH(NAME, PARAMS, ARGS) static void NAME PARAMS { NAME##_base ARGS; }
+#endif
 
-static void fastrnn_pgemm_f64(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const double *A,
-                              ptrdiff_t lda, const double *Bp, double *C, ptrdiff_t ldc,
-                              int accumulate, const double *bias) {
-#ifdef FASTRNN_PG_X86
-    int l = fastrnn_pgemm_level();
-    if (l == 2) { fastrnn_pgemm_f64_avx512(M, N, K, A, lda, Bp, C, ldc, accumulate, bias); return; }
-    if (l == 1) { fastrnn_pgemm_f64_avx2(M, N, K, A, lda, Bp, C, ldc, accumulate, bias); return; }
-#endif
-    fastrnn_pgemm_f64_base(M, N, K, A, lda, Bp, C, ldc, accumulate, bias);
-}
-
-static void fastrnn_tngemm_f32(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const float *A,
-                               ptrdiff_t lda, const float *B, ptrdiff_t ldb, float *C,
-                               ptrdiff_t ldc, int accumulate) {
-#ifdef FASTRNN_PG_X86
-    int l = fastrnn_pgemm_level();
-    if (l == 2) { fastrnn_tngemm_f32_avx512(M, N, K, A, lda, B, ldb, C, ldc, accumulate); return; }
-    if (l == 1) { fastrnn_tngemm_f32_avx2(M, N, K, A, lda, B, ldb, C, ldc, accumulate); return; }
-#endif
-    fastrnn_tngemm_f32_base(M, N, K, A, lda, B, ldb, C, ldc, accumulate);
-}
-
-static void fastrnn_tngemm_f64(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const double *A,
-                               ptrdiff_t lda, const double *B, ptrdiff_t ldb, double *C,
-                               ptrdiff_t ldc, int accumulate) {
-#ifdef FASTRNN_PG_X86
-    int l = fastrnn_pgemm_level();
-    if (l == 2) { fastrnn_tngemm_f64_avx512(M, N, K, A, lda, B, ldb, C, ldc, accumulate); return; }
-    if (l == 1) { fastrnn_tngemm_f64_avx2(M, N, K, A, lda, B, ldb, C, ldc, accumulate); return; }
-#endif
-    fastrnn_tngemm_f64_base(M, N, K, A, lda, B, ldb, C, ldc, accumulate);
-}
+FASTRNN_DEFINE_DISPATCH(fastrnn_pgemm_f32,
+    (ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const float *A, ptrdiff_t lda, const float *Bp,
+     float *C, ptrdiff_t ldc, int accumulate, const float *bias),
+    (M, N, K, A, lda, Bp, C, ldc, accumulate, bias))
+FASTRNN_DEFINE_DISPATCH(fastrnn_pgemm_f64,
+    (ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const double *A, ptrdiff_t lda, const double *Bp,
+     double *C, ptrdiff_t ldc, int accumulate, const double *bias),
+    (M, N, K, A, lda, Bp, C, ldc, accumulate, bias))
+FASTRNN_DEFINE_DISPATCH(fastrnn_tngemm_f32,
+    (ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const float *A, ptrdiff_t lda, const float *B,
+     ptrdiff_t ldb, float *C, ptrdiff_t ldc, int accumulate),
+    (M, N, K, A, lda, B, ldb, C, ldc, accumulate))
+FASTRNN_DEFINE_DISPATCH(fastrnn_tngemm_f64,
+    (ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const double *A, ptrdiff_t lda, const double *B,
+     ptrdiff_t ldb, double *C, ptrdiff_t ldc, int accumulate),
+    (M, N, K, A, lda, B, ldb, C, ldc, accumulate))
 
 #endif
