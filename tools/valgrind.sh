@@ -51,25 +51,8 @@ supp_args=(--suppressions="$here/tools/valgrind-python.supp")
 IFS=: read -r -a extra <<<"${VALGRIND_SUPP:-}"
 for s in "${extra[@]}"; do [ -n "$s" ] && supp_args+=(--suppressions="$s"); done
 
-copy_tree() {
-    local dest=$1
-    rm -rf "$dest"
-    mkdir -p "$dest"
-    if [ "$working_tree" = 1 ]; then
-        (cd "$here" && git ls-files -z --cached --others --exclude-standard \
-            | tar --null -T - --ignore-failed-read -cf - 2>/dev/null) | tar -xf - -C "$dest"
-    else
-        (cd "$here" && git archive "$ref") | tar -xf - -C "$dest"
-    fi
-}
-
-build() {
-    local dest=$1; shift
-    echo "== building in $dest with $*"
-    (cd "$dest" && env "$@" "$PY" setup.py -q build_ext --inplace -j 2 > build.log 2>&1) \
-        || { tail -40 "$dest/build.log"; return 1; }
-    grep -E "^fastrnn: OpenMP" "$dest/build.log" || true
-}
+# copy_tree DEST and build DEST ENV... (shared with the other build-copy tool)
+. "$here/tools/_build_copy.sh"
 
 # The workload: every kernel entry point, both dtypes, ids and dense input,
 # 1 and 2 threads, odd batch sizes (B=1 takes the single-sequence paths), with
