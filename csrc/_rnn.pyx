@@ -368,6 +368,19 @@ cdef Py_ssize_t TNGEMM_MAX_H = 512
 cdef Py_ssize_t FUSE_MIN_ROWS = 8
 
 
+cdef int _check_work_rows(Py_ssize_t rows, Py_ssize_t T, Py_ssize_t B,
+                          str name) except -1:
+    """The Zs work area holds T*B rows (every step), or whole steps below that."""
+    if rows != T * B and (rows < B or rows % B != 0):
+        raise ValueError(f"{name} must have T*B rows, or a multiple of B below that")
+    return 0
+
+
+cdef inline bint _fuse_output(bint split, Py_ssize_t B, int nc) noexcept nogil:
+    """Output layer inside the time loop (forward and backward decide alike)?"""
+    return not split and B // nc >= FUSE_MIN_ROWS
+
+
 cdef void _weight_grads_chunk(
         const floating* Hprev,     # IN  (Nz, H) H_{t-1} for the rows of dZ
         const floating* dZ,        # IN  (Nz, H) dL/dZ_t
@@ -530,8 +543,7 @@ def forward(const floating[:, ::1] W_xh, const floating[:, ::1] W_hh,
     no = _threads_for(num_threads, 2.0 * N * H * V, N)
     # Zs is (T*B, H), or (R*B, H) with R < T: a work area (forward reuses one step's
     # rows; backward() keeps dZ for R steps at a time)
-    if Zs.shape[0] != T * B and (Zs.shape[0] < B or Zs.shape[0] % B != 0):
-        raise ValueError("Zs must have T*B rows, or a multiple of B below that")
+    _check_work_rows(Zs.shape[0], T, B, "Zs")
     cdef bint split = _split_one_sequence(num_threads, B, H) and Zs.shape[0] == T * B
     # packed weights for _pgemm: W_hq for the output layer, and W_hh when some chunk
     # of the time loop has several rows (one row uses _vecmat on W_hh itself)
@@ -576,7 +588,7 @@ cdef void _forward_regions(
     # with several rows per chunk, each chunk's output rows are computed inside its
     # time loop (no second parallel region, H_t still in cache); one-row chunks and
     # the split single sequence use one whole-sequence output region instead
-    cdef bint fuse = do_out and not split and B // nc >= FUSE_MIN_ROWS
+    cdef bint fuse = do_out and _fuse_output(split, B, nc)
     if split:
         # one sequence: two threads split the hidden units of every step
         with parallel(num_threads=2):
@@ -635,8 +647,7 @@ def backward(const floating[:, ::1] W_xh, const floating[:, ::1] W_hh,
     cdef fastrnn_barrier_t bar
     if num_threads < 1:
         raise ValueError("num_threads must be >= 1")
-    if dZs.shape[0] != N and (dZs.shape[0] < B or dZs.shape[0] % B != 0):
-        raise ValueError("dZs must have T*B rows, or a multiple of B below that")
+    _check_work_rows(dZs.shape[0], T, B, "dZs")
     R = dZs.shape[0] // B             # steps of dZ held at a time (T: all of them)
     nc = _threads_for(num_threads, 2.0 * N * H * (H + 1), B)
     no = _threads_for(num_threads, 2.0 * N * H * V, N)
@@ -647,7 +658,7 @@ def backward(const floating[:, ::1] W_xh, const floating[:, ::1] W_hh,
     cdef bint pack_hh = USE_PGEMM and not split and B > nc
     # dO_t W_hq^T inside each chunk's time loop: with several rows per chunk, and
     # always in blocks (the rows of a block only exist while it is processed)
-    cdef bint fuse = not split and (B // nc >= FUSE_MIN_ROWS or R < T)
+    cdef bint fuse = _fuse_output(split, B, nc) or (not split and R < T)
     cdef Py_ssize_t nq = _packed_size(V, H, <floating>0) if USE_PGEMM else 0
     cdef floating* WqpT = NULL
     cdef floating* WpT = NULL
