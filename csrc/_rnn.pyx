@@ -18,8 +18,10 @@ Buffers are time-major and C-contiguous. Shapes, with dimensions T B H D V:
 Only H_{t-1} W_hh (forward) and dZ_t W_hh^T (backward) run inside the serial
 time loop. The input projection, output layer, softmax-cross-entropy and the
 weight gradients are whole-sequence operations. Parallelism: the time loop
-splits the batch into one chunk per thread (no barrier per step); the
-whole-sequence operations split rows or output columns per thread. BLAS must be
+splits the batch into one chunk per thread (no barrier per step), and a single
+sequence (B = 1) splits each step's hidden units between two threads, which
+claim the parts (csrc/_steps.h); the whole-sequence operations split rows or
+output columns per thread. BLAS must be
 limited to one thread by the caller while these kernels run with more than one
 thread. Every thread flushes subnormals for the duration of its work and
 restores the caller's floating-point mode.
@@ -47,11 +49,14 @@ from _rowops cimport (_vecmat, _vecmatT, _tanh_vec, fastrnn_softmax_xent_f32,
                      _pack_width, _packed_size, _pack, _pgemm, _tngemm,
                      fastrnn_pgemm_level)
 
-cdef extern from "_barrier.h" nogil:
-    ctypedef struct fastrnn_barrier_t:
+cdef extern from "_steps.h" nogil:
+    ctypedef struct fastrnn_steps_t:
         pass
-    void fastrnn_barrier_init(fastrnn_barrier_t* b, int n) noexcept
-    void fastrnn_barrier_wait(fastrnn_barrier_t* b, int* local_sense) noexcept
+    void fastrnn_steps_init(fastrnn_steps_t* s) noexcept
+    int fastrnn_steps_claim(fastrnn_steps_t* s, int k, int t) noexcept
+    void fastrnn_steps_done(fastrnn_steps_t* s, int k, int t) noexcept
+    int fastrnn_steps_next(fastrnn_steps_t* s, int t) noexcept
+    void fastrnn_steps_wait(fastrnn_steps_t* s, int t) noexcept
 
 
 cdef enum:
@@ -177,6 +182,29 @@ cdef double _forward_chunk(
     return total
 
 
+cdef inline void _forward_part(
+        const floating* W_xh, const floating* W_hh, const floating* b_h,
+        const int32_t* X_ids, const floating* X, floating* Hs, floating* Zs,
+        Py_ssize_t t, Py_ssize_t H, Py_ssize_t D, Py_ssize_t j0, Py_ssize_t j1,
+        int nonlin) noexcept nogil:
+    """Hidden units [j0, j1) of step t of one sequence (B = 1): Z_t and H_t."""
+    cdef Py_ssize_t j, nj = j1 - j0
+    cdef floating* z = Zs + t * H
+    cdef const floating* w
+    if nj <= 0:
+        return
+    if X_ids != NULL:
+        w = W_xh + <Py_ssize_t>X_ids[t] * H
+        for j in range(j0, j1):
+            z[j] = w[j] + b_h[j]
+    else:
+        for j in range(j0, j1):
+            z[j] = b_h[j]
+        _vecmat(X + t * D, W_xh + j0, H, z + j0, D, nj, 1)
+    _vecmat(Hs + t * H, W_hh + j0, H, z + j0, H, nj, 1)
+    _activate(z + j0, Hs + (t + 1) * H + j0, nj, nonlin)
+
+
 cdef void _forward_split(
         const floating* W_xh,      # IN  (D, H)
         const floating* W_hh,      # IN  (H, H)
@@ -185,34 +213,28 @@ cdef void _forward_split(
         const floating* X,         # IN  (T, D) dense inputs, or NULL
         floating* Hs,              # IN/OUT (T+1, H): Hs[0] = h0 on entry
         floating* Zs,              # OUT (T, H) pre-activations
-        Py_ssize_t T, Py_ssize_t H, Py_ssize_t D,
-        Py_ssize_t j0, Py_ssize_t j1, int nonlin,
-        fastrnn_barrier_t* bar) noexcept nogil:
-    """One sequence (B = 1), columns [j0, j1) of every step on this thread.
-
-    The threads meet at a barrier once per step, when H_t is complete."""
-    cdef Py_ssize_t t, j, nj = j1 - j0
-    cdef floating* z
-    cdef const floating* w
-    cdef int sense = 0
+        Py_ssize_t T, Py_ssize_t H, Py_ssize_t D, int nonlin,
+        int me,                    # this thread's own part (0 or 1)
+        fastrnn_steps_t* steps) noexcept nogil:
+    """One sequence (B = 1) on two threads: each step's hidden units are cut in two
+    parts, and each part is computed by whichever thread claims it (its own part
+    first, then the other's if still unclaimed; csrc/_steps.h). A thread running
+    alone computes the whole sequence."""
+    cdef int t = 0, i, k
     cdef fastrnn_fpmode_t mode = fastrnn_ftz_on()
-    for t in range(T):
-        z = Zs + t * H
-        if nj > 0:
-            if X_ids != NULL:
-                w = W_xh + <Py_ssize_t>X_ids[t] * H
-                for j in range(j0, j1):
-                    z[j] = w[j] + b_h[j]
-            else:
-                for j in range(j0, j1):
-                    z[j] = b_h[j]
-                _vecmat(X + t * D, W_xh + j0, H, z + j0, D, nj, 1)
-    for t in range(T):
-        z = Zs + t * H
-        if nj > 0:
-            _vecmat(Hs + t * H, W_hh + j0, H, z + j0, H, nj, 1)
-            _activate(z + j0, Hs + (t + 1) * H + j0, nj, nonlin)
-        fastrnn_barrier_wait(bar, &sense)
+    while True:
+        t = fastrnn_steps_next(steps, t)
+        if t >= T:
+            break
+        if t > 0:
+            fastrnn_steps_wait(steps, t - 1)    # H_{t-1} complete
+        for i in range(2):
+            k = me ^ i
+            if fastrnn_steps_claim(steps, k, t):
+                _forward_part(W_xh, W_hh, b_h, X_ids, X, Hs, Zs, t, H, D,
+                              (H * k) // 2, (H * (k + 1)) // 2, nonlin)
+                fastrnn_steps_done(steps, k, t)
+        t += 1
     fastrnn_fp_restore(mode)
 
 
@@ -313,40 +335,61 @@ cdef void _backward_chunk(
     fastrnn_fp_restore(mode)
 
 
+cdef inline void _backward_part(
+        const floating* W_hh, const floating* Hs, floating* dZs, floating* dh,
+        int s, Py_ssize_t T, Py_ssize_t H, Py_ssize_t i0, Py_ssize_t i1,
+        int nonlin) noexcept nogil:
+    """Hidden units [i0, i1) of stage s of one sequence's BPTT (B = 1): stage s
+    takes t = T - 1 - s, forms dL/dH_t[i0:i1] = W_hh[i0:i1] dZ_{t+1} (zero at the
+    last step) and then dZ_t[i0:i1]; stage T leaves dL/dh0[i0:i1] in dh."""
+    cdef Py_ssize_t i, ni = i1 - i0, t = T - 1 - s
+    cdef floating* dz
+    cdef const floating* h
+    if ni <= 0:
+        return
+    if s == 0:
+        for i in range(i0, i1):
+            dh[i] = 0
+    else:
+        _vecmatT(dZs + (t + 1) * H, W_hh + i0 * H, dh + i0, ni, H)
+    if s < T:
+        dz = dZs + t * H
+        h = Hs + (t + 1) * H
+        if nonlin == TANH:
+            if floating is float:
+                fastrnn_dtanh_f32(dz + i0, dh + i0, h + i0, ni)
+            else:
+                fastrnn_dtanh_f64(dz + i0, dh + i0, h + i0, ni)
+        else:
+            for i in range(i0, i1):
+                dz[i] = (dz[i] + dh[i]) if h[i] > 0 else 0
+
+
 cdef void _backward_split(
         const floating* W_hh,      # IN  (H, H)
         const floating* Hs,        # IN  (T+1, H)
         floating* dZs,             # IN/OUT (T, H): dL/dH_t from the output layer -> dL/dZ_t
         floating* dh,              # OUT (H,): dL/dh0 on exit
-        Py_ssize_t T, Py_ssize_t H, Py_ssize_t i0, Py_ssize_t i1, int nonlin,
-        fastrnn_barrier_t* bar) noexcept nogil:
-    """One sequence (B = 1), hidden units [i0, i1) on this thread: it owns
-    dZ_t[i0:i1] and dH_{t-1}[i0:i1] = W_hh[i0:i1] dZ_t. One barrier per step,
-    when dZ_t is complete."""
-    cdef Py_ssize_t t, i, ni = i1 - i0
-    cdef floating* dz
-    cdef const floating* h
-    cdef int sense = 0
+        Py_ssize_t T, Py_ssize_t H, int nonlin,
+        int me,                    # this thread's own part (0 or 1)
+        fastrnn_steps_t* steps) noexcept nogil:
+    """One sequence (B = 1) on two threads, T + 1 stages of two parts each, claimed
+    as in _forward_split."""
+    cdef int s = 0, i, k
     cdef fastrnn_fpmode_t mode = fastrnn_ftz_on()
-    for i in range(i0, i1):
-        dh[i] = 0
-    t = T - 1
-    while t >= 0:
-        dz = dZs + t * H
-        h = Hs + (t + 1) * H
-        if ni > 0:
-            if nonlin == TANH:
-                if floating is float:
-                    fastrnn_dtanh_f32(dz + i0, dh + i0, h + i0, ni)
-                else:
-                    fastrnn_dtanh_f64(dz + i0, dh + i0, h + i0, ni)
-            else:
-                for i in range(i0, i1):
-                    dz[i] = (dz[i] + dh[i]) if h[i] > 0 else 0
-        fastrnn_barrier_wait(bar, &sense)
-        if ni > 0:
-            _vecmatT(dz, W_hh + i0 * H, dh + i0, ni, H)
-        t -= 1
+    while True:
+        s = fastrnn_steps_next(steps, s)
+        if s > T:
+            break
+        if s > 0:
+            fastrnn_steps_wait(steps, s - 1)    # dZ_{t+1} complete
+        for i in range(2):
+            k = me ^ i
+            if fastrnn_steps_claim(steps, k, s):
+                _backward_part(W_hh, Hs, dZs, dh, s, T, H, (H * k) // 2,
+                               (H * (k + 1)) // 2, nonlin)
+                fastrnn_steps_done(steps, k, s)
+        s += 1
     fastrnn_fp_restore(mode)
 
 
@@ -445,16 +488,19 @@ cdef void _weight_grads_chunk(
 cdef double MIN_FLOPS_PER_THREAD = 2e6
 
 
-# Off by default: a barrier per time step is ~100 ns on an idle machine, but when
-# another process holds one of the cores the partner thread is descheduled at
-# every step and a B=1 step became 60x slower (measured here: 0.63 -> 42 ms).
-cdef bint SPLIT_ONE_SEQUENCE = False
+# On by default. One sequence's steps are shared out by claiming parts
+# (csrc/_steps.h), not by a barrier: with a barrier, a partner thread descheduled
+# by another process stalled every step (0.63 -> 42 ms per B=1 training step
+# here); with claims, the thread that runs does the whole step. Measured by
+# compare.make_fastrnn, V=28, B=1, T=64, 2 threads, us per training step,
+# serial / split: H=64 114/125, H=128 209/190, H=256 653/470, H=1024 15113/8672;
+# H=256 with one busy-looping process beside it, 1848-2124 / 1290-1395.
+cdef bint SPLIT_ONE_SEQUENCE = True
 
 
 def set_split_one_sequence(bint enable):
-    """Let B=1 calls split each step's hidden units across two threads (a spin
-    barrier per step; pays only on an otherwise idle machine). Returns the old
-    setting."""
+    """Let B=1 calls split each step's hidden units across two threads (on by
+    default; off runs the sequence on one thread). Returns the old setting."""
     global SPLIT_ONE_SEQUENCE
     old = SPLIT_ONE_SEQUENCE
     SPLIT_ONE_SEQUENCE = enable
@@ -463,9 +509,10 @@ def set_split_one_sequence(bint enable):
 
 cdef inline bint _split_one_sequence(int num_threads, Py_ssize_t B, Py_ssize_t H) noexcept nogil:
     """Split a single sequence's recurrence by hidden units across two threads?
-    Only when enabled and each step has enough work to pay for a barrier."""
+    Only when enabled and each step has enough work (H >= 125 by default) to pay
+    for the threads meeting once per step."""
     return (SPLIT_ONE_SEQUENCE and FASTRNN_OMP_ENABLED and B == 1 and num_threads >= 2
-            and 2.0 * H * H >= MIN_FLOPS_PER_THREAD / 16)
+            and 2.0 * H * H >= MIN_FLOPS_PER_THREAD / 64)
 
 
 def set_min_flops_per_thread(double flops):
@@ -535,7 +582,7 @@ def forward(const floating[:, ::1] W_xh, const floating[:, ::1] W_hh,
     cdef bint do_out = O.shape[0] > 0
     cdef floating scale = <floating>(1.0 / N)
     cdef int nc, no
-    cdef fastrnn_barrier_t bar
+    cdef fastrnn_steps_t steps
     if num_threads < 1:
         raise ValueError("num_threads must be >= 1")
     # the time loop splits the batch; the output layer splits its T*B rows
@@ -558,7 +605,7 @@ def forward(const floating[:, ::1] W_xh, const floating[:, ::1] W_hh,
                             <floating>0)
         Wqp = buf if pack_hq else NULL
         Wp = (buf + nq) if pack_hh else NULL
-    fastrnn_barrier_init(&bar, 2)
+    fastrnn_steps_init(&steps)
     try:
         with nogil:
             if pack_hq:
@@ -567,7 +614,7 @@ def forward(const floating[:, ::1] W_xh, const floating[:, ::1] W_hh,
                 _pack(&W_hh[0, 0], H, 0, H, H, _pack_width(<floating>0), Wp)
             _forward_regions(W_xh, W_hh, Wp, Wqp, b_h, W_hq, b_q, ids, xd, Hs, Zs, O, yp,
                              loss_parts, T, B, H, D, V, N, nonlin, scale, do_out, split, nc,
-                             no, &bar)
+                             no, &steps)
     finally:
         free(buf)
 
@@ -580,9 +627,9 @@ cdef void _forward_regions(
         floating[:, ::1] Zs, floating[:, ::1] O, const int32_t* yp,
         floating[::1] loss_parts, Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, Py_ssize_t D,
         Py_ssize_t V, Py_ssize_t N, int nonlin, floating scale, bint do_out, bint split,
-        int nc, int no, fastrnn_barrier_t* bar) noexcept nogil:
+        int nc, int no, fastrnn_steps_t* steps) noexcept nogil:
     """forward()'s parallel regions (arguments validated by forward())."""
-    cdef int c, tid = 0, nthr = 0
+    cdef int c, tid = 0
     cdef Py_ssize_t lo, hi
     cdef Py_ssize_t zt = B if Zs.shape[0] == T * B else 0
     # with several rows per chunk, each chunk's output rows are computed inside its
@@ -590,18 +637,12 @@ cdef void _forward_regions(
     # the split single sequence use one whole-sequence output region instead
     cdef bint fuse = do_out and _fuse_output(split, B, nc)
     if split:
-        # one sequence: two threads split the hidden units of every step
+        # one sequence: two threads share out each step's hidden units (a thread
+        # that runs alone, e.g. when OpenMP gives one, computes every step)
         with parallel(num_threads=2):
             tid = fastrnn_omp_thread_id()
-            nthr = fastrnn_omp_num_threads()
-            if nthr == 2:
-                _forward_split(&W_xh[0, 0], &W_hh[0, 0], &b_h[0], ids, xd,
-                               &Hs[0, 0, 0], &Zs[0, 0], T, H, D,
-                               (H * tid) // 2, (H * (tid + 1)) // 2, nonlin, bar)
-            elif tid == 0:  # OpenMP gave us one thread: no barrier partner
-                _forward_chunk(&W_xh[0, 0], &W_hh[0, 0], Wp, &b_h[0], ids, xd,
-                               &Hs[0, 0, 0], &Zs[0, 0], T, B, H, D, 0, B, nonlin, zt,
-                               NULL, NULL, NULL, NULL, NULL, V, scale)
+            _forward_split(&W_xh[0, 0], &W_hh[0, 0], &b_h[0], ids, xd, &Hs[0, 0, 0],
+                           &Zs[0, 0], T, H, D, nonlin, tid & 1, steps)
     else:
         for c in prange(nc, num_threads=nc, schedule='static'):
             loss_parts[c] = _forward_chunk(
@@ -640,11 +681,11 @@ def backward(const floating[:, ::1] W_xh, const floating[:, ::1] W_hh,
     cdef Py_ssize_t D = W_xh.shape[0], V = W_hq.shape[1], N = T * B
     cdef const int32_t* ids = &X_ids[0, 0] if X_ids.shape[0] > 0 else NULL
     cdef const floating* xd = &X[0, 0] if X.shape[0] > 0 else NULL
-    cdef int c, nc, no, nw, tid = 0, nthr = 0
+    cdef int c, nc, no, nw, tid = 0
     cdef Py_ssize_t lo, hi, t_lo, t_hi, R
     cdef bint first
     cdef fastrnn_fpmode_t mode
-    cdef fastrnn_barrier_t bar
+    cdef fastrnn_steps_t steps
     if num_threads < 1:
         raise ValueError("num_threads must be >= 1")
     _check_work_rows(dZs.shape[0], T, B, "dZs")
@@ -687,16 +728,11 @@ def backward(const floating[:, ::1] W_xh, const floating[:, ::1] W_hh,
                          &dZs[0, 0] + lo * H, <int>H)
                 fastrnn_fp_restore(mode)
             if split:
-                fastrnn_barrier_init(&bar, 2)
+                fastrnn_steps_init(&steps)
                 with parallel(num_threads=2):
                     tid = fastrnn_omp_thread_id()
-                    nthr = fastrnn_omp_num_threads()
-                    if nthr == 2:
-                        _backward_split(&W_hh[0, 0], &Hs[0, 0, 0], &dZs[0, 0], &dh0[0, 0], T, H,
-                                        (H * tid) // 2, (H * (tid + 1)) // 2, nonlin, &bar)
-                    elif tid == 0:
-                        _backward_chunk(&W_hh[0, 0], WpT, &Hs[0, 0, 0], &dZs[0, 0], &dh0[0, 0],
-                                        0, T, B, H, 0, B, nonlin, True, NULL, NULL, NULL, V)
+                    _backward_split(&W_hh[0, 0], &Hs[0, 0, 0], &dZs[0, 0], &dh0[0, 0], T, H,
+                                    nonlin, tid & 1, &steps)
                 for c in prange(nw, num_threads=nw, schedule='static'):
                     _weight_grads_chunk(&Hs[0, 0, 0], &dZs[0, 0], ids, xd, &Hs[0, 0, 0] + B * H,
                                         &dO[0, 0], &dW_xh[0, 0], &dW_hh[0, 0], &db_h[0],

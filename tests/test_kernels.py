@@ -163,9 +163,10 @@ def test_inputs_not_modified(rng):
 @pytest.mark.parametrize("dense", [False, True], ids=["ids", "dense"])
 @pytest.mark.parametrize("H", [1, 7, 64, 130])
 def test_single_sequence_split_across_threads(rng, dtype, dense, H):
-    """B = 1 with several threads can split each step's hidden units between two
-    threads (a barrier per step, opt-in); results agree with one thread to rounding
-    (a unit may land in a vectorised or a scalar loop, which round differently)."""
+    """B = 1 with several threads splits each step's hidden units between two
+    threads (claimed per step, on by default; forced here for every H); results
+    agree with one thread to rounding (a unit may land in a vectorised or a scalar
+    loop, which round differently)."""
     from fastrnn import _rnn
     old = _rnn.set_split_one_sequence(True)
     try:
@@ -192,6 +193,48 @@ def _check_split(rng, dtype, dense, H):
             assert abs(two[0] - one[0]) <= tol * abs(one[0])
             for name in GRAD_NAMES:
                 assert_close(two[1][name], one[1][name], tol, name)
+
+
+def test_single_sequence_split_any_schedule(rng):
+    """Which thread computes which part of a B = 1 step depends on timing: a thread
+    finding its partner late takes the partner's part too, and a thread that comes
+    late skips steps already taken (csrc/_steps.h). Whatever the schedule, every
+    part is computed once with the same arithmetic, so repeated calls with another
+    thread competing for the cores give bitwise the same results as the first."""
+    import threading
+    from fastrnn import _rnn
+    if not _rnn.openmp_enabled() or os.cpu_count() < 2:
+        pytest.skip("the split needs two OpenMP threads")
+    old = _rnn.set_split_one_sequence(True)
+    stop = threading.Event()
+
+    def compete():  # a Python thread that holds a core while the kernels run
+        x = 0
+        while not stop.is_set():
+            x += 1
+
+    try:
+        for dtype, dense in ((np.float32, False), (np.float64, True)):
+            p, _, X, Y, h0 = make_problem(rng, 1, 40, 9, 130, 11, dtype=dtype, dense=dense)
+            loss0, g0, hT0 = fastrnn.loss_and_grad(p, X, Y, h0, num_threads=2)
+            logits0, _ = fastrnn.forward(p, X, h0, num_threads=2)
+            rival = threading.Thread(target=compete, daemon=True)
+            stop.clear()
+            rival.start()
+            try:
+                for _ in range(150):
+                    loss, g, hT = fastrnn.loss_and_grad(p, X, Y, h0, num_threads=2)
+                    assert loss == loss0
+                    np.testing.assert_array_equal(hT, hT0)
+                    for name in GRAD_NAMES:
+                        np.testing.assert_array_equal(g[name], g0[name], err_msg=name)
+                    np.testing.assert_array_equal(fastrnn.forward(p, X, h0, num_threads=2)[0],
+                                                  logits0)
+            finally:
+                stop.set()
+                rival.join()
+    finally:
+        _rnn.set_split_one_sequence(old)
 
 
 KERNEL_LEVELS = {0: "BLAS (no hand-written gemm)", 1: "AVX2+FMA micro-kernels"}
