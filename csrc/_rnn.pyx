@@ -57,6 +57,7 @@ cdef extern from "_steps.h" nogil:
     void fastrnn_steps_done(fastrnn_steps_t* s, int k, int t) noexcept
     int fastrnn_steps_next(fastrnn_steps_t* s, int t) noexcept
     void fastrnn_steps_wait(fastrnn_steps_t* s, int t) noexcept
+    Py_ssize_t fastrnn_split_point(Py_ssize_t H) noexcept
 
 
 cdef enum:
@@ -221,6 +222,7 @@ cdef void _forward_split(
     first, then the other's if still unclaimed; csrc/_steps.h). A thread running
     alone computes the whole sequence."""
     cdef int t = 0, i, k
+    cdef Py_ssize_t cut = fastrnn_split_point(H)
     cdef fastrnn_fpmode_t mode = fastrnn_ftz_on()
     while True:
         t = fastrnn_steps_next(steps, t)
@@ -232,7 +234,7 @@ cdef void _forward_split(
             k = me ^ i
             if fastrnn_steps_claim(steps, k, t):
                 _forward_part(W_xh, W_hh, b_h, X_ids, X, Hs, Zs, t, H, D,
-                              (H * k) // 2, (H * (k + 1)) // 2, nonlin)
+                              cut if k else 0, H if k else cut, nonlin)
                 fastrnn_steps_done(steps, k, t)
         t += 1
     fastrnn_fp_restore(mode)
@@ -376,6 +378,7 @@ cdef void _backward_split(
     """One sequence (B = 1) on two threads, T + 1 stages of two parts each, claimed
     as in _forward_split."""
     cdef int s = 0, i, k
+    cdef Py_ssize_t cut = fastrnn_split_point(H)
     cdef fastrnn_fpmode_t mode = fastrnn_ftz_on()
     while True:
         s = fastrnn_steps_next(steps, s)
@@ -386,8 +389,8 @@ cdef void _backward_split(
         for i in range(2):
             k = me ^ i
             if fastrnn_steps_claim(steps, k, s):
-                _backward_part(W_hh, Hs, dZs, dh, s, T, H, (H * k) // 2,
-                               (H * (k + 1)) // 2, nonlin)
+                _backward_part(W_hh, Hs, dZs, dh, s, T, H, cut if k else 0,
+                               H if k else cut, nonlin)
                 fastrnn_steps_done(steps, k, s)
         s += 1
     fastrnn_fp_restore(mode)

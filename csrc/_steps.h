@@ -20,6 +20,8 @@
 #ifndef FASTRNN_STEPS_H
 #define FASTRNN_STEPS_H
 
+#include <stddef.h>
+
 #if defined(_WIN32)
 #include <windows.h>
 #define FASTRNN_YIELD() SwitchToThread()
@@ -62,6 +64,16 @@ typedef struct {
 typedef struct {
     fastrnn_part_t part[2];
 } fastrnn_steps_t;
+
+/* Where a step's H hidden units are cut into parts [0, s) and [s, H): the multiple
+ * of 64 nearest H/2. The one-row products work in blocks of 64 columns and the
+ * vectorised tanh in 16s, both counted from a part's first unit, so with the cut on
+ * a multiple of 64 every unit goes through the same code path as without the
+ * split, and the results are bitwise those of one thread. */
+static inline ptrdiff_t fastrnn_split_point(ptrdiff_t H) {
+    ptrdiff_t s = (H / 2 + 32) / 64 * 64;
+    return s < H ? s : H;
+}
 
 static inline void fastrnn_steps_init(fastrnn_steps_t *s) {
     for (int k = 0; k < 2; k++) {
