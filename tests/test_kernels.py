@@ -166,8 +166,9 @@ def test_single_sequence_split_across_threads(rng, dtype, dense, H):
     """B = 1 with several threads splits each step's hidden units between two
     threads (claimed per step, on by default; forced here for every H). The cut is
     on a multiple of 64 units, so every unit takes the same code path as on one
-    thread: states and gradients are bitwise equal; the loss to rounding (its
-    per-thread partial sums are added in another grouping)."""
+    thread: states are bitwise equal, and so are the gradients where the backward
+    pass's other products are order-fixed (the packed kernels); the loss to
+    rounding (its per-thread partial sums are added in another grouping)."""
     from fastrnn import _rnn
     old = _rnn.set_split_one_sequence(True)
     try:
@@ -177,6 +178,10 @@ def test_single_sequence_split_across_threads(rng, dtype, dense, H):
 
 
 def _check_split(rng, dtype, dense, H):
+    from fastrnn import _rnn
+    # the backward pass's other products (dO W_hq^T, the weight gradients) are
+    # order-fixed on the packed kernels; BLAS may round differently per chunking
+    exact_backward = _rnn.packed_gemm_level() >= 1
     p, _, X, Y, h0 = make_problem(rng, 1, 23, 9, H, 11, dtype=dtype, dense=dense)
     tol = 1e-12 if dtype == np.float64 else 1e-5
     for nonlinearity in ("tanh", "relu"):
@@ -194,7 +199,10 @@ def _check_split(rng, dtype, dense, H):
             assert abs(two[0] - one[0]) <= tol * abs(one[0])
             np.testing.assert_array_equal(two[2], one[2])
             for name in GRAD_NAMES:
-                np.testing.assert_array_equal(two[1][name], one[1][name], err_msg=name)
+                if exact_backward and not (dense and name == "W_xh"):
+                    np.testing.assert_array_equal(two[1][name], one[1][name], err_msg=name)
+                else:  # BLAS's result may depend on how rows or columns are chunked
+                    assert_close(two[1][name], one[1][name], tol, name)
 
 
 def test_single_sequence_split_any_schedule(rng):
