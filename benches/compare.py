@@ -167,7 +167,8 @@ def gen_fastrnn(p, threads):
         lm.params[k][...] = p[k]
 
     def run():
-        return lm.generate("the time traveller ", GEN_CHARS, temperature=TEMPERATURE, seed=1)
+        return lm.generate("the time traveller ", GEN_CHARS, temperature=TEMPERATURE, seed=1,
+                           num_threads=threads)
     return run
 
 

@@ -22,7 +22,10 @@ next id from ``softmax(o / temperature)`` restricted to the ``top_k`` largest
 logits (or takes ``argmax o`` when greedy), feeding it back in. Randomness
 comes from xoshiro256** (Blackman & Vigna), seeded through splitmix64; its
 4-word state lives in a caller-owned uint64 array, so generation can be
-stopped and continued (streaming) with identical results.
+stopped and continued (streaming) with identical results. With two threads,
+each step's hidden units are split between them as in the training kernels
+(csrc/_steps.h), and each thread draws the ids itself from its own copy of the
+sampler, so the text is the same for every thread count.
 
 Every kernel runs without the GIL, allocates nothing (the caller passes the
 workspace), and flushes subnormals for its duration, restoring the caller's
@@ -32,11 +35,24 @@ from cython cimport floating
 from libc.math cimport exp, sqrt, isfinite, pow
 from libc.stdint cimport int32_t, int64_t, uint64_t
 from libc.stdlib cimport malloc, free
+from libc.string cimport memcpy
 
+from cython.parallel cimport parallel
 from _fpmode cimport fastrnn_fpmode_t, fastrnn_ftz_on, fastrnn_fp_restore
+from _omp cimport FASTRNN_OMP_ENABLED, fastrnn_omp_thread_id
 
 # the same vectorised one-row product and tanh as the training kernels (csrc/_rnn.pyx)
 from _rowops cimport _vecmat, _tanh_vec, fastrnn_sumsq_f32, fastrnn_sumsq_f64
+
+cdef extern from "_steps.h" nogil:
+    ctypedef struct fastrnn_steps_t:
+        pass
+    void fastrnn_steps_init(fastrnn_steps_t* s) noexcept
+    int fastrnn_steps_claim(fastrnn_steps_t* s, int k, int t) noexcept
+    void fastrnn_steps_done(fastrnn_steps_t* s, int k, int t) noexcept
+    int fastrnn_steps_next(fastrnn_steps_t* s, int t) noexcept
+    void fastrnn_steps_wait(fastrnn_steps_t* s, int t) noexcept
+    Py_ssize_t fastrnn_split_point(Py_ssize_t H) noexcept
 
 cdef enum:
     TANH = 0
@@ -322,6 +338,117 @@ cdef int32_t _sample(const floating* o,       # IN  (V,) logits
     return <int32_t>best
 
 
+cdef int32_t _draw(const floating* h, const floating* Wq, const floating* bq, floating* op,
+                   floating* sel, double* ex, Py_ssize_t H, Py_ssize_t V, Py_ssize_t Vp,
+                   double inv_temp, Py_ssize_t top_k, bint greedy,
+                   uint64_t* rng) noexcept nogil:
+    """O = h W_hq + b_q over the padded columns, then one draw from it."""
+    cdef Py_ssize_t v
+    for v in range(Vp):
+        op[v] = bq[v]
+    _vecmat(h, Wq, Vp, op, H, Vp, 1)
+    return _sample(op, sel, ex, V, inv_temp, top_k, greedy, rng)
+
+
+cdef inline void _step_part(const floating* W_xh, const floating* W_hh, const floating* b_h,
+                            int32_t x, const floating* h, floating* hnew, floating* z,
+                            Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1,
+                            int nonlin) noexcept nogil:
+    """hnew[j0:j1] of H_t = phi(X_t W_xh + H_{t-1} W_hh + b_h), H_{t-1} = h."""
+    cdef Py_ssize_t j, nj = j1 - j0
+    cdef const floating* w = W_xh + <Py_ssize_t>x * H
+    if nj <= 0:
+        return
+    for j in range(j0, j1):
+        z[j] = w[j] + b_h[j]
+    _vecmat(h, W_hh + j0, H, z + j0, H, nj, 1)
+    if nonlin == TANH:
+        _tanh_vec(z + j0, hnew + j0, nj)
+    else:
+        for j in range(j0, j1):
+            hnew[j] = z[j] if z[j] > 0 else 0
+
+
+cdef inline Py_ssize_t _up64(Py_ssize_t nbytes) noexcept nogil:
+    """nbytes rounded up to whole 64-byte cache lines."""
+    return (nbytes + 63) // 64 * 64
+
+
+cdef void _generate_split(
+        const floating* W_xh, const floating* W_hh, const floating* b_h,
+        const floating* Wq, const floating* bq,       # W_hq, b_q padded to Vp columns
+        const int32_t* feed, Py_ssize_t P, int32_t* out, Py_ssize_t n,
+        floating* hbuf,            # (2, H): hbuf[0] = H before the first step
+        floating* tw,              # WORK this thread's: z (H), op (Vp), sel (V)
+        double* ex,                # WORK this thread's (V,)
+        const uint64_t* rng0,      # the sampler's state before the first draw
+        Py_ssize_t H, Py_ssize_t V, Py_ssize_t Vp, double inv_temp, Py_ssize_t top_k,
+        bint greedy, int nonlin, int me, fastrnn_steps_t* steps) noexcept nogil:
+    """Steps 0 .. P+n-2 of generate() on two threads, each step's hidden units in
+    two parts claimed as in the training kernels (csrc/_steps.h). Step s feeds
+    feed[s] (s < P) or draw s - P, which a thread claiming a part of step s draws
+    itself from the state before step s, with its own copy of the sampler advanced
+    to that draw: both threads draw the same id. The state before step s is in
+    hbuf[s % 2]. The last draw, n - 1, is left to the caller."""
+    cdef int S = <int>(P + n - 1), s = 0, i, k, have = -1
+    cdef Py_ssize_t cut = fastrnn_split_point(H), drawn = 0, d
+    cdef int32_t x = 0
+    cdef uint64_t r[4]
+    cdef floating* z = tw
+    cdef floating* op = tw + H
+    cdef floating* sel = op + Vp
+    cdef fastrnn_fpmode_t mode = fastrnn_ftz_on()
+    for i in range(4):
+        r[i] = rng0[i]
+    while True:
+        s = fastrnn_steps_next(steps, s)
+        if s >= S:
+            break
+        if s > 0:
+            fastrnn_steps_wait(steps, s - 1)    # the state before step s is complete
+        for i in range(2):
+            k = me ^ i
+            if not fastrnn_steps_claim(steps, k, s):
+                continue
+            if have != s:
+                if s < P:
+                    x = feed[s]
+                else:
+                    d = s - P
+                    if not greedy:
+                        while drawn < d:     # skip the draws of steps others took
+                            _xoshiro_next(r)
+                            drawn += 1
+                        drawn += 1           # _draw takes draw d
+                    x = _draw(hbuf + (s % 2) * H, Wq, bq, op, sel, ex, H, V, Vp,
+                              inv_temp, top_k, greedy, r)
+                have = s
+            if k == 0 and s >= P:
+                out[s - P] = x
+            _step_part(W_xh, W_hh, b_h, x, hbuf + (s % 2) * H, hbuf + ((s + 1) % 2) * H,
+                       z, H, cut if k else 0, H if k else cut, nonlin)
+            fastrnn_steps_done(steps, k, s)
+        s += 1
+    fastrnn_fp_restore(mode)
+
+
+# generate() splits its steps across two threads from this hidden size (below it,
+# the threads meeting once per step cost more than half a step saves) and this many
+# steps (a parallel region costs a few microseconds to start)
+cdef Py_ssize_t SPLIT_MIN_H = 125
+cdef Py_ssize_t SPLIT_MIN_STEPS = 32
+
+
+def set_split_thresholds(Py_ssize_t min_hidden, Py_ssize_t min_steps):
+    """Set generate()'s thresholds for splitting across two threads; returns the
+    old ones (tests set 1, 1 to split every size)."""
+    global SPLIT_MIN_H, SPLIT_MIN_STEPS
+    old = (SPLIT_MIN_H, SPLIT_MIN_STEPS)
+    SPLIT_MIN_H = min_hidden
+    SPLIT_MIN_STEPS = min_steps
+    return old
+
+
 def generate(const floating[:, ::1] W_xh,     # IN (V, H)
              const floating[:, ::1] W_hh,     # IN (H, H)
              const floating[::1] b_h,         # IN (H,)
@@ -332,12 +459,17 @@ def generate(const floating[:, ::1] W_xh,     # IN (V, H)
              floating[::1] h,                 # IN/OUT (H,) hidden state
              floating[::1] work,              # WORK (H + 2V,)
              uint64_t[::1] rng,               # IN/OUT (4,) xoshiro256** state
-             double temperature, Py_ssize_t top_k, bint greedy, str nonlinearity):
+             double temperature, Py_ssize_t top_k, bint greedy, str nonlinearity,
+             int num_threads=1):
     """Feed ``feed`` through the recurrence, then generate ``len(out)`` ids.
 
     Each generated id is fed back before the next draw; the last one is not
     fed, so a continuation is ``generate(feed=out[-1:], h=h, rng=rng)``, and
     splitting a run into such pieces gives the same ids as one call.
+
+    With ``num_threads >= 2`` (and OpenMP), long enough runs with H of at least
+    125 split each step's hidden units across two threads; the ids, the state
+    and the sampler's state are bitwise those of one thread.
     """
     cdef int nonlin
     cdef Py_ssize_t V = W_hq.shape[1], H = W_hh.shape[0], n = out.shape[0]
@@ -346,6 +478,8 @@ def generate(const floating[:, ::1] W_xh,     # IN (V, H)
     cdef floating* z
     cdef floating* sel
     cdef fastrnn_fpmode_t mode
+    cdef fastrnn_steps_t steps
+    cdef int tid = 0
     if nonlinearity == "tanh":
         nonlin = TANH
     elif nonlinearity == "relu":
@@ -358,35 +492,68 @@ def generate(const floating[:, ::1] W_xh,     # IN (V, H)
         raise ValueError("work must have H + 2V entries, h H entries, rng 4 words")
     if not greedy and not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
+    if num_threads < 1:
+        raise ValueError("num_threads must be >= 1")
     inv_temp = 1.0 / temperature if not greedy else 1.0
     z = &work[0]
     sel = z + H + V               # (work[H:H+V] is unused: the logits live in op below)
+    cdef bint split = (FASTRNN_OMP_ENABLED and num_threads >= 2 and n >= 1
+                       and H >= SPLIT_MIN_H and P + n - 1 >= SPLIT_MIN_STEPS)
     # W_hq and b_q zero-padded to a multiple of 16 columns, so the output product
     # runs whole vectors (the kept columns are computed exactly as without padding),
-    # and the sampler's exponentials: one buffer, allocated once per call
+    # and the sampler's exponentials: one buffer, allocated once per call. Split
+    # runs add both halves of the state and each thread's work area, each on its own
+    # cache lines (threads writing one line would pass it back and forth every step).
     cdef Py_ssize_t Vp = (V + 15) // 16 * 16, k
-    cdef double* ex = <double*>malloc(V * sizeof(double) + (H + 2) * Vp * sizeof(floating))
-    if ex == NULL:
+    cdef Py_ssize_t fs = sizeof(floating)
+    cdef Py_ssize_t o_wq = _up64(V * sizeof(double))       # byte offsets from base
+    cdef Py_ssize_t o_h = _up64(o_wq + (H + 2) * Vp * fs)   # split: state (2, H)
+    cdef Py_ssize_t o_t = _up64(o_h + 2 * H * fs)           # split: thread areas
+    cdef Py_ssize_t tb = _up64(V * sizeof(double) + (H + Vp + V) * fs)   # one thread's
+    cdef char* mem = <char*>malloc((o_t + 2 * tb if split else o_wq + (H + 2) * Vp * fs) + 64)
+    if mem == NULL:
         raise MemoryError("cannot allocate the sampler's work buffers")
-    cdef floating* Wq = <floating*>(ex + V)
+    cdef char* base = mem + (64 - (<size_t>mem) % 64) % 64
+    cdef double* ex = <double*>base
+    cdef floating* Wq = <floating*>(base + o_wq)
     cdef floating* bq = Wq + H * Vp
     cdef floating* op = bq + Vp
+    cdef floating* hbuf = <floating*>(base + o_h)
     for k in range(H):
         for v in range(Vp):
             Wq[k * Vp + v] = W_hq[k, v] if v < V else 0
     for v in range(Vp):
         bq[v] = b_q[v] if v < V else 0
     with nogil:
-        mode = fastrnn_ftz_on()
-        for i in range(P):
-            _step(&W_xh[0, 0], &W_hh[0, 0], &b_h[0], feed[i], &h[0], z, H, nonlin)
-        for i in range(n):
-            if i > 0:
-                _step(&W_xh[0, 0], &W_hh[0, 0], &b_h[0], out[i - 1], &h[0], z, H, nonlin)
-            # O_t = H_t W_hq + b_q
-            for v in range(Vp):
-                op[v] = bq[v]
-            _vecmat(&h[0], Wq, Vp, op, H, Vp, 1)
-            out[i] = _sample(op, sel, ex, V, inv_temp, top_k, greedy, &rng[0])
-        fastrnn_fp_restore(mode)
-    free(ex)
+        if split:
+            memcpy(hbuf, &h[0], H * sizeof(floating))
+            fastrnn_steps_init(&steps)
+            with parallel(num_threads=2):
+                tid = fastrnn_omp_thread_id() & 1
+                _generate_split(&W_xh[0, 0], &W_hh[0, 0], &b_h[0], Wq, bq, &feed[0], P,
+                                &out[0], n, hbuf,
+                                <floating*>(base + o_t + tid * tb + V * sizeof(double)),
+                                <double*>(base + o_t + tid * tb), &rng[0], H, V, Vp,
+                                inv_temp, top_k, greedy, nonlin, tid, &steps)
+            # the state after the last step, and the last draw from it, with the
+            # caller's sampler advanced past the draws taken on the threads
+            memcpy(&h[0], hbuf + ((P + n - 1) % 2) * H, H * sizeof(floating))
+            mode = fastrnn_ftz_on()
+            if not greedy:
+                for i in range(n - 1):
+                    _xoshiro_next(&rng[0])
+            out[n - 1] = _draw(&h[0], Wq, bq, op, sel, ex, H, V, Vp, inv_temp, top_k,
+                               greedy, &rng[0])
+            fastrnn_fp_restore(mode)
+        else:
+            mode = fastrnn_ftz_on()
+            for i in range(P):
+                _step(&W_xh[0, 0], &W_hh[0, 0], &b_h[0], feed[i], &h[0], z, H, nonlin)
+            for i in range(n):
+                if i > 0:
+                    _step(&W_xh[0, 0], &W_hh[0, 0], &b_h[0], out[i - 1], &h[0], z, H,
+                          nonlin)
+                out[i] = _draw(&h[0], Wq, bq, op, sel, ex, H, V, Vp, inv_temp, top_k,
+                               greedy, &rng[0])
+            fastrnn_fp_restore(mode)
+    free(mem)

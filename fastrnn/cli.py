@@ -242,6 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     gp.add_argument("--seed", type=_nonneg_int, default=None, metavar="N",
                     help="seed of the sampler: the same seed gives the same text "
                          "(default: random)")
+    gp.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                    help="OpenMP threads (default: all cores); the text is the same for "
+                         "every thread count")
 
     # ---- eval
     e = sub.add_parser(
@@ -465,7 +468,8 @@ def _cmd_generate(args) -> int:
     out.write(prefix)
     out.flush()
     for i, ch in enumerate(lm.stream(prefix, args.length, temperature=args.temperature,
-                                     top_k=args.top_k, greedy=args.greedy, seed=args.seed)):
+                                     top_k=args.top_k, greedy=args.greedy, seed=args.seed,
+                                     chunk_size=64, num_threads=args.threads)):
         out.write(ch)
         if ch == "\n" or i % 16 == 15:
             out.flush()

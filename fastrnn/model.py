@@ -396,8 +396,9 @@ class CharLM:
         return total, count
 
     # -- generation -------------------------------------------------------------------
-    def _gen_setup(self, prefix, length, temperature, top_k, greedy, seed):
+    def _gen_setup(self, prefix, length, temperature, top_k, greedy, seed, num_threads):
         lm = _need_lm()
+        nt = resolve_num_threads(num_threads)
         if not isinstance(prefix, str):
             raise TypeError(f"prefix must be a str, got {type(prefix).__name__}")
         if not prefix:
@@ -420,25 +421,25 @@ class CharLM:
         work = np.empty(self._H + 2 * self._V, self._dtype)
         with self._param_lock:
             p = _core.check_params(self.params)  # finite, contiguous views
-        return lm, p, feed, rng, h, work, temperature, k, greedy
+        return lm, p, feed, rng, h, work, temperature, k, greedy, nt
 
     def generate_ids(self, prefix: str, length: int, *, temperature: float = 1.0,
                      top_k: int | None = None, greedy: bool = False,
-                     seed: int | None = None) -> np.ndarray:
+                     seed: int | None = None, num_threads: int | None = None) -> np.ndarray:
         """Like :meth:`generate` but return the ``length`` new token ids (int32)."""
         length = _pos_int("length", length, minimum=0)   # None is valid for stream() only
-        lm, p, feed, rng, h, work, temp, k, greedy = self._gen_setup(
-            prefix, length, temperature, top_k, greedy, seed)
+        lm, p, feed, rng, h, work, temp, k, greedy, nt = self._gen_setup(
+            prefix, length, temperature, top_k, greedy, seed, num_threads)
         out = np.empty(length, np.int32)
         if length:
             with blas_single_thread(), self._param_lock:
                 lm.generate(p["W_xh"], p["W_hh"], p["b_h"], p["W_hq"], p["b_q"], feed, out,
-                            h, work, rng, temp, k, greedy, self._nonlinearity)
+                            h, work, rng, temp, k, greedy, self._nonlinearity, nt)
         return out
 
     def generate(self, prefix: str, length: int, *, temperature: float = 1.0,
                  top_k: int | None = None, greedy: bool = False,
-                 seed: int | None = None) -> str:
+                 seed: int | None = None, num_threads: int | None = None) -> str:
         """Continue ``prefix`` by ``length`` characters (d2l's ``predict``).
 
         The prefix is fed through the network to warm up the hidden state, then
@@ -462,6 +463,10 @@ class CharLM:
         seed : int, optional
             Seed of the sampler (xoshiro256**); the same seed gives the same text.
             None draws a fresh seed from the OS.
+        num_threads : int, optional
+            OpenMP threads (default: all available cores). With two or more and a
+            hidden size of at least 125, each step's hidden units are split across
+            two threads; the text is the same for every thread count.
 
         Returns
         -------
@@ -469,12 +474,12 @@ class CharLM:
             ``prefix`` followed by the generated characters (as d2l's ``predict``).
         """
         ids = self.generate_ids(prefix, length, temperature=temperature, top_k=top_k,
-                                greedy=greedy, seed=seed)
+                                greedy=greedy, seed=seed, num_threads=num_threads)
         return prefix + self.vocab.decode(ids)
 
     def stream(self, prefix: str, length: int | None = None, *, temperature: float = 1.0,
                top_k: int | None = None, greedy: bool = False, seed: int | None = None,
-               chunk_size: int = 16) -> Iterator[str]:
+               chunk_size: int = 16, num_threads: int | None = None) -> Iterator[str]:
         """Yield generated characters one at a time (the prefix is not repeated).
 
         Same arguments and same characters as :meth:`generate` with the same
@@ -482,11 +487,11 @@ class CharLM:
         compiled chunks of ``chunk_size``, so the caller can print them as they come.
         """
         cs = _pos_int("chunk_size", chunk_size)
-        setup = self._gen_setup(prefix, length, temperature, top_k, greedy, seed)
+        setup = self._gen_setup(prefix, length, temperature, top_k, greedy, seed, num_threads)
         return self._stream(setup, length, cs)    # arguments checked now, not at next()
 
     def _stream(self, setup, length, cs) -> Iterator[str]:
-        lm, p, feed, rng, h, work, temp, k, greedy = setup
+        lm, p, feed, rng, h, work, temp, k, greedy, nt = setup
         tokens = self.vocab.tokens
         done = 0
         while length is None or done < length:
@@ -494,7 +499,7 @@ class CharLM:
             out = np.empty(n, np.int32)
             with blas_single_thread(), self._param_lock:
                 lm.generate(p["W_xh"], p["W_hh"], p["b_h"], p["W_hq"], p["b_q"], feed, out,
-                            h, work, rng, temp, k, greedy, self._nonlinearity)
+                            h, work, rng, temp, k, greedy, self._nonlinearity, nt)
             feed = out[-1:].copy()             # the last draw is fed at the next chunk
             done += n
             for i in out.tolist():

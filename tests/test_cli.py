@@ -58,6 +58,10 @@ def test_train_generate_eval(tmp_path, corpus, capsys):
     assert main(["generate", str(tmp_path / "m.npz"), "--prefix", "It was", "-n", "40",
                  "--seed", "5"]) == 0
     assert capsys.readouterr().out == g.stdout
+    for threads in ("1", "2"):
+        assert main(["generate", str(tmp_path / "m.npz"), "--prefix", "It was", "-n", "40",
+                     "--seed", "5", "--threads", threads]) == 0
+        assert capsys.readouterr().out == g.stdout
     assert main(["generate", str(tmp_path / "m.npz"), "-n", "20", "--greedy"]) == 0
     assert capsys.readouterr().out.rstrip("\n") == lm.generate(lm.info["prefix"], 20,
                                                                greedy=True)

@@ -236,3 +236,74 @@ def test_top_k_only_draws_the_k_largest(rng, V, k):
     out = _gen(p, [0], 3000, np.zeros(H), st, temp=1.0, top_k=k)
     top = set(np.argsort(-p["b_q"])[:k].tolist())
     assert set(np.unique(out).tolist()) == top
+
+
+# ------------------------------------------------ generation split across two threads
+def _gen_nt(p, feed, n, nt, seed=7, **kw):
+    """generate() from zeros with a seeded sampler on nt threads: (ids, h, rng state)."""
+    V, H = p["W_hq"].shape[1], p["W_hh"].shape[0]
+    out = np.empty(n, np.int32)
+    h = np.zeros(H, p["W_hh"].dtype)
+    work = np.empty(H + 2 * V, p["W_hh"].dtype)
+    state = np.empty(4, np.uint64)
+    _lm.rng_seed(seed, state)
+    _lm.generate(p["W_xh"], p["W_hh"], p["b_h"], p["W_hq"], p["b_q"],
+                 np.asarray(feed, np.int32), out, h, work, state, kw.get("temp", 1.0),
+                 kw.get("top_k", 0), kw.get("greedy", False), kw.get("nonlin", "tanh"), nt)
+    return out, h, state
+
+
+@pytest.fixture
+def split_every_size():
+    old = _lm.set_split_thresholds(1, 1)
+    yield
+    _lm.set_split_thresholds(*old)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("H", [7, 64, 130, 256])
+def test_generate_split_equals_one_thread(dtype, H, rng, split_every_size):
+    """With two threads each step's hidden units are cut on a multiple of 64 and the
+    draw is taken by each thread from its own copy of the sampler: ids, final state
+    and sampler state are bitwise those of one thread (feed-only steps, single
+    draws, top-k, greedy and relu included)."""
+    p = _params(rng, 11, H, dtype, scale=2.0)
+    modes = [dict(), dict(temp=0.7, top_k=3), dict(greedy=True), dict(nonlin="relu")]
+    for mode in modes:
+        for feed, n in (([3], 1), ([3], 2), ([1, 2, 3, 4, 5], 1), ([4], 40), ([0, 9], 97)):
+            one = _gen_nt(p, feed, n, 1, **mode)
+            for nt in (2, 3):
+                two = _gen_nt(p, feed, n, nt, **mode)
+                for a, b, what in zip(one, two, ("ids", "h", "rng")):
+                    np.testing.assert_array_equal(b, a, err_msg=f"{what} {mode} n={n}")
+
+
+def test_generate_split_any_schedule(rng):
+    """A thread that finds its partner late takes both parts of a step and the late
+    one skips ahead, advancing its copy of the sampler past the draws it missed;
+    with another thread competing for the cores, repeated runs (split by default
+    at this size) still give bitwise the first run's ids, state and sampler."""
+    import os
+    import threading
+    if not _rnn.openmp_enabled() or os.cpu_count() < 2:
+        pytest.skip("the split needs two OpenMP threads")
+    p = _params(rng, 28, 256, np.float32, scale=1.5)
+    first = _gen_nt(p, [1, 2, 3], 500, 2)
+    np.testing.assert_array_equal(first[0], _gen_nt(p, [1, 2, 3], 500, 1)[0])
+    stop = threading.Event()
+
+    def compete():
+        x = 0
+        while not stop.is_set():
+            x += 1
+
+    rival = threading.Thread(target=compete, daemon=True)
+    rival.start()
+    try:
+        for _ in range(60):
+            again = _gen_nt(p, [1, 2, 3], 500, 2)
+            for a, b in zip(first, again):
+                np.testing.assert_array_equal(b, a)
+    finally:
+        stop.set()
+        rival.join()
