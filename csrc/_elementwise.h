@@ -242,6 +242,25 @@ static double NAME(const T *restrict g, ptrdiff_t n) {                          
 FASTRNN_DEFINE_SUMSQ(fastrnn_sumsq_f32, float)
 FASTRNN_DEFINE_SUMSQ(fastrnn_sumsq_f64, double)
 
+/* 1 if every one of n values is finite, else 0. x - x is 0 for a finite x and NaN
+ * for an infinity or a NaN, and a NaN stays in its lane's sum: one vectorised
+ * pass with no branch, where numpy's isfinite(a).all() makes a temporary array. */
+#define FASTRNN_FINITE_LANES 64   /* several vectors of sums: the add latency hides */
+#define FASTRNN_DEFINE_ALL_FINITE(NAME, T)                                               \
+FASTRNN_CLONES                                                                           \
+static int NAME(const T *restrict x, ptrdiff_t n) {                                     \
+    T acc[FASTRNN_FINITE_LANES] = {0};                                                   \
+    ptrdiff_t i = 0;                                                                     \
+    for (; i + FASTRNN_FINITE_LANES <= n; i += FASTRNN_FINITE_LANES)                     \
+        for (int l = 0; l < FASTRNN_FINITE_LANES; l++) acc[l] += x[i + l] - x[i + l];   \
+    for (int l = 0; i < n; i++, l++) acc[l] += x[i] - x[i];                              \
+    int ok = 1;                                                                          \
+    for (int l = 0; l < FASTRNN_FINITE_LANES; l++) ok &= acc[l] == 0;                    \
+    return ok;                                                                           \
+}
+FASTRNN_DEFINE_ALL_FINITE(fastrnn_all_finite_f32, float)
+FASTRNN_DEFINE_ALL_FINITE(fastrnn_all_finite_f64, double)
+
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC pop_options
 #endif

@@ -46,6 +46,7 @@ from _rowops cimport (_vecmat, _vecmatT, _tanh_vec, fastrnn_softmax_xent_f32,
                      fastrnn_softmax_xent_f64, fastrnn_dtanh_f32, fastrnn_dtanh_f64,
                      fastrnn_bias_scatter_f32, fastrnn_bias_scatter_f64,
                      fastrnn_gather_f32, fastrnn_gather_f64,
+                     fastrnn_all_finite_f32, fastrnn_all_finite_f64,
                      _pack_width, _packed_size, _pack, _pgemm, _tngemm,
                      fastrnn_pgemm_level)
 
@@ -544,6 +545,28 @@ cdef inline int _nonlin_code(str nonlinearity) except -1:
     if nonlinearity == "relu":
         return RELU
     raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+
+
+def calls_blas(Py_ssize_t H, bint dense):
+    """Whether forward()/backward() may call BLAS for hidden size H (and dense
+    inputs): without the packed kernels, for the large weight gradients, and for
+    the dense input products. Otherwise the caller need not limit BLAS's threads."""
+    return not USE_PGEMM or dense or H > TNGEMM_MAX_H
+
+
+def all_finite_f32(const float[::1] a):
+    """True when every value of a (e.g. a C-contiguous array's reshape(-1)) is
+    finite: one pass in C, no temporary array."""
+    if a.shape[0] == 0:
+        return True
+    return fastrnn_all_finite_f32(&a[0], a.shape[0]) != 0
+
+
+def all_finite_f64(const double[::1] a):
+    """float64 version of all_finite_f32."""
+    if a.shape[0] == 0:
+        return True
+    return fastrnn_all_finite_f64(&a[0], a.shape[0]) != 0
 
 
 def packed_gemm_level():

@@ -28,6 +28,8 @@ cdef extern from "_elementwise.h" nogil:
                             double* z, Py_ssize_t n, Py_ssize_t H) noexcept
     double fastrnn_sumsq_f32(const float* g, Py_ssize_t n) noexcept
     double fastrnn_sumsq_f64(const double* g, Py_ssize_t n) noexcept
+    int fastrnn_all_finite_f32(const float* x, Py_ssize_t n) noexcept
+    int fastrnn_all_finite_f64(const double* x, Py_ssize_t n) noexcept
 
 cdef extern from "_vecmat.h" nogil:
     void fastrnn_vecmat_f32(const float* x, const float* W, Py_ssize_t ldw, float* y,

@@ -350,3 +350,30 @@ assert np.isfinite(loss) and logits.shape == (8, 32, 30)
 print("ok")
 ''', {"OMP_NUM_THREADS": "1"})
     assert "ok" in res.stdout
+
+
+def test_blas_limited_exactly_when_the_kernels_call_blas(monkeypatch):
+    """The per-call BLAS thread limit is taken when the kernels may call BLAS (no
+    packed kernels, dense inputs, hidden sizes above the in-place A^T B kernel's)
+    and skipped otherwise, where it would only cost time."""
+    from contextlib import contextmanager
+    from fastrnn import _core, _rnn
+    entered = []
+
+    @contextmanager
+    def recording():
+        entered.append(True)
+        yield
+
+    monkeypatch.setattr(_core, "blas_single_thread", recording)
+    packed = _rnn.packed_gemm_level() >= 1
+    rng = np.random.default_rng(0)
+    for H, dense, expect in ((24, False, not packed), (24, True, True), (520, False, True)):
+        p = fastrnn.init_params(5, H, 5, seed=0)
+        X = rng.random((2, 3, 5)) if dense else rng.integers(0, 5, (2, 3))
+        Y = rng.integers(0, 5, (2, 3))
+        assert _rnn.calls_blas(H, dense) == expect
+        entered.clear()
+        fastrnn.loss_and_grad(p, X, Y, num_threads=2)
+        fastrnn.forward(p, X, num_threads=2)
+        assert entered == ([True, True] if expect else []), (H, dense)
