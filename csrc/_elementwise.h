@@ -162,9 +162,109 @@ FASTRNN_DEFINE_SOFTMAX_XENT(fastrnn_softmax_xent_f64, double, fastrnn_exp_shift_
  * pass over dZ (N x ld): db[j] = sum_r dZ[r, j], and, when ids is given,
  * dW[ids[r], j] += dZ[r, j] over rows r in order, after zeroing dW's D rows in
  * those columns. With accumulate, the sum is added to db and dW is not zeroed
- * (blocks of rows in turn). Row order is fixed, so results do not depend on the
- * CPU. */
-#define FASTRNN_DEFINE_BIAS_SCATTER(NAME, T)                                             \
+ * (blocks of rows in turn). The column sums run in two interleaved sets of
+ * partial sums (even and odd rows, added at the end), so the adds of successive
+ * rows overlap; the order is fixed, so results do not depend on the CPU or the
+ * number of threads.
+ *
+ * With GCC or Clang, columns go in 64-byte vectors (GCC vector extensions, split
+ * into whatever the clone's registers hold), up to four at a time, with the
+ * partial sums in registers, then a 32- and a 16-byte vector, and at most three
+ * float (one double) columns one at a time. Written as plain loops over a block of columns,
+ * GCC unrolled them early and then kept the sums on the stack and did the
+ * scatter one float at a time: about 30 cycles per row at H = 32, 7-9% of a d2l
+ * training step. */
+#if defined(__GNUC__)
+#define FASTRNN_BS_VEC 1
+typedef float fastrnn_vf_t __attribute__((vector_size(64)));
+typedef float fastrnn_vf32_t __attribute__((vector_size(32)));
+typedef float fastrnn_vf16_t __attribute__((vector_size(16)));
+typedef double fastrnn_vd_t __attribute__((vector_size(64)));
+typedef double fastrnn_vd32_t __attribute__((vector_size(32)));
+typedef double fastrnn_vd16_t __attribute__((vector_size(16)));
+#else
+#define FASTRNN_BS_VEC 0
+#endif
+
+/* NV vectors of L columns from column jb: every row's sums and scatter */
+#define FASTRNN_BS_VBODY(VT, T, L, NV)                                                   \
+    do {                                                                                 \
+        VT a0[NV], a1[NV], v0, v1, d;                                                    \
+        for (int q = 0; q < NV; q++) { a0[q] = (VT){0}; a1[q] = (VT){0}; }              \
+        ptrdiff_t r = 0;                                                                 \
+        for (; r + 2 <= N; r += 2) {                                                     \
+            const T *s0 = dZ + r * ld + jb, *s1 = s0 + ld;                               \
+            T *d0 = ids ? dW + (ptrdiff_t)ids[r] * ld + jb : NULL;                       \
+            T *d1 = ids ? dW + (ptrdiff_t)ids[r + 1] * ld + jb : NULL;                   \
+            for (int q = 0; q < NV; q++) {                                               \
+                memcpy(&v0, s0 + q * L, sizeof v0);                                      \
+                memcpy(&v1, s1 + q * L, sizeof v1);                                      \
+                a0[q] += v0;                                                             \
+                a1[q] += v1;                                                             \
+                if (ids) {                                                               \
+                    memcpy(&d, d0 + q * L, sizeof d); d += v0;                           \
+                    memcpy(d0 + q * L, &d, sizeof d);                                    \
+                    memcpy(&d, d1 + q * L, sizeof d); d += v1;  /* after d0: may alias */ \
+                    memcpy(d1 + q * L, &d, sizeof d);                                    \
+                }                                                                        \
+            }                                                                            \
+        }                                                                                \
+        if (r < N) {                                                                     \
+            const T *s0 = dZ + r * ld + jb;                                              \
+            T *d0 = ids ? dW + (ptrdiff_t)ids[r] * ld + jb : NULL;                       \
+            for (int q = 0; q < NV; q++) {                                               \
+                memcpy(&v0, s0 + q * L, sizeof v0);                                      \
+                a0[q] += v0;                                                             \
+                if (ids) {                                                               \
+                    memcpy(&d, d0 + q * L, sizeof d); d += v0;                           \
+                    memcpy(d0 + q * L, &d, sizeof d);                                    \
+                }                                                                        \
+            }                                                                            \
+        }                                                                                \
+        for (int q = 0; q < NV; q++) {                                                   \
+            VT s = a0[q] + a1[q];                                                        \
+            if (accumulate) { memcpy(&d, db + jb + q * L, sizeof d); s = d + s; }        \
+            memcpy(db + jb + q * L, &s, sizeof s);                                       \
+        }                                                                                \
+        jb += NV * L;                                                                    \
+    } while (0)
+
+/* the columns left over, one at a time, in the same order of adds */
+#define FASTRNN_BS_SCALAR(T)                                                             \
+    for (; jb < j1; jb++) {                                                              \
+        T a0 = 0, a1 = 0;                                                                \
+        ptrdiff_t r = 0;                                                                 \
+        for (; r + 2 <= N; r += 2) {                                                     \
+            a0 += dZ[r * ld + jb];                                                       \
+            a1 += dZ[(r + 1) * ld + jb];                                                 \
+            if (ids) {                                                                   \
+                dW[(ptrdiff_t)ids[r] * ld + jb] += dZ[r * ld + jb];                      \
+                dW[(ptrdiff_t)ids[r + 1] * ld + jb] += dZ[(r + 1) * ld + jb];            \
+            }                                                                            \
+        }                                                                                \
+        if (r < N) {                                                                     \
+            a0 += dZ[r * ld + jb];                                                       \
+            if (ids) dW[(ptrdiff_t)ids[r] * ld + jb] += dZ[r * ld + jb];                 \
+        }                                                                                \
+        db[jb] = accumulate ? db[jb] + (a0 + a1) : a0 + a1;                              \
+    }
+
+#if FASTRNN_BS_VEC
+/* 64-byte vectors, then one 32- and one 16-byte vector for the columns left */
+#define FASTRNN_BS_VECTORS(VT, VT32, VT16, T)                                            \
+    {                                                                                    \
+        const ptrdiff_t L = (ptrdiff_t)(64 / sizeof(T));                                 \
+        while (j1 - jb >= 4 * L) FASTRNN_BS_VBODY(VT, T, L, 4);                          \
+        if (j1 - jb >= 2 * L) FASTRNN_BS_VBODY(VT, T, L, 2);                             \
+        if (j1 - jb >= L) FASTRNN_BS_VBODY(VT, T, L, 1);                                 \
+        if (j1 - jb >= L / 2) FASTRNN_BS_VBODY(VT32, T, L / 2, 1);                       \
+        if (j1 - jb >= L / 4) FASTRNN_BS_VBODY(VT16, T, L / 4, 1);                       \
+    }
+#else
+#define FASTRNN_BS_VECTORS(VT, VT32, VT16, T)
+#endif
+
+#define FASTRNN_DEFINE_BIAS_SCATTER(NAME, T, VT, VT32, VT16)                                         \
 FASTRNN_CLONES                                                                           \
 static void NAME(const T *restrict dZ, ptrdiff_t N, ptrdiff_t ld, ptrdiff_t j0,          \
                  ptrdiff_t j1, T *restrict db, const int32_t *restrict ids,              \
@@ -172,23 +272,14 @@ static void NAME(const T *restrict dZ, ptrdiff_t N, ptrdiff_t ld, ptrdiff_t j0, 
     if (ids && !accumulate)                                                              \
         for (ptrdiff_t d = 0; d < D; d++)                                                \
             for (ptrdiff_t j = j0; j < j1; j++) dW[d * ld + j] = (T)0;                   \
-    for (ptrdiff_t jb = j0; jb < j1; jb += 64) {                                         \
-        ptrdiff_t w = j1 - jb < 64 ? j1 - jb : 64;                                       \
-        T acc[64];                                                                       \
-        for (ptrdiff_t j = 0; j < w; j++) acc[j] = (T)0;                                 \
-        for (ptrdiff_t r = 0; r < N; r++) {                                              \
-            const T *src = dZ + r * ld + jb;                                             \
-            for (ptrdiff_t j = 0; j < w; j++) acc[j] += src[j];                          \
-            if (ids) {                                                                   \
-                T *dst = dW + (ptrdiff_t)ids[r] * ld + jb;                               \
-                for (ptrdiff_t j = 0; j < w; j++) dst[j] += src[j];                      \
-            }                                                                            \
-        }                                                                                \
-        for (ptrdiff_t j = 0; j < w; j++) db[jb + j] = accumulate ? db[jb + j] + acc[j] : acc[j]; \
-    }                                                                                    \
+    ptrdiff_t jb = j0;                                                                   \
+    FASTRNN_BS_VECTORS(VT, VT32, VT16, T)                                                \
+    FASTRNN_BS_SCALAR(T)                                                                 \
 }
-FASTRNN_DEFINE_BIAS_SCATTER(fastrnn_bias_scatter_f32, float)
-FASTRNN_DEFINE_BIAS_SCATTER(fastrnn_bias_scatter_f64, double)
+FASTRNN_DEFINE_BIAS_SCATTER(fastrnn_bias_scatter_f32, float, fastrnn_vf_t, fastrnn_vf32_t,
+                            fastrnn_vf16_t)
+FASTRNN_DEFINE_BIAS_SCATTER(fastrnn_bias_scatter_f64, double, fastrnn_vd_t, fastrnn_vd32_t,
+                            fastrnn_vd16_t)
 
 /* z[b, :] = W[ids[b], :] + bias for n rows of width H: the one-hot input
  * projection (a row gather of W_xh) plus the hidden bias. */
