@@ -128,8 +128,8 @@ static double fastrnn_exp_shift_f64(double *restrict o, double m, ptrdiff_t n) {
 /* Softmax cross-entropy over n rows of V logits, in place: each row becomes
  * (softmax(o) - onehot(y)) * scale, and the summed loss log(sum exp(o - max)) -
  * (o_y - max) is returned. One compiled loop over the rows (the max and the
- * normalisation vectorise; the max over 16 fixed lanes; the normalisation
- * multiplies by scale / sum, rounded once). */
+ * normalisation vectorise; the max over 16 lanes, exact whatever the order; the
+ * normalisation multiplies by scale / sum, rounded once). */
 #define FASTRNN_DEFINE_SOFTMAX_XENT(NAME, T, EXPSHIFT, ATTRS)                            \
 ATTRS                                                                                    \
 static double NAME(T *restrict O, const int32_t *restrict Y, ptrdiff_t n, ptrdiff_t V,   \
@@ -142,14 +142,26 @@ static double NAME(T *restrict O, const int32_t *restrict Y, ptrdiff_t n, ptrdif
         for (int l = 0; l < 16; l++) mx[l] = o[0];                                       \
         for (; v + 16 <= V; v += 16)                                                     \
             for (int l = 0; l < 16; l++) mx[l] = o[v + l] > mx[l] ? o[v + l] : mx[l];    \
-        for (; v < V; v++) mx[0] = o[v] > mx[0] ? o[v] : mx[0];                          \
+        if (v < V && V >= 16) {  /* the tail as the row's last 16 (a max may overlap) */ \
+            const T *t = o + V - 16;                                                     \
+            for (int l = 0; l < 16; l++) mx[l] = t[l] > mx[l] ? t[l] : mx[l];            \
+        } else                                                                           \
+            for (; v < V; v++) mx[0] = o[v] > mx[0] ? o[v] : mx[0];                      \
+        for (int l = 0; l < 8; l++) mx[l] = mx[l + 8] > mx[l] ? mx[l + 8] : mx[l];       \
         T m = mx[0];                                                                     \
-        for (int l = 1; l < 16; l++) m = mx[l] > m ? mx[l] : m;                          \
+        for (int l = 1; l < 8; l++) m = mx[l] > m ? mx[l] : m;                           \
         T ly = o[Y[r]] - m;                                                              \
         double s = EXPSHIFT(o, m, V);                                                    \
         total += log(s) - (double)ly;                                                    \
         T f = (T)((double)scale / s);                                                    \
-        for (v = 0; v < V; v++) o[v] *= f;                                               \
+        if (V > 16 && V % 16) {  /* the tail as the row's last 16, scaled before any  */ \
+            T t[16];             /* store: overlapped values come out the same        */ \
+            for (int l = 0; l < 16; l++) t[l] = o[V - 16 + l] * f;                       \
+            for (v = 0; v + 16 <= V; v += 16)                                            \
+                for (int l = 0; l < 16; l++) o[v + l] *= f;                              \
+            for (int l = 0; l < 16; l++) o[V - 16 + l] = t[l];                           \
+        } else                                                                           \
+            for (v = 0; v < V; v++) o[v] *= f;                                           \
         o[Y[r]] -= scale;                                                                \
     }                                                                                    \
     return total;                                                                        \
