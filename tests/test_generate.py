@@ -138,6 +138,8 @@ def test_generate_length_zero_and_unknown_prefix():
     (dict(prefix="a", length=5, top_k=0), ValueError, "top_k"),
     (dict(prefix="a", length=5, seed=-1), ValueError, "seed"),
     (dict(prefix="a", length=5, seed="x"), TypeError, "seed"),
+    (dict(prefix="a", length=5, num_threads=0), ValueError, "num_threads"),
+    (dict(prefix="a", length=5, num_threads=2.0), TypeError, "num_threads"),
 ])
 def test_generate_bad_arguments(kwargs, exc, match):
     lm = _model()
@@ -151,6 +153,8 @@ def test_stream_checks_arguments_eagerly():
         lm.stream("", 5)                    # raised at the call, before any next()
     with pytest.raises(ValueError, match="chunk_size"):
         lm.stream("a", 5, chunk_size=0)
+    with pytest.raises(ValueError, match="num_threads"):
+        lm.stream("a", 5, num_threads=-1)
 
 
 def test_greedy_ignores_temperature():
