@@ -498,7 +498,8 @@ def generate(const floating[:, ::1] W_xh,     # IN (V, H)
     z = &work[0]
     sel = z + H + V               # (work[H:H+V] is unused: the logits live in op below)
     cdef bint split = (FASTRNN_OMP_ENABLED and num_threads >= 2 and n >= 1
-                       and H >= SPLIT_MIN_H and P + n - 1 >= SPLIT_MIN_STEPS)
+                       and H >= SPLIT_MIN_H and P + n - 1 >= SPLIT_MIN_STEPS
+                       and P + n < 2147483647)    # steps are counted in C ints
     # W_hq and b_q zero-padded to a multiple of 16 columns, so the output product
     # runs whole vectors (the kept columns are computed exactly as without padding),
     # and the sampler's exponentials: one buffer, allocated once per call. Split
