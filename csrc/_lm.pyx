@@ -338,15 +338,27 @@ cdef int32_t _sample(const floating* o,       # IN  (V,) logits
     return <int32_t>best
 
 
-cdef int32_t _draw(const floating* h, const floating* Wq, const floating* bq, floating* op,
-                   floating* sel, double* ex, Py_ssize_t H, Py_ssize_t V, Py_ssize_t Vp,
+cdef inline void _partial_logits(const floating* h, const floating* Wq, floating* out,
+                                 Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t Vp) noexcept nogil:
+    """out(Vp) = h[j0:j1] W_hq[j0:j1] over the padded columns: one part's share of
+    the logits (zeros for an empty part)."""
+    cdef Py_ssize_t v
+    if j1 <= j0:
+        for v in range(Vp):
+            out[v] = 0
+        return
+    _vecmat(h + j0, Wq + j0 * Vp, Vp, out, j1 - j0, Vp, 0)
+
+
+cdef int32_t _draw(const floating* p0, const floating* p1, const floating* bq,
+                   floating* op, floating* sel, double* ex, Py_ssize_t V, Py_ssize_t Vp,
                    double inv_temp, Py_ssize_t top_k, bint greedy,
                    uint64_t* rng) noexcept nogil:
-    """O = h W_hq + b_q over the padded columns, then one draw from it."""
+    """One draw from O = (b_q + p0) + p1, p0 and p1 the two parts' shares of
+    H_t W_hq (_partial_logits): the same sums whether one thread or two made them."""
     cdef Py_ssize_t v
     for v in range(Vp):
-        op[v] = bq[v]
-    _vecmat(h, Wq, Vp, op, H, Vp, 1)
+        op[v] = (bq[v] + p0[v]) + p1[v]
     return _sample(op, sel, ex, V, inv_temp, top_k, greedy, rng)
 
 
@@ -379,6 +391,8 @@ cdef void _generate_split(
         const floating* Wq, const floating* bq,       # W_hq, b_q padded to Vp columns
         const int32_t* feed, Py_ssize_t P, int32_t* out, Py_ssize_t n,
         floating* hbuf,            # (2, H): hbuf[0] = H before the first step
+        floating* lp,              # (2, 2, Lp): shares of the logits, per step parity
+        Py_ssize_t Lp,             #   and part (Lp >= Vp, whole cache lines)
         floating* tw,              # WORK this thread's: z (H), op (Vp), sel (V)
         double* ex,                # WORK this thread's (V,)
         const uint64_t* rng0,      # the sampler's state before the first draw
@@ -389,7 +403,9 @@ cdef void _generate_split(
     feed[s] (s < P) or draw s - P, which a thread claiming a part of step s draws
     itself from the state before step s, with its own copy of the sampler advanced
     to that draw: both threads draw the same id. The state before step s is in
-    hbuf[s % 2]. The last draw, n - 1, is left to the caller."""
+    hbuf[s % 2]; the part that computes it also computes its share of that state's
+    logits, into lp[s % 2][part], so a draw only adds the two shares. The last
+    draw, n - 1, is left to the caller."""
     cdef int S = <int>(P + n - 1), s = 0, i, k, have = -1
     cdef Py_ssize_t cut = fastrnn_split_point(H), drawn = 0, d
     cdef int32_t x = 0
@@ -420,13 +436,16 @@ cdef void _generate_split(
                             _xoshiro_next(r)
                             drawn += 1
                         drawn += 1           # _draw takes draw d
-                    x = _draw(hbuf + (s % 2) * H, Wq, bq, op, sel, ex, H, V, Vp,
-                              inv_temp, top_k, greedy, r)
+                    x = _draw(lp + (s % 2) * 2 * Lp, lp + ((s % 2) * 2 + 1) * Lp, bq, op,
+                              sel, ex, V, Vp, inv_temp, top_k, greedy, r)
                 have = s
             if k == 0 and s >= P:
                 out[s - P] = x
             _step_part(W_xh, W_hh, b_h, x, hbuf + (s % 2) * H, hbuf + ((s + 1) % 2) * H,
                        z, H, cut if k else 0, H if k else cut, nonlin)
+            if s + 1 >= P:   # the state after step s feeds draw s + 1 - P
+                _partial_logits(hbuf + ((s + 1) % 2) * H, Wq, lp + (((s + 1) % 2) * 2 + k) * Lp,
+                                cut if k else 0, H if k else cut, Vp)
             fastrnn_steps_done(steps, k, s)
         s += 1
     fastrnn_fp_restore(mode)
@@ -507,11 +526,14 @@ def generate(const floating[:, ::1] W_xh,     # IN (V, H)
     # cache lines (threads writing one line would pass it back and forth every step).
     cdef Py_ssize_t Vp = (V + 15) // 16 * 16, k
     cdef Py_ssize_t fs = sizeof(floating)
+    cdef Py_ssize_t Lp = _up64(Vp * fs) // fs               # a share of the logits
     cdef Py_ssize_t o_wq = _up64(V * sizeof(double))       # byte offsets from base
     cdef Py_ssize_t o_h = _up64(o_wq + (H + 2) * Vp * fs)   # split: state (2, H)
-    cdef Py_ssize_t o_t = _up64(o_h + 2 * H * fs)           # split: thread areas
+    cdef Py_ssize_t o_lp = _up64(o_h + (2 * H * fs if split else 0))  # shares (2, 2, Lp)
+    cdef Py_ssize_t o_t = o_lp + 4 * Lp * fs                # split: thread areas
     cdef Py_ssize_t tb = _up64(V * sizeof(double) + (H + Vp + V) * fs)   # one thread's
-    cdef char* mem = <char*>malloc((o_t + 2 * tb if split else o_wq + (H + 2) * Vp * fs) + 64)
+    cdef Py_ssize_t cut = fastrnn_split_point(H)
+    cdef char* mem = <char*>malloc((o_t + 2 * tb if split else o_t) + 64)
     if mem == NULL:
         raise MemoryError("cannot allocate the sampler's work buffers")
     cdef char* base = mem + (64 - (<size_t>mem) % 64) % 64
@@ -520,6 +542,7 @@ def generate(const floating[:, ::1] W_xh,     # IN (V, H)
     cdef floating* bq = Wq + H * Vp
     cdef floating* op = bq + Vp
     cdef floating* hbuf = <floating*>(base + o_h)
+    cdef floating* lp = <floating*>(base + o_lp)
     for k in range(H):
         for v in range(Vp):
             Wq[k * Vp + v] = W_hq[k, v] if v < V else 0
@@ -532,7 +555,7 @@ def generate(const floating[:, ::1] W_xh,     # IN (V, H)
             with parallel(num_threads=2):
                 tid = fastrnn_omp_thread_id() & 1
                 _generate_split(&W_xh[0, 0], &W_hh[0, 0], &b_h[0], Wq, bq, &feed[0], P,
-                                &out[0], n, hbuf,
+                                &out[0], n, hbuf, lp, Lp,
                                 <floating*>(base + o_t + tid * tb + V * sizeof(double)),
                                 <double*>(base + o_t + tid * tb), &rng[0], H, V, Vp,
                                 inv_temp, top_k, greedy, nonlin, tid, &steps)
@@ -543,8 +566,9 @@ def generate(const floating[:, ::1] W_xh,     # IN (V, H)
             if not greedy:
                 for i in range(n - 1):
                     _xoshiro_next(&rng[0])
-            out[n - 1] = _draw(&h[0], Wq, bq, op, sel, ex, H, V, Vp, inv_temp, top_k,
-                               greedy, &rng[0])
+            k = (P + n - 1) % 2
+            out[n - 1] = _draw(lp + 2 * k * Lp, lp + (2 * k + 1) * Lp, bq, op, sel, ex, V,
+                               Vp, inv_temp, top_k, greedy, &rng[0])
             fastrnn_fp_restore(mode)
         else:
             mode = fastrnn_ftz_on()
@@ -554,7 +578,9 @@ def generate(const floating[:, ::1] W_xh,     # IN (V, H)
                 if i > 0:
                     _step(&W_xh[0, 0], &W_hh[0, 0], &b_h[0], out[i - 1], &h[0], z, H,
                           nonlin)
-                out[i] = _draw(&h[0], Wq, bq, op, sel, ex, H, V, Vp, inv_temp, top_k,
-                               greedy, &rng[0])
+                _partial_logits(&h[0], Wq, lp, 0, cut, Vp)
+                _partial_logits(&h[0], Wq, lp + Lp, cut, H, Vp)
+                out[i] = _draw(lp, lp + Lp, bq, op, sel, ex, V, Vp, inv_temp, top_k, greedy,
+                               &rng[0])
             fastrnn_fp_restore(mode)
     free(mem)
