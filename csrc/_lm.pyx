@@ -44,15 +44,9 @@ from _omp cimport FASTRNN_OMP_ENABLED, fastrnn_omp_thread_id
 # the same vectorised one-row product and tanh as the training kernels (csrc/_rnn.pyx)
 from _rowops cimport _vecmat, _tanh_vec, fastrnn_sumsq_f32, fastrnn_sumsq_f64
 
-cdef extern from "_steps.h" nogil:
-    ctypedef struct fastrnn_steps_t:
-        pass
-    void fastrnn_steps_init(fastrnn_steps_t* s) noexcept
-    int fastrnn_steps_claim(fastrnn_steps_t* s, int k, int t) noexcept
-    void fastrnn_steps_done(fastrnn_steps_t* s, int k, int t) noexcept
-    int fastrnn_steps_next(fastrnn_steps_t* s, int t) noexcept
-    void fastrnn_steps_wait(fastrnn_steps_t* s, int t) noexcept
-    Py_ssize_t fastrnn_split_point(Py_ssize_t H) noexcept
+from _steps cimport (fastrnn_steps_t, fastrnn_steps_init, fastrnn_steps_claim,
+                    fastrnn_steps_done, fastrnn_steps_next, fastrnn_steps_wait,
+                    fastrnn_split_point)
 
 cdef enum:
     TANH = 0
@@ -252,24 +246,6 @@ def adam_update(floating[::1] param,          # IN/OUT (P,)
 # ---------------------------------------------------------------------------
 # generation
 
-cdef void _step(const floating* W_xh, const floating* W_hh, const floating* b_h,
-                int32_t x,                 # IN  input token id
-                floating* h,               # IN/OUT (H,) H_{t-1} -> H_t
-                floating* z,               # WORK (H,)
-                Py_ssize_t H, int nonlin) noexcept nogil:
-    """H_t = phi(X_t W_xh + H_{t-1} W_hh + b_h) for one token (B = 1)."""
-    cdef Py_ssize_t j
-    cdef const floating* w = W_xh + <Py_ssize_t>x * H
-    for j in range(H):
-        z[j] = w[j] + b_h[j]
-    _vecmat(h, W_hh, H, z, H, H, 1)
-    if nonlin == TANH:
-        _tanh_vec(z, h, H)
-    else:
-        for j in range(H):
-            h[j] = z[j] if z[j] > 0 else 0
-
-
 cdef floating _kth_largest(floating* a, Py_ssize_t n, Py_ssize_t k) noexcept nogil:
     """The k-th largest of a[0:n] (1 <= k <= n) by quickselect; permutes a."""
     cdef Py_ssize_t lo = 0, hi = n - 1, i, j, target = k - 1
@@ -366,7 +342,9 @@ cdef inline void _step_part(const floating* W_xh, const floating* W_hh, const fl
                             int32_t x, const floating* h, floating* hnew, floating* z,
                             Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1,
                             int nonlin) noexcept nogil:
-    """hnew[j0:j1] of H_t = phi(X_t W_xh + H_{t-1} W_hh + b_h), H_{t-1} = h."""
+    """hnew[j0:j1] of H_t = phi(X_t W_xh + H_{t-1} W_hh + b_h) for one token, from
+    H_{t-1} = h. With [j0, j1) = [0, H), hnew may be h itself (one thread's step:
+    h is read whole before any of it is written)."""
     cdef Py_ssize_t j, nj = j1 - j0
     cdef const floating* w = W_xh + <Py_ssize_t>x * H
     if nj <= 0:
@@ -573,11 +551,12 @@ def generate(const floating[:, ::1] W_xh,     # IN (V, H)
         else:
             mode = fastrnn_ftz_on()
             for i in range(P):
-                _step(&W_xh[0, 0], &W_hh[0, 0], &b_h[0], feed[i], &h[0], z, H, nonlin)
+                _step_part(&W_xh[0, 0], &W_hh[0, 0], &b_h[0], feed[i], &h[0], &h[0], z, H,
+                           0, H, nonlin)
             for i in range(n):
                 if i > 0:
-                    _step(&W_xh[0, 0], &W_hh[0, 0], &b_h[0], out[i - 1], &h[0], z, H,
-                          nonlin)
+                    _step_part(&W_xh[0, 0], &W_hh[0, 0], &b_h[0], out[i - 1], &h[0], &h[0],
+                               z, H, 0, H, nonlin)
                 _partial_logits(&h[0], Wq, lp, 0, cut, Vp)
                 _partial_logits(&h[0], Wq, lp + Lp, cut, H, Vp)
                 out[i] = _draw(lp, lp + Lp, bq, op, sel, ex, V, Vp, inv_temp, top_k, greedy,

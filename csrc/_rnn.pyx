@@ -50,15 +50,9 @@ from _rowops cimport (_vecmat, _vecmatT, _tanh_vec, fastrnn_softmax_xent_f32,
                      _pack_width, _packed_size, _pack, _pgemm, _tngemm,
                      fastrnn_pgemm_level)
 
-cdef extern from "_steps.h" nogil:
-    ctypedef struct fastrnn_steps_t:
-        pass
-    void fastrnn_steps_init(fastrnn_steps_t* s) noexcept
-    int fastrnn_steps_claim(fastrnn_steps_t* s, int k, int t) noexcept
-    void fastrnn_steps_done(fastrnn_steps_t* s, int k, int t) noexcept
-    int fastrnn_steps_next(fastrnn_steps_t* s, int t) noexcept
-    void fastrnn_steps_wait(fastrnn_steps_t* s, int t) noexcept
-    Py_ssize_t fastrnn_split_point(Py_ssize_t H) noexcept
+from _steps cimport (fastrnn_steps_t, fastrnn_steps_init, fastrnn_steps_claim,
+                    fastrnn_steps_done, fastrnn_steps_next, fastrnn_steps_wait,
+                    fastrnn_split_point)
 
 
 cdef enum:
