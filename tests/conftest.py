@@ -1,3 +1,6 @@
+import os
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -47,3 +50,31 @@ def make_problem(rng, B, T, D, H, V, *, dtype=np.float64, dense=False, h0=True,
     Y = rng.integers(0, V, (B, T))
     h = rng.standard_normal((B, H)) * 0.5 if h0 else None
     return p, p64, X, Y, h
+
+
+def skip_without_two_openmp_threads():
+    """Skip a test of the B = 1 split, which needs OpenMP and two cores."""
+    from fastrnn import _rnn
+    if not _rnn.openmp_enabled() or (os.cpu_count() or 1) < 2:
+        pytest.skip("the split needs two OpenMP threads")
+
+
+@contextmanager
+def competing_thread():
+    """A Python thread busy-looping for the duration of the block: the kernels
+    release the GIL, so it competes with their OpenMP threads for the cores and
+    shuffles which thread gets to a step first."""
+    stop = threading.Event()
+
+    def spin():
+        x = 0
+        while not stop.is_set():
+            x += 1
+
+    rival = threading.Thread(target=spin, daemon=True)
+    rival.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        rival.join()

@@ -9,7 +9,7 @@ import pytest
 
 import fastrnn
 from fastrnn import reference
-from conftest import make_problem
+from conftest import competing_thread, make_problem, skip_without_two_openmp_threads
 
 GRAD_NAMES = ["W_xh", "W_hh", "b_h", "W_hq", "b_q", "h0"]
 # float64: 1e-10 relative; float32 (vs the float64 reference): 1e-4 relative.
@@ -211,27 +211,15 @@ def test_single_sequence_split_any_schedule(rng):
     late skips steps already taken (csrc/_steps.h). Whatever the schedule, every
     part is computed once with the same arithmetic, so repeated calls with another
     thread competing for the cores give bitwise the same results as the first."""
-    import threading
     from fastrnn import _rnn
-    if not _rnn.openmp_enabled() or os.cpu_count() < 2:
-        pytest.skip("the split needs two OpenMP threads")
+    skip_without_two_openmp_threads()
     old = _rnn.set_split_one_sequence(True)
-    stop = threading.Event()
-
-    def compete():  # a Python thread that holds a core while the kernels run
-        x = 0
-        while not stop.is_set():
-            x += 1
-
     try:
         for dtype, dense in ((np.float32, False), (np.float64, True)):
             p, _, X, Y, h0 = make_problem(rng, 1, 40, 9, 130, 11, dtype=dtype, dense=dense)
             loss0, g0, hT0 = fastrnn.loss_and_grad(p, X, Y, h0, num_threads=2)
             logits0, _ = fastrnn.forward(p, X, h0, num_threads=2)
-            rival = threading.Thread(target=compete, daemon=True)
-            stop.clear()
-            rival.start()
-            try:
+            with competing_thread():
                 for _ in range(150):
                     loss, g, hT = fastrnn.loss_and_grad(p, X, Y, h0, num_threads=2)
                     assert loss == loss0
@@ -240,9 +228,6 @@ def test_single_sequence_split_any_schedule(rng):
                         np.testing.assert_array_equal(g[name], g0[name], err_msg=name)
                     np.testing.assert_array_equal(fastrnn.forward(p, X, h0, num_threads=2)[0],
                                                   logits0)
-            finally:
-                stop.set()
-                rival.join()
     finally:
         _rnn.set_split_one_sequence(old)
 

@@ -4,6 +4,7 @@ import pytest
 
 _lm = pytest.importorskip("fastrnn._lm")
 from fastrnn import _rnn  # noqa: E402
+from conftest import competing_thread, skip_without_two_openmp_threads  # noqa: E402
 
 M64 = (1 << 64) - 1
 DTYPES = [np.float32, np.float64]
@@ -185,12 +186,13 @@ def _params(rng, V, H, dtype=np.float64, scale=1.0):
     return {k: np.ascontiguousarray(v * scale, dtype=dtype) for k, v in p.items()}
 
 
-def _gen(p, feed, n, h, rng_state, temp=1.0, top_k=0, greedy=False, nonlin="tanh"):
+def _gen(p, feed, n, h, rng_state, temp=1.0, top_k=0, greedy=False, nonlin="tanh", nt=1):
     V, H = p["W_hq"].shape[1], p["W_hh"].shape[0]
     out = np.empty(n, np.int32)
     work = np.empty(H + 2 * V, p["W_hh"].dtype)
     _lm.generate(p["W_xh"], p["W_hh"], p["b_h"], p["W_hq"], p["b_q"],
-                 np.asarray(feed, np.int32), out, h, work, rng_state, temp, top_k, greedy, nonlin)
+                 np.asarray(feed, np.int32), out, h, work, rng_state, temp, top_k, greedy, nonlin,
+                 nt)
     return out
 
 
@@ -240,17 +242,11 @@ def test_top_k_only_draws_the_k_largest(rng, V, k):
 
 # ------------------------------------------------ generation split across two threads
 def _gen_nt(p, feed, n, nt, seed=7, **kw):
-    """generate() from zeros with a seeded sampler on nt threads: (ids, h, rng state)."""
-    V, H = p["W_hq"].shape[1], p["W_hh"].shape[0]
-    out = np.empty(n, np.int32)
-    h = np.zeros(H, p["W_hh"].dtype)
-    work = np.empty(H + 2 * V, p["W_hh"].dtype)
+    """_gen from zeros with a seeded sampler on nt threads: (ids, h, rng state)."""
+    h = np.zeros(p["W_hh"].shape[0], p["W_hh"].dtype)
     state = np.empty(4, np.uint64)
     _lm.rng_seed(seed, state)
-    _lm.generate(p["W_xh"], p["W_hh"], p["b_h"], p["W_hq"], p["b_q"],
-                 np.asarray(feed, np.int32), out, h, work, state, kw.get("temp", 1.0),
-                 kw.get("top_k", 0), kw.get("greedy", False), kw.get("nonlin", "tanh"), nt)
-    return out, h, state
+    return _gen(p, feed, n, h, state, nt=nt, **kw), h, state
 
 
 @pytest.fixture
@@ -283,27 +279,12 @@ def test_generate_split_any_schedule(rng):
     one skips ahead, advancing its copy of the sampler past the draws it missed;
     with another thread competing for the cores, repeated runs (split by default
     at this size) still give bitwise the first run's ids, state and sampler."""
-    import os
-    import threading
-    if not _rnn.openmp_enabled() or os.cpu_count() < 2:
-        pytest.skip("the split needs two OpenMP threads")
+    skip_without_two_openmp_threads()
     p = _params(rng, 28, 256, np.float32, scale=1.5)
     first = _gen_nt(p, [1, 2, 3], 500, 2)
     np.testing.assert_array_equal(first[0], _gen_nt(p, [1, 2, 3], 500, 1)[0])
-    stop = threading.Event()
-
-    def compete():
-        x = 0
-        while not stop.is_set():
-            x += 1
-
-    rival = threading.Thread(target=compete, daemon=True)
-    rival.start()
-    try:
+    with competing_thread():
         for _ in range(60):
             again = _gen_nt(p, [1, 2, 3], 500, 2)
             for a, b in zip(first, again):
                 np.testing.assert_array_equal(b, a)
-    finally:
-        stop.set()
-        rival.join()
