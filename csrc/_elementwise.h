@@ -81,7 +81,7 @@ static inline float fastrnn_expf_nonpos(float x) {
 }
 
 FASTRNN_CLONES
-static void fastrnn_tanh_f32(const float *restrict z, float *restrict h, ptrdiff_t n) {
+static void fastrnn_tanh_f32_any(const float *restrict z, float *restrict h, ptrdiff_t n) {
     for (ptrdiff_t i = 0; i < n; i++) h[i] = fastrnn_tanhf_approx(z[i]);
 }
 
@@ -166,7 +166,7 @@ static double NAME(T *restrict O, const int32_t *restrict Y, ptrdiff_t n, ptrdif
     }                                                                                    \
     return total;                                                                        \
 }
-FASTRNN_DEFINE_SOFTMAX_XENT(fastrnn_softmax_xent_f32, float, fastrnn_exp_shift_f32_body,
+FASTRNN_DEFINE_SOFTMAX_XENT(fastrnn_softmax_xent_f32_any, float, fastrnn_exp_shift_f32_body,
                             FASTRNN_CLONES)
 FASTRNN_DEFINE_SOFTMAX_XENT(fastrnn_softmax_xent_f64, double, fastrnn_exp_shift_f64, )
 
@@ -367,5 +367,28 @@ FASTRNN_DEFINE_ALL_FINITE(fastrnn_all_finite_f64, double)
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC pop_options
 #endif
+
+/* float32 tanh and softmax rows: the AVX-512 intrinsics of _avx512.h where the
+ * CPU has them (and FASTRNN_KERNEL_LEVEL does not cap it), else the loops above */
+#include "_avx512.h"
+
+static void fastrnn_tanh_f32(const float *restrict z, float *restrict h, ptrdiff_t n) {
+#ifdef FASTRNN_PG_X86
+    if (fastrnn_pgemm_level() == 2) {
+        fastrnn_tanh_f32_avx512(z, h, n);
+        return;
+    }
+#endif
+    fastrnn_tanh_f32_any(z, h, n);
+}
+
+static double fastrnn_softmax_xent_f32(float *restrict O, const int32_t *restrict Y,
+                                       ptrdiff_t n, ptrdiff_t V, float scale) {
+#ifdef FASTRNN_PG_X86
+    if (fastrnn_pgemm_level() == 2)
+        return fastrnn_softmax_xent_f32_avx512(O, Y, n, V, scale);
+#endif
+    return fastrnn_softmax_xent_f32_any(O, Y, n, V, scale);
+}
 
 #endif

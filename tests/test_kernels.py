@@ -106,6 +106,51 @@ def test_concatenation_identity(rng, dense):
     np.testing.assert_allclose(states["H"], np.tanh(Z), rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("V", [1, 2, 15, 16, 17, 28, 31, 32, 33, 47, 64, 65, 100])
+def test_softmax_rows_every_vocab_tail(rng, V):
+    """float32 softmax cross-entropy rows (AVX-512: 16-wide vectors, the row's tail
+    as its overlapping last 16 values, 16 rows per block) against the float64
+    reference, for vocabularies around every multiple of 16 and row counts that
+    leave a partial block; every target column is hit, the tail's included."""
+    B, T, D, H = 37, 3, 5, 8       # 111 rows per step set: 6 blocks of 16 and 15
+    p, p64, X, _, h0 = make_problem(rng, B, T, D, H, V, dtype=np.float32, scale=3.0)
+    Y = (np.arange(B * T).reshape(B, T) * 7) % V
+    for nt in (1, 2):
+        loss, g, _ = fastrnn.loss_and_grad(p, X, Y, h0, num_threads=nt)
+        r_loss, r_g, _ = reference.loss_and_grad(p64, X, Y, h0)
+        assert abs(loss - r_loss) <= 1e-5 * abs(r_loss), (loss, r_loss)
+        for name in GRAD_NAMES:
+            assert_close(g[name], r_g[name], 1e-4, f"{name} V={V} nt={nt}")
+        # the logits themselves (the rows before the softmax) at every column
+        logits, _ = fastrnn.forward(p, X, h0, num_threads=nt)
+        r_logits, _ = reference.forward(p64, X, h0)
+        assert_close(logits, r_logits, 1e-5, f"logits V={V}")
+
+
+def test_float32_tanh_within_a_few_ulp():
+    """The float32 tanh (AVX-512: 1/Q from vrcp14ps and a Newton step) against
+    float64 tanh over [-12, 12] and the edge cases of its branches: the clamp at
+    7.9, tiny |z| (tanh(z) = z) and zero."""
+    H = 64
+    special = [0.0, -0.0, 1e-30, -1e-30, 1e-6, 3.9e-4, 4.1e-4, -4.1e-4, 7.9053, 7.906,
+               -7.906, 9.0, 20.0, -20.0, 0.5, -0.5, 1.0, 2.0]
+    z = np.concatenate([np.linspace(-12, 12, 100 * H - len(special)), special])
+    z = z.astype(np.float32).reshape(100, H)
+    p = {"W_xh": z, "W_hh": np.zeros((H, H), np.float32), "b_h": np.zeros(H, np.float32),
+         "W_hq": np.zeros((H, 3), np.float32), "b_q": np.zeros(3, np.float32)}
+    X = np.arange(100).reshape(100, 1)        # step 1 of row b: Z = W_xh[b] exactly
+    for nt in (1, 2):
+        _, _, st = fastrnn.forward(p, X, return_states=True, num_threads=nt)
+        Z, Hh = st["Z"][:, 0], st["H"][:, 0]
+        np.testing.assert_array_equal(Z, z)
+        exact = np.tanh(z.astype(np.float64))
+        ulp = np.spacing(np.abs(exact).astype(np.float32)).astype(np.float64)
+        err = np.abs(Hh.astype(np.float64) - exact) / ulp
+        assert err.max() <= 5, (err.max(), z.ravel()[err.argmax()])
+        assert np.all(np.abs(Hh) <= 1)
+        np.testing.assert_array_equal(np.signbit(Hh), np.signbit(Z))  # tanh(-0.0) = -0.0
+
+
 def test_zero_h0_equals_none(rng):
     p, _, X, Y, _ = make_problem(rng, 3, 4, 5, 6, 5, h0=False)
     a = fastrnn.loss_and_grad(p, X, Y)
