@@ -563,6 +563,42 @@ def all_finite_f64(const double[::1] a):
     return fastrnn_all_finite_f64(&a[0], a.shape[0]) != 0
 
 
+ctypedef fused ids_t:
+    int32_t
+    int64_t
+
+
+def ids_tb(const ids_t[:, ::1] src, int32_t[:, ::1] out):
+    """out (T, B) = src (B, T) transposed and narrowed to int32, in one pass that
+    also returns src's (min, max): the validation and layout of token ids, which
+    numpy does in three passes (min, max, a strided casting copy) at about 3 ns
+    an id. The caller checks the range before any kernel reads out (an id outside
+    int32 is caught by the min/max, whatever out then holds)."""
+    cdef Py_ssize_t B = src.shape[0], T = src.shape[1], b, b0, b1, t
+    cdef int64_t lo, hi, v
+    cdef const ids_t* s
+    cdef int32_t* o
+    if out.shape[0] != T or out.shape[1] != B:
+        raise ValueError(f"out must have shape {(T, B)}, got {(out.shape[0], out.shape[1])}")
+    if B == 0 or T == 0:
+        return (0, -1)
+    s = &src[0, 0]
+    o = &out[0, 0]
+    lo = hi = s[0]
+    with nogil:
+        # 16 rows of src at a time, written as one 64-byte run per step t (a row at
+        # a time would write T values 4*B bytes apart: one cache set at B = 1024)
+        for b0 in range(0, B, 16):
+            b1 = b0 + 16 if b0 + 16 < B else B
+            for t in range(T):
+                for b in range(b0, b1):
+                    v = s[b * T + t]
+                    lo = v if v < lo else lo
+                    hi = v if v > hi else hi
+                    o[t * B + b] = <int32_t>v
+    return (lo, hi)
+
+
 def packed_gemm_level():
     """The hand-written gemm variant this process runs: 2 = AVX-512, 1 = AVX2+FMA,
     0 = none (BLAS does those products). FASTRNN_KERNEL_LEVEL in the environment

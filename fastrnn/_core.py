@@ -217,18 +217,29 @@ def check_params(params, *, check_finite: bool = True) -> dict:
 
 
 def _int_ids(a, name, upper, what):
+    """Validated (B, T) integer ids -> the kernels' (T, B) int32 C array."""
     arr = _asarray(a, name)
     if arr.dtype.kind not in "iu":  # dtype.kind: a tenth of np.issubdtype's cost
         raise TypeError(f"{name} must be an integer array of {what}, got dtype {arr.dtype}")
     if arr.ndim != 2:
         raise ValueError(f"{name} must be 2-D (batch, time) of {what}, got shape {arr.shape}")
-    if arr.size:
+    if not arr.size:
+        return _c_aligned(arr.T, np.int32)
+    if (_rnn is not None and arr.dtype in _FAST_ID_DTYPES and arr.flags.c_contiguous
+            and arr.flags.aligned):
+        out = np.empty(arr.shape[::-1], np.int32)
+        lo, hi = _rnn.ids_tb(arr, out)     # one pass: range and the transposed copy
+    else:
         lo, hi = arr.min(), arr.max()
-        if lo < 0:
-            raise ValueError(f"{name} contains a negative id ({lo}); ids must be in [0, {upper})")
-        if hi >= upper:
-            raise ValueError(f"{name} contains id {hi}, out of range [0, {upper})")
-    return arr
+        out = None
+    if lo < 0:
+        raise ValueError(f"{name} contains a negative id ({lo}); ids must be in [0, {upper})")
+    if hi >= upper:
+        raise ValueError(f"{name} contains id {hi}, out of range [0, {upper})")
+    return out if out is not None else _c_aligned(arr.T, np.int32)
+
+
+_FAST_ID_DTYPES = (np.dtype(np.int64), np.dtype(np.int32))
 
 
 def check_inputs(p, X, h0, Y=None):
@@ -247,9 +258,8 @@ def check_inputs(p, X, h0, Y=None):
     if Xa.dtype.kind not in "biufc":
         raise TypeError(f"X must be numeric, got dtype {Xa.dtype}")
     if Xa.ndim == 2:
-        Xa = _int_ids(Xa, "X", D, "token ids")
-        B, T = Xa.shape
-        X_ids = _c_aligned(Xa.T, np.int32)
+        X_ids = _int_ids(Xa, "X", D, "token ids")
+        T, B = X_ids.shape
         X_dense = np.empty((0, 0), dtype)
     elif Xa.ndim == 3:
         if Xa.dtype.kind != "f":
@@ -283,10 +293,10 @@ def check_inputs(p, X, h0, Y=None):
             raise ValueError("h0 contains NaN or inf")
     Yt = None
     if Y is not None:
-        Ya = _int_ids(Y, "Y", V, "target ids")
-        if Ya.shape != (B, T):
-            raise ValueError(f"Y has shape {Ya.shape}, expected (B, T) = {(B, T)} like X")
-        Yt = _c_aligned(Ya.T, np.int32).reshape(T * B)
+        Yt = _int_ids(Y, "Y", V, "target ids")
+        if Yt.shape != (T, B):
+            raise ValueError(f"Y has shape {Yt.shape[::-1]}, expected (B, T) = {(B, T)} like X")
+        Yt = Yt.reshape(T * B)
     return X_ids, X_dense, h, Yt, B, T
 
 

@@ -93,6 +93,39 @@ def test_huge_ids_do_not_wrap_to_valid_int32(prob):
         call(p, X, Y)
 
 
+def test_huge_targets_do_not_wrap_to_valid_int32(prob):
+    p, X, Y, _ = prob
+    Y = Y.astype(np.int64)
+    Y[-1, -1] = -(2**32) + 2  # would be 2 after a careless cast to int32
+    with pytest.raises(ValueError, match="Y.*negative"):
+        call(p, X, Y)
+
+
+@pytest.mark.parametrize("B", [1, 15, 16, 17, 37])
+def test_ids_every_layout_and_dtype_give_the_same_result(rng, B):
+    """Token ids take one C pass (range check + transposed int32 copy) when they are
+    C-contiguous int32/int64, numpy's path otherwise: same results either way."""
+    from fastrnn import _rnn
+    T = 5
+    p, _, X, Y, h0 = make_problem(rng, B, T, 9, 6, 7)
+    expect = call(p, X.astype(np.int16), Y.astype(np.uint8), h0)
+    for dt in (np.int64, np.int32):
+        for Xv, Yv in ((X.astype(dt), Y.astype(dt)),
+                       (np.asfortranarray(X, dt), np.asfortranarray(Y, dt)),
+                       (np.repeat(X, 2, axis=1)[:, ::2].astype(dt, copy=False), Y.astype(dt))):
+            got = call(p, Xv, Yv, h0)
+            assert got[0] == expect[0]
+            for k in expect[1]:
+                np.testing.assert_array_equal(got[1][k], expect[1][k], err_msg=k)
+        out = np.full((T, B), -7, np.int32)
+        Xc = np.ascontiguousarray(X, dt)
+        assert _rnn.ids_tb(Xc, out) == (X.min(), X.max())
+        np.testing.assert_array_equal(out, X.T)
+    with pytest.raises(ValueError, match="shape"):
+        _rnn.ids_tb(np.ascontiguousarray(X), np.empty((B, T), np.int32)
+                    if B != T else np.empty((1, 1), np.int32))
+
+
 @pytest.mark.parametrize("X", [np.zeros((3, 4)), np.zeros((3, 4), bool),
                                np.array([["a"] * 4] * 3)])
 def test_ids_wrong_dtype(prob, X):
