@@ -240,13 +240,16 @@ def gemm_rate(threads, n=2048, reps=5):
     return 2 * n ** 3 / statistics.median(ts) / 1e9
 
 
-def interleaved(fns, rounds, min_time, block=0.3):
+def interleaved(fns, rounds, min_time, block=0.3, settle=0.2):
     """Median seconds per call of each fn.
 
     Rounds alternate between the implementations so that all see the same machine
     load; within a round each runs a block of back-to-back calls (about ``block``
-    seconds) and only the block's median counts, so that thread pools another
-    library leaves spinning (OpenBLAS, PyTorch) slow at most the first call.
+    seconds) and only the block's median counts. Each block starts after a pause of
+    ``settle`` seconds: thread pools the previous library leaves spinning must not
+    time-share the cores with the next one (measured: OpenBLAS's threads spin for
+    about 0.1 s after numpy's reference step, and a d2l fastrnn step run in that
+    window took 7.6 ms instead of 3.6).
     """
     per_call = {k: [] for k in fns}
     reps = {}
@@ -258,6 +261,7 @@ def interleaved(fns, rounds, min_time, block=0.3):
     r = 0
     while r < rounds or (time.perf_counter() < t_end and r < 100):
         for k, f in fns.items():
+            time.sleep(settle)
             ts = []
             for _ in range(reps[k]):
                 t0 = time.perf_counter()
