@@ -27,6 +27,39 @@ def assert_close(actual, desired, rtol, name):
     assert err <= rtol, f"{name}: max error {err:.3g} relative to max|ref| exceeds {rtol:g}"
 
 
+@pytest.fixture(autouse=True)
+def small_dz_blocks():
+    """BPTT blocks by steps and rows only, as for a large model: the test problems
+    here are small enough to fit one 2 MiB block, and the SHAPES marked "blocks"
+    are there to run the blockwise path."""
+    from fastrnn import _core
+    old = _core._DZ_BLOCK_BYTES
+    _core._DZ_BLOCK_BYTES = 0
+    _core.clear_workspace()
+    yield
+    _core._DZ_BLOCK_BYTES = old
+    _core.clear_workspace()
+
+
+def test_dz_block_rule():
+    """Steps of dZ per BPTT block: at least 8 steps, 256 rows and as many steps as
+    fit in _DZ_BLOCK_BYTES (2 MiB by default), at most T; the buffer the kernels get
+    follows it."""
+    from fastrnn import _core
+    _core._DZ_BLOCK_BYTES = 2 << 20
+    assert _core._dz_steps(32, 1024, 32, 4) == 16     # d2l: 128 KiB a step
+    assert _core._dz_steps(32, 1024, 32, 8) == 8      # float64: 256 KiB a step
+    assert _core._dz_steps(64, 64, 256, 4) == 32      # medium
+    assert _core._dz_steps(64, 64, 1024, 4) == 8      # large: the peak-memory budget
+    assert _core._dz_steps(64, 1, 256, 4) == 64       # one sequence: whole
+    assert _core._dz_steps(5, 10_000, 512, 4) == 5    # never more than T
+    _core._DZ_BLOCK_BYTES = 0
+    assert _core._dz_steps(40, 40, 33, 8) == 8        # steps and rows only
+    assert _core._dz_steps(100, 3, 7, 8) == 86        # ceil(256 / 3)
+    _core.clear_workspace()
+    assert _core._buffers(np.float32, 19, 40, 33, 12)[1].shape == (8 * 40, 33)
+
+
 def test_compiled_kernels_are_in_use():
     info = fastrnn.build_info()
     assert info["compiled"], info.get("import_error")
