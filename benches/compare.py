@@ -65,9 +65,12 @@ def make_fastrnn(p, X, Y, threads):
     from fastrnn import _lm
     names = list(p)
     sizes = [p[k].size for k in names]
-    flat = np.concatenate([p[k].ravel() for k in names])
-    gflat = np.empty_like(flat)
     offs = np.cumsum([0] + sizes)
+    # one flat vector, W_hh on a cache line, as CharLM keeps its parameters
+    flat = fastrnn._core.empty_aligned(int(offs[-1]), p["W_hh"].dtype,
+                                       at=int(offs[names.index("W_hh")]))
+    flat[...] = np.concatenate([p[k].ravel() for k in names])
+    gflat = np.empty_like(flat)
     params = {k: flat[offs[i]:offs[i + 1]].reshape(p[k].shape) for i, k in enumerate(names)}
     grads = {k: gflat[offs[i]:offs[i + 1]].reshape(p[k].shape) for i, k in enumerate(names)}
     loss0 = fastrnn.loss_and_grad(params, X, Y, num_threads=threads)[0]

@@ -268,7 +268,10 @@ class CharLM:
         self._nonlinearity = nonlinearity
         self._dtype = dt
         n = sum(math.prod(shape) for _, shape, _ in _layout(self._V, H))
-        self._flat = np.zeros(n, dt)                       # ALL parameters, contiguous
+        # ALL parameters, contiguous; W_hh (after W_xh) starts a 64-byte cache line
+        # for the one-row products of generation and B = 1 training
+        self._flat = _core.empty_aligned(n, dt, at=self._V * H)
+        self._flat[...] = 0
         self.params = _views(self._flat, self._V, H)       # named views into _flat
         self.history: list[dict] = []
         self.info: dict[str, Any] = {}                     # free JSON metadata, saved too

@@ -378,3 +378,52 @@ def test_work_area_rows_checked():
         _rnn.forward(p["W_xh"], p["W_hh"], p["b_h"], p["W_hq"], p["b_q"],
                      np.zeros((3, 2), np.int32), np.empty((0, 0)), Hs, np.empty((3, 4)),
                      np.empty((6, 5)), np.empty(0, np.int32), np.zeros(2), "tanh", 1)
+
+
+def _misaligned(a, offset_bytes=16):
+    """A C-contiguous copy of a that starts offset_bytes past a 64-byte line."""
+    buf = np.empty(a.nbytes + 128, np.uint8)
+    start = (-buf.ctypes.data) % 64 + offset_bytes
+    out = buf[start: start + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    assert out.ctypes.data % 64 == offset_bytes
+    return out
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_parameters_start_cache_lines(dtype):
+    """init_params and CharLM give W_hh on a 64-byte line (the one-row products of
+    one sequence and of generation stream its rows; numpy promises 16 bytes)."""
+    for D, H in ((28, 256), (65, 100), (7, 33), (1, 1)):
+        p = fastrnn.init_params(D, H, dtype=dtype, seed=0)
+        assert all(v.ctypes.data % 64 == 0 for v in p.values()), D
+        chars = "".join(chr(0x41 + i) for i in range(D - 1))
+        lm = fastrnn.CharLM(fastrnn.Vocab(chars), H, dtype=dtype)
+        assert lm.params["W_hh"].ctypes.data % 64 == 0, (D, H)
+        assert lm.params["W_hh"].base is not None   # still a view into the flat vector
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("B", [1, 3])
+def test_misaligned_W_hh_gives_the_same_results(rng, dtype, B):
+    """A W_hh 16 bytes off a cache line is copied to an aligned buffer for the
+    one-row products (B < 2 per thread): bitwise the same results, and the caller's
+    dict and arrays are left as they were."""
+    from fastrnn import _core
+    p, _, X, Y, h0 = make_problem(rng, B, 9, 6, 130, 11, dtype=dtype)
+    p_al = dict(p, W_hh=_core._aligned64(p["W_hh"]))
+    p_mis = dict(p, W_hh=_misaligned(p["W_hh"]))
+    W_before = p_mis["W_hh"]
+    for nt in (1, 2):
+        a = fastrnn.loss_and_grad(p_al, X, Y, h0, num_threads=nt)
+        b = fastrnn.loss_and_grad(p_mis, X, Y, h0, num_threads=nt)
+        assert a[0] == b[0]
+        for k in GRAD_NAMES:
+            np.testing.assert_array_equal(a[1][k], b[1][k], err_msg=k)
+        np.testing.assert_array_equal(fastrnn.forward(p_al, X, h0, num_threads=nt)[0],
+                                      fastrnn.forward(p_mis, X, h0, num_threads=nt)[0])
+    assert p_mis["W_hh"] is W_before and W_before.ctypes.data % 64 == 16
+    al = _core._aligned64(W_before)
+    assert al.ctypes.data % 64 == 0 and al is not W_before
+    np.testing.assert_array_equal(al, W_before)
+    assert _core._aligned64(al) is al
