@@ -1,8 +1,10 @@
 /* Time of the one-row product of csrc/_vecmat.h (y = x W) on the shapes of one
  * sequence (B = 1 training, generation): the whole H x H matrix (one thread) and
  * one part of the B = 1 split (H x cut columns, what each of two threads reads per
- * step). Prints microseconds per product and the rate at which W streams from
- * cache: this product is the floor of a B = 1 step and of a generated character.
+ * step), with W on a 64-byte cache line (as fastrnn keeps it) and 16 bytes off one
+ * (where numpy's allocator may put it). Prints microseconds per product and the
+ * rate at which W streams from cache: this product is the floor of a B = 1 step
+ * and of a generated character.
  *
  *     gcc -O3 -fno-math-errno benches/micro/vecmat.c -o /tmp/vecmat && /tmp/vecmat
  *     taskset -c 0 /tmp/vecmat & taskset -c 1 /tmp/vecmat   # both cores at once
@@ -20,8 +22,9 @@ static double now(void) {
     return t.tv_sec + 1e-9 * t.tv_nsec;
 }
 
-static void bench(int H, int N, const char *what) {
-    float *W = malloc((size_t)H * H * sizeof(float));
+static void bench(int H, int N, int offset, const char *what) {
+    char *raw = malloc((size_t)H * H * sizeof(float) + 128);
+    float *W = (float *)(raw + (64 - (size_t)raw % 64) % 64 + offset);
     float *x = malloc(H * sizeof(float)), *y = malloc(H * sizeof(float));
     for (int i = 0; i < H * H; i++) W[i] = (rand() / (float)RAND_MAX - 0.5f) * 0.1f;
     for (int i = 0; i < H; i++) x[i] = rand() / (float)RAND_MAX - 0.5f;
@@ -36,17 +39,19 @@ static void bench(int H, int N, const char *what) {
         double t = (now() - t0) / reps;
         best = t < best ? t : best;
     }
-    printf("%-28s H=%5d  columns=%5d  %8.3f us  %6.1f GB/s from cache\n", what, H, N,
-           best * 1e6, (double)H * N * sizeof(float) / best / 1e9);
-    free(W); free(x); free(y);
+    printf("%-24s W %2d bytes off a line  H=%5d  columns=%5d  %8.3f us  %6.1f GB/s\n",
+           what, offset, H, N, best * 1e6, (double)H * N * sizeof(float) / best / 1e9);
+    free(raw); free(x); free(y);
 }
 
 int main(void) {
     int sizes[] = {128, 256, 512};
     for (int i = 0; i < 3; i++) {
         int H = sizes[i];
-        bench(H, H, "whole W_hh (one thread)");
-        bench(H, (int)fastrnn_split_point(H), "one part of the split");
+        for (int off = 0; off <= 16; off += 16) {
+            bench(H, H, off, "whole W_hh (one thread)");
+            bench(H, (int)fastrnn_split_point(H), off, "one part of the split");
+        }
     }
     return 0;
 }
