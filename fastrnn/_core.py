@@ -517,11 +517,11 @@ def forward(params, X, h0=None, *, nonlinearity: str = "tanh", num_threads=None,
     nonlinearity = check_nonlinearity(nonlinearity)
     X_ids, X_dense, h, _, B, T = check_inputs(p, X, h0)
     nt = resolve_num_threads(num_threads)
-    _align_for_rows(p, B, nt)
     if _rnn is None:
         return reference.forward(p, np.asarray(X) if X_ids.size else X_dense.reshape(
             T, B, -1).transpose(1, 0, 2), h, nonlinearity=nonlinearity,
             return_states=return_states)
+    _align_for_rows(p, B, nt)
     with _blas_guard(p, X_dense):
         Hs, Zs, O, _ = _run_forward(p, X_ids, X_dense, h, None, B, T, nonlinearity, nt, True,
                                     full_z=return_states)
@@ -597,11 +597,11 @@ def loss_and_grad(params, X, Y, h0=None, *, nonlinearity: str = "tanh", num_thre
         raise TypeError("Y must be an integer array of target ids (B, T), got None")
     X_ids, X_dense, h, Yt, B, T = check_inputs(p, X, h0, Y)
     nt = resolve_num_threads(num_threads)
-    _align_for_rows(p, B, nt)
     if _rnn is None:
         Xr = np.asarray(X) if X_ids.size else X_dense.reshape(T, B, -1).transpose(1, 0, 2)
         return reference.loss_and_grad(p, Xr, Yt.reshape(T, B).T, h,
                                        nonlinearity=nonlinearity)
+    _align_for_rows(p, B, nt)
     g = _grad_buffers(p, B, out)
     with _blas_guard(p, X_dense):
         Hs, Zs, dO, loss_sum = _run_forward(p, X_ids, X_dense, h, Yt, B, T, nonlinearity,
