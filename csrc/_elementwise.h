@@ -188,12 +188,7 @@ FASTRNN_DEFINE_SOFTMAX_XENT(fastrnn_softmax_xent_f64, double, fastrnn_exp_shift_
  * training step. */
 #if defined(__GNUC__)
 #define FASTRNN_BS_VEC 1
-typedef float fastrnn_vf_t __attribute__((vector_size(64)));
-typedef float fastrnn_vf32_t __attribute__((vector_size(32)));
-typedef float fastrnn_vf16_t __attribute__((vector_size(16)));
-typedef double fastrnn_vd_t __attribute__((vector_size(64)));
-typedef double fastrnn_vd32_t __attribute__((vector_size(32)));
-typedef double fastrnn_vd16_t __attribute__((vector_size(16)));
+#include "_vectypes.h"
 #else
 #define FASTRNN_BS_VEC 0
 #endif
@@ -288,10 +283,10 @@ static void NAME(const T *restrict dZ, ptrdiff_t N, ptrdiff_t ld, ptrdiff_t j0, 
     FASTRNN_BS_VECTORS(VT, VT32, VT16, T)                                                \
     FASTRNN_BS_SCALAR(T)                                                                 \
 }
-FASTRNN_DEFINE_BIAS_SCATTER(fastrnn_bias_scatter_f32, float, fastrnn_vf_t, fastrnn_vf32_t,
-                            fastrnn_vf16_t)
-FASTRNN_DEFINE_BIAS_SCATTER(fastrnn_bias_scatter_f64, double, fastrnn_vd_t, fastrnn_vd32_t,
-                            fastrnn_vd16_t)
+FASTRNN_DEFINE_BIAS_SCATTER(fastrnn_bias_scatter_f32, float, fastrnn_v16f, fastrnn_v8f,
+                            fastrnn_v4f)
+FASTRNN_DEFINE_BIAS_SCATTER(fastrnn_bias_scatter_f64, double, fastrnn_v8d, fastrnn_v4d,
+                            fastrnn_v2d)
 
 /* z[b, :] = W[ids[b], :] + bias for n rows of width H: the one-hot input
  * projection (a row gather of W_xh) plus the hidden bias. */

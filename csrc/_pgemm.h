@@ -26,6 +26,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "_vectypes.h"
+
 #if defined(_MSC_VER) && !defined(restrict)
 #define restrict __restrict
 #endif
@@ -237,13 +239,6 @@ ATTR static void NAME(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T *restrict A
         }                                                                                \
     }                                                                                    \
 }
-
-typedef float fastrnn_v16f __attribute__((vector_size(64)));
-typedef float fastrnn_v8f __attribute__((vector_size(32)));
-typedef float fastrnn_v4f __attribute__((vector_size(16)));
-typedef double fastrnn_v8d __attribute__((vector_size(64)));
-typedef double fastrnn_v4d __attribute__((vector_size(32)));
-typedef double fastrnn_v2d __attribute__((vector_size(16)));
 
 #if defined(__x86_64__) && !defined(FASTRNN_NO_CLONES)
 #define FASTRNN_PG_X86 1
