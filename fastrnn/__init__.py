@@ -14,6 +14,7 @@ from ._core import (default_num_threads, forward, init_params, loss_and_grad)
 from . import reference
 from . import datasets
 from .vocab import Vocab
+from .config import ModelConfig, TrainConfig
 from .model import CharLM, TrainingDiverged, TrainingInterrupted
 
 
@@ -56,5 +57,5 @@ def build_info() -> dict:
 
 
 __all__ = ["__version__", "build_info", "default_num_threads", "forward", "init_params",
-           "loss_and_grad", "reference", "datasets", "Vocab", "CharLM", "TrainingDiverged",
-           "TrainingInterrupted"]
+           "loss_and_grad", "reference", "datasets", "Vocab", "CharLM", "ModelConfig",
+           "TrainConfig", "TrainingDiverged", "TrainingInterrupted"]

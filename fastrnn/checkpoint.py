@@ -15,6 +15,59 @@ zip bomb is refused before it is inflated) and each member's ``.npy`` header
 arrays are then loaded with ``numpy.load(..., allow_pickle=False)`` and the
 metadata is parsed as JSON with a size limit. Every failure raises
 :class:`CheckpointError` naming the file and the problem.
+
+Versions and compatibility
+--------------------------
+Two integers in the metadata decide who may read a file:
+
+- ``format_version``: the schema the writer used (this fastrnn writes
+  :data:`FORMAT_VERSION` = 2);
+- ``min_reader_version``: the oldest schema whose readers use the file correctly
+  (this fastrnn writes :data:`MIN_READER_VERSION` = 2). Files without it (version 1)
+  mean ``min_reader_version = format_version``.
+
+A reader of schema R accepts a file if and only if ``min_reader_version <= R``; then it
+**ignores metadata keys it does not know** and any array listed in the metadata's
+``optional_arrays`` that it does not know (other unknown arrays make the file invalid:
+they mean corruption or content that is not optional). So a later fastrnn that only
+ADDS optional content (a schedule's state, a best-so-far model, a distributed run's
+record...) raises ``format_version`` and keeps ``min_reader_version``, and the files it
+writes still load here; content that an older reader would misuse if it ignored it
+(a new cell, a changed meaning) raises ``min_reader_version`` as well, and older
+readers then refuse the file with "written by a newer fastrnn". Missing optional
+keys take the value that means "not used", so files written before a key existed
+keep loading.
+
+:func:`upgrade` converts the metadata of any older schema this fastrnn reads
+(version 1: fastrnn 0.1.0) into the current one; :meth:`fastrnn.CharLM.load` calls it,
+so every older file loads, generates the same text and resumes training as before.
+
+Schema 2 (``meta``)::
+
+    format              "fastrnn-charlm"
+    format_version      2
+    min_reader_version  2
+    fastrnn_version     the writer's version (informative)
+    model               ModelConfig.to_dict(): cell, vocab_size, hidden_size,
+                        num_layers, dropout, nonlinearity, dtype
+    vocab               Vocab.to_dict()
+    history             list of per-epoch records
+    info                free JSON object (the command line's corpus, prefix, ...)
+    train               null, or {"config": TrainConfig.to_dict(),
+                                  "data": {"text_sha1", "val_sha1"},
+                                  "state": {"epoch", "batch", "step", "loss_sum",
+                                            "tokens", "seconds", "epoch_rng"}}
+    optional_arrays     [] (names of arrays a reader may ignore)
+
+Arrays: the parameters under their names in :func:`fastrnn.params.param_names`
+(``W_xh``, ``W_hh``, ``b_h``, [``b_hn``], per layer with the suffix ``_l{k}`` for
+k >= 1, then ``W_hq``, ``b_q``); with a training state, the optimizer's flat state
+(``opt_m``, ``opt_v`` or ``opt_mem``) and, mid-epoch with sequential sampling, the
+carried hidden state ``h_carry``.
+
+Schema 1 (fastrnn 0.1.0) differs in ``model`` (no cell, num_layers, dropout: an
+Elman network of one layer) and ``train`` (one object: ``config`` with
+``data_sha1``/``val_sha1`` inside it, and the counters beside it).
 """
 from __future__ import annotations
 
@@ -22,6 +75,7 @@ import contextlib
 import glob
 import json
 import os
+import re
 import signal
 import tempfile
 import threading
@@ -32,10 +86,12 @@ from typing import Any, Mapping
 
 import numpy as np
 
-__all__ = ["CheckpointError", "FORMAT", "FORMAT_VERSION", "write", "read", "check_writable"]
+__all__ = ["CheckpointError", "FORMAT", "FORMAT_VERSION", "MIN_READER_VERSION", "write",
+           "read", "upgrade", "check_writable"]
 
 FORMAT = "fastrnn-charlm"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2          # the schema this fastrnn writes and reads
+MIN_READER_VERSION = 2      # the oldest schema whose readers can use what it writes
 
 META_KEY = "meta"
 MAX_META_BYTES = 16 << 20        # 16 MiB of JSON: vocabularies of ~1M tokens
@@ -43,6 +99,14 @@ MAX_TOTAL_BYTES = 8 << 30        # 8 GiB of arrays in all
 MAX_MEMBERS = 64
 MAX_RATIO = 200                  # declared size / compressed size, for members over 1 MiB
 _ALLOWED_KINDS = "biuf"          # bool, signed, unsigned, float: nothing that can hold objects
+# array (member) names: ASCII identifiers such as W_hh_l2 or opt_m; no dots, slashes or
+# non-ASCII letters, so a name is never a path and always a valid member name
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+
+
+def valid_name(name: str) -> bool:
+    """Whether ``name`` may name an array in a model file."""
+    return isinstance(name, str) and _NAME.fullmatch(name) is not None
 
 
 class CheckpointError(ValueError):
@@ -138,7 +202,9 @@ def write(path: str | os.PathLike, arrays: Mapping[str, np.ndarray],
     arrays : mapping of str to ndarray
         Numeric arrays (no object dtype); names must be plain identifiers.
     meta : mapping
-        JSON-serialisable metadata; ``format`` and ``format_version`` are added.
+        JSON-serialisable metadata; ``format``, ``format_version`` and
+        ``min_reader_version`` are added (``meta`` may set a higher
+        ``min_reader_version``).
 
     Returns
     -------
@@ -146,13 +212,14 @@ def write(path: str | os.PathLike, arrays: Mapping[str, np.ndarray],
         The path written.
     """
     path = Path(path).expanduser()
-    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, **meta}
+    payload = {"format": FORMAT, "format_version": FORMAT_VERSION,
+               "min_reader_version": MIN_READER_VERSION, **meta}
     blob = json.dumps(payload, ensure_ascii=False, allow_nan=False).encode("utf-8")
     if len(blob) > MAX_META_BYTES:
         raise ValueError(f"metadata is {len(blob)} bytes, over the {MAX_META_BYTES}-byte limit")
     members = {}
     for name, a in arrays.items():
-        if name == META_KEY or not name.replace("_", "a").isalnum():
+        if name == META_KEY or not valid_name(name):
             raise ValueError(f"invalid array name {name!r}")
         a = np.ascontiguousarray(a)
         if a.dtype.kind not in _ALLOWED_KINDS:
@@ -265,7 +332,7 @@ def read(path: str | os.PathLike, *, max_bytes: int = MAX_TOTAL_BYTES) -> tuple[
         total = 0
         for info in infos:
             stem = info.filename[:-4] if info.filename.endswith(".npy") else None
-            if stem is None or not stem.replace("_", "a").isalnum() or stem in names:
+            if stem is None or not valid_name(stem) or stem in names:
                 raise bad(f"unexpected archive member {info.filename!r}")
             if info.flag_bits & 0x1:
                 raise bad(f"member {info.filename!r} is encrypted")
@@ -320,9 +387,52 @@ def read(path: str | os.PathLike, *, max_bytes: int = MAX_TOTAL_BYTES) -> tuple[
     version = meta.get("format_version")
     if not isinstance(version, int) or isinstance(version, bool):
         raise bad(f"format_version {version!r} is not an integer")
-    if version > FORMAT_VERSION:
-        raise CheckpointError(f"{path}: written by a newer fastrnn (format version {version}); "
-                              f"this fastrnn reads version {FORMAT_VERSION} -- upgrade fastrnn")
     if version < 1:
         raise bad(f"unknown format version {version}")
+    need = meta.get("min_reader_version", version)
+    if not isinstance(need, int) or isinstance(need, bool) or not 1 <= need <= version:
+        raise bad(f"min_reader_version {need!r} is not an integer in [1, format_version]")
+    if need > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: written by a newer fastrnn (format version {version}, "
+                              f"readable from version {need}); this fastrnn reads version "
+                              f"{FORMAT_VERSION} -- upgrade fastrnn")
     return arrays, meta
+
+
+# ---------------------------------------------------------------------------
+# schema upgrades
+
+def upgrade(meta: Mapping[str, Any]) -> dict:
+    """The metadata of an older schema rewritten in today's (see the module docstring).
+
+    Only the structure changes: keys this function does not know pass through, and
+    values are validated by the caller as for a current file. The result's
+    ``format_version`` is :data:`FORMAT_VERSION`, ``upgraded_from`` the file's version.
+    """
+    meta = dict(meta)
+    version = meta.get("format_version")
+    if version >= FORMAT_VERSION:
+        return meta
+    if version == 1:
+        meta = _upgrade_1_to_2(meta)
+    meta["upgraded_from"] = version
+    return meta
+
+
+def _upgrade_1_to_2(meta: dict) -> dict:
+    """Schema 1 (fastrnn 0.1.0): an Elman network of one layer; one training object."""
+    model = meta.get("model")
+    if isinstance(model, dict):
+        meta["model"] = {"cell": "rnn", "num_layers": 1, "dropout": 0.0, **model}
+    train = meta.get("train")
+    if isinstance(train, dict):
+        cfg = train.get("config")
+        cfg = dict(cfg) if isinstance(cfg, dict) else cfg
+        data = {}
+        if isinstance(cfg, dict):
+            data = {"text_sha1": cfg.pop("data_sha1", None), "val_sha1": cfg.pop("val_sha1", None)}
+        meta["train"] = {"config": cfg, "data": data,
+                         "state": {k: v for k, v in train.items() if k != "config"}}
+    meta["format_version"] = 2
+    meta.setdefault("optional_arrays", [])
+    return meta

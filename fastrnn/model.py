@@ -22,14 +22,9 @@ is a flat buffer of the same length::
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import os
-import signal
-import sys
 import threading
-import time
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,9 +32,13 @@ from typing import Any
 import numpy as np
 
 from . import _core, checkpoint as _ckpt, datasets as _ds
-from ._core import (PARAM_NAMES, blas_single_thread, init_params, loss_and_grad,
-                    resolve_num_threads)
+from ._core import PARAM_NAMES, blas_single_thread, init_params, resolve_num_threads
 from ._version import __version__
+from .config import (OPTIMIZERS, SAMPLINGS, TRAIN_FIELDS, ModelConfig, TrainConfig,
+                     _float, _pos_int, _seed64)
+from .train import optim as _optim
+from .train.state import TrainState
+from .train.trainer import Trainer, TrainingDiverged, TrainingInterrupted
 from .vocab import Vocab
 
 try:
@@ -50,38 +49,7 @@ except ImportError as exc:  # pragma: no cover - only in broken installs
 
 __all__ = ["CharLM", "TrainingDiverged", "TrainingInterrupted", "OPTIMIZERS", "SAMPLINGS"]
 
-OPTIMIZERS = ("sgd", "adagrad", "adam")
-SAMPLINGS = ("sequential", "random", "windows")
-_DEFAULT_EPS = {"adagrad": 1e-8, "adam": 1e-8}
-_OPT_ARRAYS = {"sgd": (), "adagrad": ("opt_mem",), "adam": ("opt_m", "opt_v")}
 _EVAL_CHUNK = 1024         # time steps per forward call when measuring perplexity
-
-
-class TrainingDiverged(RuntimeError):
-    """The training loss became NaN or infinite; training stopped.
-
-    The model keeps the last parameters that gave a finite loss. ``history``
-    holds the epochs completed before, ``epoch`` and ``step`` say where it
-    happened.
-    """
-
-    def __init__(self, message: str, *, history: list, epoch: int, step: int):
-        super().__init__(message)
-        self.history, self.epoch, self.step = history, epoch, step
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C (SIGINT) stopped :meth:`CharLM.fit` cleanly between two minibatches.
-
-    ``checkpoint`` is the file the training state was saved to (None if
-    ``fit`` had no ``checkpoint``); continue with ``fit(..., resume=True)`` on
-    the same model or ``fit(..., resume=checkpoint)``.
-    """
-
-    def __init__(self, message: str, *, checkpoint: Path | None, history: list,
-                 epoch: int, batch: int):
-        super().__init__(message)
-        self.checkpoint, self.history, self.epoch, self.batch = checkpoint, history, epoch, batch
 
 
 # ---------------------------------------------------------------------------
@@ -104,83 +72,8 @@ def _layout(V: int, H: int) -> list[tuple[str, tuple[int, ...], int]]:
     return out
 
 
-def _views(flat: np.ndarray, V: int, H: int) -> dict[str, np.ndarray]:
-    return {k: flat[off: off + math.prod(shape)].reshape(shape)
-            for k, shape, off in _layout(V, H)}
-
-
-def _pos_int(name: str, value: Any, *, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
-def _float(name: str, value: Any, *, positive: bool = False, nonneg: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    v = float(value)
-    if not math.isfinite(v):
-        raise ValueError(f"{name} must be finite, got {value}")
-    if positive and v <= 0:
-        raise ValueError(f"{name} must be > 0, got {value}")
-    if nonneg and v < 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
-    return v
-
-
-def _sha1(ids: np.ndarray | None) -> str | None:
-    if ids is None:
-        return None
-    return hashlib.sha1(np.ascontiguousarray(ids, dtype="<i4").tobytes(),
-                        usedforsecurity=False).hexdigest()
-
-
-def _seed64(seed: Any, name: str = "seed") -> int:
-    """A 64-bit integer seed from an int, a numpy Generator, or None (OS entropy)."""
-    if seed is None:
-        return int.from_bytes(os.urandom(8), "little")
-    if isinstance(seed, np.random.Generator):
-        return int(seed.integers(0, 2**63))
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, a numpy Generator or None, "
-                        f"got {type(seed).__name__}")
-    if not 0 <= seed < 2**64:
-        raise ValueError(f"{name} must be in [0, 2**64), got {seed}")
-    return int(seed)
-
-
-class _SigintGuard:
-    """Turn the first Ctrl-C into a flag checked between minibatches.
-
-    Installed only in the main thread and only over Python's default handler;
-    a second Ctrl-C raises KeyboardInterrupt at once.
-    """
-
-    def __init__(self):
-        self.requested = False
-        self._old = None
-
-    def _handler(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __enter__(self):
-        if (threading.current_thread() is threading.main_thread()
-                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
-            self._old = signal.signal(signal.SIGINT, self._handler)
-        return self
-
-    def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
-        return False
-
-
-def _finite_or_none(x):
-    return x if x is not None and math.isfinite(x) else None
+def _views(flat: np.ndarray, layout) -> dict[str, np.ndarray]:
+    return {k: flat[off: off + math.prod(shape)].reshape(shape) for k, shape, off in layout}
 
 
 def _mean_ce(logits: np.ndarray, Y: np.ndarray) -> tuple[float, int]:
@@ -249,38 +142,52 @@ class CharLM:
             raise TypeError(f"vocab must be a fastrnn.Vocab or a str, got {type(vocab).__name__}")
         if len(vocab) < 1:
             raise ValueError("vocab is empty")
-        H = _pos_int("hidden_size", hidden_size)
-        _core.check_nonlinearity(nonlinearity)
-        try:
-            dt = np.dtype(dtype)
-        except TypeError:
-            raise TypeError(f"dtype must be 'float32' or 'float64', got {dtype!r}") from None
-        if dt not in (np.float32, np.float64):
-            raise TypeError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
-        self._setup(vocab, H, nonlinearity, dt)
-        p0 = init_params(len(vocab), H, dtype=dt, seed=seed, init=init)
+        cfg = ModelConfig(vocab_size=len(vocab), hidden_size=hidden_size,
+                          nonlinearity=nonlinearity, dtype=dtype)
+        self._setup(vocab, cfg)
+        p0 = init_params(cfg.vocab_size, cfg.hidden_size, dtype=cfg.dtype, seed=seed, init=init)
         for k in PARAM_NAMES:
             self.params[k][...] = p0[k]
 
-    def _setup(self, vocab: Vocab, H: int, nonlinearity: str, dt: np.dtype) -> None:
+    def _setup(self, vocab: Vocab, config: ModelConfig) -> None:
+        if config.vocab_size != len(vocab):
+            raise ValueError(f"vocab_size={config.vocab_size} but the vocabulary has "
+                             f"{len(vocab)} tokens")
+        if config.cell != "rnn" or config.num_layers != 1:
+            raise ValueError(f"cell={config.cell!r} with num_layers={config.num_layers} is not "
+                             "supported by this fastrnn (Elman networks of one layer only)")
         self.vocab = vocab
-        self._H, self._V = H, len(vocab)
-        self._nonlinearity = nonlinearity
-        self._dtype = dt
-        n = sum(math.prod(shape) for _, shape, _ in _layout(self._V, H))
+        self._config = config
+        self._H, self._V = config.hidden_size, config.vocab_size
+        self._nonlinearity = config.nonlinearity
+        self._dtype = np.dtype(config.dtype)
+        n = sum(math.prod(shape) for _, shape, _ in self._layout())
         # ALL parameters, contiguous; W_hh (after W_xh) starts a 64-byte cache line
         # for the one-row products of generation and B = 1 training
-        self._flat = _core.empty_aligned(n, dt, at=self._V * H)
+        self._flat = _core.empty_aligned(n, self._dtype, at=self._V * self._H)
         self._flat[...] = 0
-        self.params = _views(self._flat, self._V, H)       # named views into _flat
+        self.params = self._views(self._flat)               # named views into _flat
         self.history: list[dict] = []
         self.info: dict[str, Any] = {}                     # free JSON metadata, saved too
         self._opt: dict[str, np.ndarray] = {}              # optimizer state, flat buffers
-        self._train: dict | None = None                    # resumable training state
+        self._train: TrainState | None = None              # resumable training state
         self._fit_lock = threading.Lock()                  # one fit at a time per model
         self._param_lock = threading.RLock()               # updates vs. readers of _flat
 
+    def _layout(self) -> list[tuple[str, tuple[int, ...], int]]:
+        """(name, shape, offset) of each parameter inside the flat buffer."""
+        return _layout(self._V, self._H)
+
+    def _views(self, flat: np.ndarray) -> dict[str, np.ndarray]:
+        """Named views into a flat buffer of this model's layout (parameters, gradients)."""
+        return _views(flat, self._layout())
+
     # -- properties -------------------------------------------------------------
+    @property
+    def config(self) -> ModelConfig:
+        """What this model is (cell, sizes, dtype): :class:`fastrnn.ModelConfig`."""
+        return self._config
+
     @property
     def hidden_size(self) -> int:
         """H, the number of hidden units."""
@@ -310,9 +217,10 @@ class CharLM:
 
     @property
     def training_state(self) -> dict | None:
-        """Where training stands (epoch, batch, step, ...), or None if never trained."""
-        return None if self._train is None else {
-            k: v for k, v in self._train.items() if k != "h_carry"}
+        """Where training stands, or None if never trained: ``config`` (the
+        :class:`TrainConfig` as a dict), ``data`` (sha1 of the texts) and the counters
+        ``epoch``, ``batch``, ``step``, ... (see :class:`fastrnn.train.TrainState`)."""
+        return None if self._train is None else self._train.public()
 
     def __repr__(self) -> str:
         return (f"CharLM(vocab_size={self._V}, hidden_size={self._H}, "
@@ -509,23 +417,16 @@ class CharLM:
                 yield tokens[i]
 
     # -- training -----------------------------------------------------------------------
-    def _minibatches(self, sampling, ids, B, T, gen, win):
-        if sampling == "sequential":
-            return _ds.seq_data_iter_sequential(ids, B, T, rng=gen)
-        if sampling == "random":
-            return _ds.seq_data_iter_random(ids, B, T, rng=gen)
-        return _ds.iter_minibatches(win[0], win[1], B, shuffle=True, rng=gen)
-
     def fit(self, text: str | np.ndarray, *, val_text: str | np.ndarray | None = None,
-            epochs: int = 10, batch_size: int = 32, num_steps: int = 35, lr: float = 1.0,
-            optimizer: str = "sgd", clip: float | None = 1.0, clip_value: float | None = None,
-            sampling: str = "sequential", num_threads: int | None = None,
-            progress: bool = True, checkpoint: str | os.PathLike | None = None,
-            resume: bool | str | os.PathLike = False,
+            config: TrainConfig | None = None, resume: bool | str | os.PathLike = False,
             callbacks: Sequence[Callable[["CharLM", dict], Any]] | None = None,
-            seed: int | None = None, betas: tuple[float, float] = (0.9, 0.999),
-            eps: float | None = None) -> list[dict]:
+            **options: Any) -> list[dict]:
         """Train with truncated backpropagation through time.
+
+        The options are the fields of :class:`fastrnn.TrainConfig`, given either as
+        keywords (``fit(text, epochs=5, lr=0.01)``) or as one ``config``; keywords
+        given beside a ``config`` replace its fields. The loop itself is
+        :class:`fastrnn.train.Trainer`.
 
         Parameters
         ----------
@@ -533,6 +434,8 @@ class CharLM:
             Training corpus.
         val_text : str or 1-D int array, optional
             Validation corpus, evaluated after each epoch.
+        config : TrainConfig, optional
+            All the options below in one object (default ``TrainConfig()``).
         epochs : int, default 10
             Total number of epochs; when resuming, training continues until this
             many epochs are complete.
@@ -607,253 +510,18 @@ class CharLM:
             On Ctrl-C (first press), after finishing the current minibatch and
             saving ``checkpoint``. A second Ctrl-C interrupts immediately.
         """
-        if not self._fit_lock.acquire(blocking=False):
-            raise RuntimeError("CharLM.fit: this model is already being trained by another "
-                               "thread; train separate models (or copies) in parallel threads")
-        try:
-            return self._fit(
-                text, val_text=val_text, epochs=epochs, batch_size=batch_size,
-                num_steps=num_steps, lr=lr, optimizer=optimizer, clip=clip,
-                clip_value=clip_value, sampling=sampling, num_threads=num_threads,
-                progress=progress, checkpoint=checkpoint, resume=resume, callbacks=callbacks,
-                seed=seed, betas=betas, eps=eps)
-        finally:
-            self._fit_lock.release()
-
-    def _fit(self, text, *, val_text, epochs, batch_size, num_steps, lr, optimizer, clip,
-             clip_value, sampling, num_threads, progress, checkpoint, resume, callbacks, seed,
-             betas, eps) -> list[dict]:
-        lm = _need_lm()
-        # ---- validate everything before any work
-        E = _pos_int("epochs", epochs)
-        B = _pos_int("batch_size", batch_size)
-        T = _pos_int("num_steps", num_steps)
-        lr = _float("lr", lr, positive=True)
-        if optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
-        if sampling not in SAMPLINGS:
-            raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
-        clip = None if clip is None else _float("clip", clip, positive=True)
-        clip_value = None if clip_value is None else _float("clip_value", clip_value,
-                                                            positive=True)
-        if (not isinstance(betas, (tuple, list)) or len(betas) != 2
-                or not all(0 <= _float("betas", b) < 1 for b in betas)):
-            raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
-        b1, b2 = float(betas[0]), float(betas[1])
-        eps = _DEFAULT_EPS.get(optimizer, 1e-8) if eps is None else _float("eps", eps,
-                                                                              positive=True)
-        nt = resolve_num_threads(num_threads)
-        cbs = list(callbacks or [])
-        for i, cb in enumerate(cbs):
-            if not callable(cb):
-                raise TypeError(f"callbacks[{i}] is not callable ({type(cb).__name__})")
-        ckpt_path = None if checkpoint is None else Path(checkpoint).expanduser()
-        if ckpt_path is not None:
-            _ckpt.check_writable(ckpt_path)             # fail now, not after an epoch
-        if not isinstance(resume, (bool, str, os.PathLike)):
-            raise TypeError(f"resume must be a bool or a path, got {type(resume).__name__}")
-        if not isinstance(resume, bool):
-            other = CharLM.load(resume)
-            if other.vocab != self.vocab:
-                raise ValueError(f"resume={str(resume)!r}: the checkpoint's vocabulary "
-                                 f"({len(other.vocab)} tokens) differs from this model's "
-                                 f"({self._V} tokens)")
-            if (other._H, other._nonlinearity, other._dtype) != (
-                    self._H, self._nonlinearity, self._dtype):
-                raise ValueError(f"resume={str(resume)!r}: the checkpoint is {other!r}, "
-                                 f"this model is {self!r}")
-            with self._param_lock:
-                self._flat[...] = other._flat
-                self._opt, self._train, self.history = other._opt, other._train, other.history
-            resume = True
-        train_ids = self._ids(text, "text")
-        val_ids = None if val_text is None else self._ids(val_text, "val_text")
-        need = T + 1 if sampling == "windows" else B * T + T
-        if len(train_ids) < need:
-            raise ValueError(f"text is too short: {len(train_ids)} tokens, but "
-                             f"sampling={sampling!r} with batch_size={B} and num_steps={T} "
-                             f"needs at least {need}")
-        if val_ids is not None and len(val_ids) < (T + 1 if sampling == "windows" else 2):
-            raise ValueError(f"val_text is too short: {len(val_ids)} tokens")
-        config = {"epochs": E, "batch_size": B, "num_steps": T, "optimizer": optimizer,
-                  "sampling": sampling, "lr": lr, "clip": clip, "clip_value": clip_value,
-                  "betas": [b1, b2], "eps": eps, "num_threads": nt,
-                  "data_sha1": _sha1(train_ids), "val_sha1": _sha1(val_ids)}
-
-        # ---- fresh or resumed training state
-        P = self._flat.size
-        if resume:
-            st = self._train
-            if st is None:
-                raise ValueError("resume=True but this model has no training state "
-                                 "(load a checkpoint written by fit(checkpoint=...))")
-            old = st["config"]
-            for key in ("batch_size", "num_steps", "optimizer", "sampling"):
-                if old[key] != config[key]:
-                    raise ValueError(f"cannot resume: {key}={config[key]!r} but the "
-                                     f"checkpoint was trained with {key}={old[key]!r}")
-            for key, what in (("data_sha1", "text"), ("val_sha1", "val_text")):
-                if old[key] != config[key]:
-                    raise ValueError(f"cannot resume: {what} differs from the one the "
-                                     "checkpoint was trained on")
-            if old["num_threads"] != nt:
-                warnings.warn(f"resuming with num_threads={nt}, the checkpoint used "
-                              f"{old['num_threads']}: results may differ in the last bits "
-                              "from an uninterrupted run", RuntimeWarning, stacklevel=2)
-            for name in _OPT_ARRAYS[optimizer]:
-                if name not in self._opt or self._opt[name].shape != (P,):
-                    raise ValueError(f"cannot resume: the optimizer state {name!r} is missing")
-            st = dict(st, config=config)
-        else:
-            st = {"config": config, "epoch": 0, "batch": 0, "step": 0,
-                  "epoch_rng": np.random.Generator(np.random.PCG64(
-                      _seed64(seed))).bit_generator.state,
-                  "loss_sum": 0.0, "tokens": 0, "seconds": 0.0, "h_carry": None}
-            self._opt = {name: np.zeros(P, self._dtype) for name in _OPT_ARRAYS[optimizer]}
-            self.history = []
-        self._train = st
-        if st["epoch"] >= E:
-            return list(self.history)
-
-        # ---- buffers, allocated once
-        gflat = np.zeros(P, self._dtype)                 # ALL gradients, contiguous
-        grads = _views(gflat, self._V, self._H)           # named views into gflat
-        backup = self._flat.copy()                       # last parameters with finite loss
-        gen = np.random.Generator(np.random.PCG64())
-        windows = _ds.windows(train_ids, T) if sampling == "windows" else None
-        loss_limit = 10 * math.log(self._V) + 10   # uniform guessing costs log V per char
-
-        def save_checkpoint():
-            if ckpt_path is not None:
-                self.save(ckpt_path)
-
-        def diverged(what, value):
-            with self._param_lock:
-                self._flat[...] = backup
-            advice = (f" or stronger gradient clipping (clip={clip:g})" if clip is not None
-                      else " or gradient clipping (e.g. clip=1.0)")
-            raise TrainingDiverged(
-                f"training diverged at epoch {st['epoch'] + 1}, step {st['step'] + 1}: the "
-                f"{what} became {value}; stopped and kept the last parameters with a finite "
-                f"loss. Try a smaller learning rate (lr={lr:g}){advice}.",
-                history=list(self.history), epoch=st["epoch"] + 1, step=st["step"] + 1)
-
-        with blas_single_thread(), _SigintGuard() as sigint:
-            while st["epoch"] < E:
-                gen.bit_generator.state = st["epoch_rng"]
-                batches = self._minibatches(sampling, train_ids, B, T, gen, windows)
-                h = st["h_carry"] if (sampling == "sequential" and st["batch"] > 0) else None
-                t_start = time.perf_counter() - st["seconds"]
-                bar = None
-                if progress:
-                    from tqdm.auto import tqdm
-                    bar = tqdm(total=len(batches), initial=st["batch"], unit="batch",
-                               desc=f"epoch {st['epoch'] + 1}/{E}", leave=True,
-                               dynamic_ncols=True, file=sys.stderr)
-                last_post = 0.0
-                try:
-                    for i in range(st["batch"], len(batches)):
-                        X, Y = batches[i]
-                        loss, _, h_T = loss_and_grad(self.params, X, Y, h,
-                                                     nonlinearity=self._nonlinearity,
-                                                     num_threads=nt, out=grads)
-                        if not math.isfinite(loss):
-                            diverged("training loss", loss)
-                        if loss > loss_limit:
-                            diverged("training loss", f"{loss:.4g} nats, far worse than a "
-                                     f"uniform guess (log V = {math.log(self._V):.2f})")
-                        if clip is not None:
-                            norm = lm.clip_global_norm(gflat, clip)
-                        else:
-                            norm = lm.global_norm(gflat)
-                        if not math.isfinite(norm):
-                            diverged("gradient norm", norm)
-                        if clip_value is not None:
-                            lm.clip_value(gflat, clip_value)
-                        with self._param_lock:      # readers never see half an update
-                            np.copyto(backup, self._flat)
-                            if optimizer == "sgd":
-                                lm.sgd_update(self._flat, gflat, lr)
-                            elif optimizer == "adagrad":
-                                lm.adagrad_update(self._flat, gflat, self._opt["opt_mem"], lr,
-                                                  eps)
-                            else:
-                                lm.adam_update(self._flat, gflat, self._opt["opt_m"],
-                                               self._opt["opt_v"], lr, b1, b2, eps,
-                                               st["step"] + 1)
-                            if not np.isfinite(self._flat).all():
-                                diverged("parameters", "non-finite after the update")
-                        ntok = X.size
-                        st["step"] += 1
-                        st["batch"] = i + 1
-                        st["loss_sum"] += loss * ntok
-                        st["tokens"] += ntok
-                        h = h_T if sampling == "sequential" else None
-                        st["h_carry"] = h
-                        if bar is not None:
-                            bar.update(1)
-                            now = time.perf_counter()
-                            if now - last_post > 0.5 or i + 1 == len(batches):
-                                last_post = now
-                                mean = st["loss_sum"] / st["tokens"]
-                                bar.set_postfix_str(
-                                    f"loss={mean:.3f} ppl={math.exp(min(mean, 700)):.2f} "
-                                    f"tok/s={st['tokens'] / max(now - t_start, 1e-9):,.0f}",
-                                    refresh=False)
-                        if sigint.requested:
-                            st["seconds"] = time.perf_counter() - t_start
-                            save_checkpoint()
-                            where = f"epoch {st['epoch'] + 1}, minibatch {st['batch']}"
-                            raise TrainingInterrupted(
-                                f"training interrupted at {where}" + (
-                                    f"; checkpoint saved to {ckpt_path}" if ckpt_path else ""),
-                                checkpoint=ckpt_path, history=list(self.history),
-                                epoch=st["epoch"] + 1, batch=st["batch"])
-                    # ---- end of epoch
-                    train_seconds = time.perf_counter() - t_start
-                    train_loss = st["loss_sum"] / max(st["tokens"], 1)
-                    val_loss = None
-                    if val_ids is not None:
-                        if sampling == "windows":
-                            s, c = self._windows_ce(val_ids, T, B, nt)
-                        else:
-                            s, c = self._stream_ce(val_ids, 1, nt)
-                        val_loss = s / c
-                    seconds = time.perf_counter() - t_start
-                    record = {
-                        "epoch": st["epoch"] + 1, "step": st["step"],
-                        "train_loss": train_loss, "train_ppl": math.exp(min(train_loss, 700)),
-                        "val_loss": _finite_or_none(val_loss),
-                        "val_ppl": _finite_or_none(None if val_loss is None
-                                                   else math.exp(min(val_loss, 700))),
-                        "tokens": st["tokens"],
-                        "tokens_per_s": st["tokens"] / max(train_seconds, 1e-9),
-                        "wall_time": seconds,
-                    }
-                    if bar is not None:
-                        bar.set_postfix_str(
-                            f"loss={train_loss:.3f} ppl={record['train_ppl']:.2f}"
-                            + (f" val_ppl={record['val_ppl']:.2f}" if record["val_ppl"]
-                               else "") + f" tok/s={record['tokens_per_s']:,.0f}")
-                finally:
-                    if bar is not None:
-                        bar.close()
-                self.history.append(record)
-                st.update(epoch=st["epoch"] + 1, batch=0, loss_sum=0.0, tokens=0,
-                          seconds=0.0, h_carry=None, epoch_rng=gen.bit_generator.state)
-                save_checkpoint()
-                stop = False
-                for cb in cbs:
-                    stop = bool(cb(self, dict(record))) or stop
-                if sigint.requested:
-                    raise TrainingInterrupted(
-                        f"training interrupted after epoch {st['epoch']}" + (
-                            f"; checkpoint saved to {ckpt_path}" if ckpt_path else ""),
-                        checkpoint=ckpt_path, history=list(self.history),
-                        epoch=st["epoch"], batch=0)
-                if stop:
-                    break
-        return list(self.history)
+        if config is None:
+            config = TrainConfig()
+        elif not isinstance(config, TrainConfig):
+            raise TypeError(f"config must be a fastrnn.TrainConfig, got {type(config).__name__}")
+        unknown = sorted(set(options) - set(TRAIN_FIELDS))
+        if unknown:
+            raise TypeError(f"fit() got an unexpected keyword argument {unknown[0]!r} "
+                            f"(the options are the fields of TrainConfig: "
+                            f"{', '.join(TRAIN_FIELDS)})")
+        if options:
+            config = config.replace(**options)
+        return Trainer(self, config, callbacks=callbacks).fit(text, val_text, resume=resume)
 
     # -- persistence ------------------------------------------------------------------------
     def save(self, path: str | os.PathLike, *, training_state: bool = True) -> Path:
@@ -872,21 +540,22 @@ class CharLM:
         pathlib.Path
         """
         with self._param_lock:                             # a consistent snapshot
-            arrays = {k: self.params[k].copy() for k in PARAM_NAMES}
+            arrays = {k: v.copy() for k, v in self.params.items()}
             opt = {k: a.copy() for k, a in self._opt.items()}
-            h_carry = None if self._train is None else self._train.get("h_carry")
+            st = self._train
+            train_meta = None if st is None else st.to_meta()
+            h_carry = None if st is None else st.h_carry
         meta: dict[str, Any] = {
             "fastrnn_version": __version__,
-            "model": {"vocab_size": self._V, "hidden_size": self._H,
-                      "nonlinearity": self._nonlinearity, "dtype": self._dtype.name},
+            "model": self._config.to_dict(),
             "vocab": self.vocab.to_dict(),
             "history": self.history,
             "info": self.info,
             "train": None,
+            "optional_arrays": [],
         }
-        if training_state and self._train is not None:
-            st = {k: v for k, v in self._train.items() if k != "h_carry"}
-            meta["train"] = st
+        if training_state and train_meta is not None:
+            meta["train"] = train_meta
             arrays.update(opt)
             if h_carry is not None:
                 arrays["h_carry"] = h_carry
@@ -895,6 +564,9 @@ class CharLM:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "CharLM":
         """Read a model written by :meth:`save` (never unpickles anything).
+
+        Files of every format version this fastrnn knows load (version 1: fastrnn
+        0.1.0), see :mod:`fastrnn.checkpoint`.
 
         Raises
         ------
@@ -905,6 +577,7 @@ class CharLM:
             inconsistent (shapes, dtypes, vocabulary size, non-finite values).
         """
         arrays, meta = _ckpt.read(path)
+        meta = _ckpt.upgrade(meta)
 
         def bad(why):
             return _ckpt.CheckpointError(f"{path}: not a valid fastrnn model file: {why}")
@@ -916,24 +589,27 @@ class CharLM:
             vocab = Vocab.from_dict(meta.get("vocab"))
         except (TypeError, ValueError, KeyError, AttributeError) as exc:
             raise bad(f"invalid vocabulary ({exc})") from None
-        H, V = m.get("hidden_size"), m.get("vocab_size")
-        for name, v in (("hidden_size", H), ("vocab_size", V)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise bad(f"model.{name} must be a positive integer, got {v!r}")
+        try:
+            config = ModelConfig.from_dict(m)
+        except (TypeError, ValueError) as exc:
+            raise bad(f"model configuration: {exc}") from None
+        H, V = config.hidden_size, config.vocab_size
         if V != len(vocab):
             raise bad(f"vocabulary mismatch: the vocabulary has {len(vocab)} tokens but the "
                       f"model was built for {V}")
-        nonlin = m.get("nonlinearity")
-        if nonlin not in _core.NONLINEARITIES:
-            raise bad(f"unknown nonlinearity {nonlin!r}")
-        if m.get("dtype") not in ("float32", "float64"):
-            raise bad(f"dtype must be 'float32' or 'float64', got {m.get('dtype')!r}")
-        dt = np.dtype(m["dtype"])
-        allowed = set(PARAM_NAMES) | {"opt_m", "opt_v", "opt_mem", "h_carry"}
-        extra = sorted(set(arrays) - allowed)
+        if config.cell != "rnn" or config.num_layers != 1:
+            raise bad(f"cell={config.cell!r} with num_layers={config.num_layers} is not "
+                      "supported by this fastrnn")
+        dt = np.dtype(config.dtype)
+        optional = meta.get("optional_arrays", [])
+        if not isinstance(optional, list) or not all(isinstance(k, str) for k in optional):
+            raise bad("optional_arrays must be a list of names")
+        layout = _layout(V, H)
+        known = {k for k, _, _ in layout} | _optim.all_state_names() | {"h_carry"}
+        extra = sorted(set(arrays) - known - set(optional))
         if extra:
             raise bad(f"unexpected arrays {extra}")
-        for k, shape, _ in _layout(V, H):          # check everything before allocating
+        for k, shape, _ in layout:                 # check everything before allocating
             a = arrays.get(k)
             if a is None:
                 raise bad(f"parameter {k!r} is missing")
@@ -942,63 +618,24 @@ class CharLM:
                           f"expected {shape} {dt} (V={V}, H={H})")
             if not np.isfinite(a).all():
                 raise bad(f"parameter {k!r} contains NaN or inf")
-        self = cls.__new__(cls)
-        self._setup(vocab, H, nonlin, dt)
-        for k in PARAM_NAMES:
-            self.params[k][...] = arrays[k]
         hist = meta.get("history", [])
         if not isinstance(hist, list) or not all(isinstance(r, dict) for r in hist):
             raise bad("history must be a list of records")
-        self.history = hist
         info = meta.get("info", {})
         if not isinstance(info, dict):
             raise bad("info must be an object")
-        self.info = info
+        P = sum(math.prod(shape) for _, shape, _ in layout)
         st = meta.get("train")
         if st is not None:
-            self._train = _check_train_state(st, arrays, self._flat.size, (V, H), dt, bad)
-            self._opt = {k: np.ascontiguousarray(arrays[k]) for k in
-                         _OPT_ARRAYS[st["config"]["optimizer"]]}
+            st = TrainState.from_meta(st, arrays, size=P, hidden_size=H, dtype=dt, bad=bad)
+        self = cls.__new__(cls)
+        self._setup(vocab, config)
+        for k, _, _ in layout:
+            self.params[k][...] = arrays[k]
+        self.history = hist
+        self.info = info
+        if st is not None:
+            self._train = st
+            self._opt = {k: np.ascontiguousarray(arrays[k])
+                         for k in _optim.state_names(st.config.optimizer)}
         return self
-
-
-def _check_train_state(st, arrays, P, VH, dt, bad) -> dict:
-    """Validate the JSON training state and its arrays; return the state with h_carry."""
-    if not isinstance(st, dict):
-        raise bad("training state is not an object")
-    cfg = st.get("config")
-    if not isinstance(cfg, dict):
-        raise bad("training state has no config")
-    ints = {"epoch": st.get("epoch"), "batch": st.get("batch"), "step": st.get("step"),
-            "tokens": st.get("tokens"), "config.batch_size": cfg.get("batch_size"),
-            "config.num_steps": cfg.get("num_steps"), "config.num_threads": cfg.get("num_threads")}
-    for name, v in ints.items():
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            raise bad(f"training state {name} must be a non-negative integer, got {v!r}")
-    for name in ("loss_sum", "seconds"):
-        if not isinstance(st.get(name), (int, float)) or isinstance(st.get(name), bool):
-            raise bad(f"training state {name} must be a number")
-    if cfg.get("optimizer") not in OPTIMIZERS:
-        raise bad(f"unknown optimizer {cfg.get('optimizer')!r}")
-    if cfg.get("sampling") not in SAMPLINGS:
-        raise bad(f"unknown sampling {cfg.get('sampling')!r}")
-    for name in _OPT_ARRAYS[cfg["optimizer"]]:
-        a = arrays.get(name)
-        if a is None or a.shape != (P,) or a.dtype != dt or not np.isfinite(a).all():
-            raise bad(f"optimizer state {name!r} is missing or not a finite ({P},) {dt} array")
-    rng = st.get("epoch_rng")
-    try:
-        if not isinstance(rng, dict) or rng.get("bit_generator") != "PCG64":
-            raise ValueError("not a PCG64 state")
-        np.random.PCG64().state = rng
-    except (ValueError, TypeError, KeyError, OverflowError) as exc:
-        raise bad(f"invalid random-number state ({exc})") from None
-    st = dict(st)
-    h = arrays.get("h_carry")
-    if h is not None:
-        if h.shape != (cfg["batch_size"], VH[1]) or h.dtype != dt or not np.isfinite(h).all():
-            raise bad(f"carried hidden state has shape {h.shape}, expected "
-                      f"({cfg['batch_size']}, {VH[1]})")
-        h = np.ascontiguousarray(h)
-    st["h_carry"] = h
-    return st

@@ -94,9 +94,15 @@ def test_file_loads_without_pickle(tmp_path, trained):
     with np.load(p, allow_pickle=False) as z:
         assert {"W_xh", "meta", "opt_m", "opt_v"} <= set(z.files)
         meta = json.loads(z["meta"].tobytes().decode("utf-8"))
-    assert meta["format"] == "fastrnn-charlm" and meta["format_version"] == 1
+    assert meta["format"] == "fastrnn-charlm" and meta["format_version"] == 2
+    assert meta["min_reader_version"] == 2
     assert meta["model"] == {"vocab_size": len(trained.vocab), "hidden_size": 12,
+                             "cell": "rnn", "num_layers": 1, "dropout": 0.0,
                              "nonlinearity": "tanh", "dtype": "float32"}
+    assert set(meta["train"]) == {"config", "data", "state"}
+    assert meta["train"]["config"] == trained.training_state["config"]
+    assert meta["train"]["config"]["optimizer"] == "adam"
+    assert meta["train"]["state"]["epoch"] == 2 and meta["optional_arrays"] == []
 
 
 # ---------------------------------------------------------------- atomic writes
@@ -158,9 +164,17 @@ def test_garbage_and_corrupted_bytes(tmp_path, trained):
 def test_newer_and_unknown_format(tmp_path, trained):
     p = trained.save(tmp_path / "m.npz")
     meta = _meta(p)
-    _with_meta(p, meta | {"format_version": 99})
+    _with_meta(p, meta | {"format_version": 99, "min_reader_version": 99})
     with pytest.raises(CheckpointError, match="newer fastrnn.*version 99"):
         CharLM.load(p)
+    _with_meta(p, {k: v for k, v in meta.items() if k != "min_reader_version"}
+               | {"format_version": 3})           # no min_reader_version: format_version
+    with pytest.raises(CheckpointError, match="newer fastrnn.*version 3"):
+        CharLM.load(p)
+    for bad in ("2", 0, 100, True):
+        _with_meta(p, meta | {"min_reader_version": bad})
+        with pytest.raises(CheckpointError, match="min_reader_version"):
+            CharLM.load(p)
     _with_meta(p, meta | {"format_version": "1"})
     with pytest.raises(CheckpointError, match="format_version"):
         CharLM.load(p)
@@ -246,10 +260,19 @@ def test_missing_parameter_and_metadata(tmp_path, trained):
     (lambda m: m.pop("model"), "model"),
     (lambda m: m.update(history="x"), "history"),
     (lambda m: m.update(info=[1]), "info"),
-    (lambda m: m["train"].update(epoch=-1), "epoch"),
+    (lambda m: m["model"].update(cell="transformer"), "cell"),
+    (lambda m: m["model"].update(num_layers=0), "num_layers"),
+    (lambda m: m["model"].update(dropout=1.0), "dropout"),
+    (lambda m: m.update(optional_arrays="evil"), "optional_arrays"),
+    (lambda m: m["train"]["state"].update(epoch=-1), "epoch"),
+    (lambda m: m["train"]["state"].update(step=1.5), "step"),
+    (lambda m: m["train"].pop("state"), "counters"),
     (lambda m: m["train"]["config"].update(optimizer="evil"), "optimizer"),
-    (lambda m: m["train"].update(epoch_rng={"bit_generator": "MT19937"}), "random"),
-    (lambda m: m["train"]["epoch_rng"]["state"].update(state="x"), "random"),
+    (lambda m: m["train"]["config"].update(batch_size=-3), "batch_size"),
+    (lambda m: m["train"]["config"].update(lr="x"), "lr"),
+    (lambda m: m["train"]["data"].update(text_sha1=5), "text_sha1"),
+    (lambda m: m["train"]["state"].update(epoch_rng={"bit_generator": "MT19937"}), "random"),
+    (lambda m: m["train"]["state"]["epoch_rng"]["state"].update(state="x"), "random"),
 ])
 def test_hostile_metadata(tmp_path, trained, change, match):
     p = trained.save(tmp_path / "m.npz")
@@ -265,7 +288,7 @@ def test_hostile_metadata(tmp_path, trained, change, match):
     (b"[1, 2]", "not a JSON object"),
     (b"\xff\xfe", "not valid JSON"),
     (b"[" * 100000 + b"]" * 100000, "JSON"),
-    (b'{"format": "fastrnn-charlm", "format_version": 1' + b', "x": 1' + b"0" * 5000 + b"}",
+    (b'{"format": "fastrnn-charlm", "format_version": 2' + b', "x": 1' + b"0" * 5000 + b"}",
      "JSON"),
 ])
 def test_malformed_json(tmp_path, trained, payload, match):
@@ -362,3 +385,78 @@ def test_write_errors_name_the_file(tmp_path, trained, monkeypatch):
     (tmp_path / "f").write_text("x")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         trained.save(tmp_path / "f" / "m.npz")
+
+
+# ---------------------------------------------------------------- versions
+def test_newer_file_with_only_optional_additions_loads(tmp_path, trained):
+    """The compatibility rule: a later writer that only adds optional content (new
+    metadata keys, arrays listed in optional_arrays) keeps min_reader_version, and
+    this reader loads its files, ignoring what it does not know."""
+    p = trained.save(tmp_path / "m.npz")
+    meta = _meta(p)
+    meta |= {"format_version": 7, "schedule": {"name": "cosine", "total_steps": 100},
+             "optional_arrays": ["best_W_hh"]}
+    meta["model"]["future_option"] = "x"
+    meta["train"]["config"]["warmup_steps"] = 10
+    meta["train"]["state"]["best_val_loss"] = 1.5
+    _with_meta(p, meta)
+    m = _members(p)
+    m["best_W_hh.npy"] = _npy(np.zeros((12, 12), np.float32))
+    _rewrite(p, m)
+    back = CharLM.load(p)
+    np.testing.assert_array_equal(back.parameters, trained.parameters)
+    assert back.training_state["epoch"] == 2
+    # ... but an unknown array that is not declared optional is refused
+    m["other.npy"] = _npy(np.zeros(3, np.float32))
+    _rewrite(p, m)
+    with pytest.raises(CheckpointError, match="unexpected arrays.*other"):
+        CharLM.load(p)
+
+
+def test_missing_optional_keys_take_their_defaults(tmp_path, trained):
+    """Keys added after a file was written are missing from it: they mean 'not used'."""
+    p = trained.save(tmp_path / "m.npz")
+    meta = _meta(p)
+    for k in ("cell", "num_layers", "dropout"):
+        del meta["model"][k]
+    del meta["optional_arrays"]
+    for k in ("clip_value", "seed", "progress", "checkpoint"):
+        del meta["train"]["config"][k]
+    _with_meta(p, meta)
+    back = CharLM.load(p)
+    assert (back.config.cell, back.config.num_layers, back.config.dropout) == ("rnn", 1, 0.0)
+    assert back.training_state["config"]["clip_value"] is None
+
+
+@pytest.mark.parametrize("name", ["W_xh_l1", "opt_m", "h_carry", "b_hn_l12", "x0"])
+def test_array_names_allowed(tmp_path, name):
+    checkpoint.write(tmp_path / "x.npz", {name: np.zeros(2)}, {})
+    arrays, _ = checkpoint.read(tmp_path / "x.npz")
+    assert list(arrays) == [name]
+
+
+@pytest.mark.parametrize("name", ["a.b", "../a", "a/b", "Wü", "", "a b", "1a", "x" * 65])
+def test_array_names_refused(tmp_path, name):
+    with pytest.raises(ValueError, match="name"):
+        checkpoint.write(tmp_path / "x.npz", {name: np.zeros(2)}, {})
+    assert not list(tmp_path.iterdir())
+
+
+def test_upgrade_v1_metadata():
+    v1 = {"format": "fastrnn-charlm", "format_version": 1,
+          "model": {"vocab_size": 5, "hidden_size": 3, "nonlinearity": "relu",
+                    "dtype": "float64"},
+          "train": {"config": {"epochs": 2, "optimizer": "sgd", "data_sha1": "ab",
+                               "val_sha1": None},
+                    "epoch": 1, "batch": 0, "step": 7},
+          "extra": 1}
+    v2 = checkpoint.upgrade(v1)
+    assert v2["format_version"] == 2 and v2["upgraded_from"] == 1 and v2["extra"] == 1
+    assert v2["model"] == {"cell": "rnn", "num_layers": 1, "dropout": 0.0, "vocab_size": 5,
+                           "hidden_size": 3, "nonlinearity": "relu", "dtype": "float64"}
+    assert v2["train"] == {"config": {"epochs": 2, "optimizer": "sgd"},
+                           "data": {"text_sha1": "ab", "val_sha1": None},
+                           "state": {"epoch": 1, "batch": 0, "step": 7}}
+    assert v1["model"] == {"vocab_size": 5, "hidden_size": 3, "nonlinearity": "relu",
+                           "dtype": "float64"}                      # input untouched
+    assert checkpoint.upgrade(v2) == v2

@@ -10,6 +10,7 @@ import fastrnn
 from fastrnn import CharLM, Vocab, reference
 from fastrnn import model as model_mod
 from fastrnn.model import TrainingDiverged, TrainingInterrupted
+from fastrnn.train import trainer as trainer_mod
 
 TEXT = ("the time traveller for so it will be convenient to speak of him was expounding a "
         "recondite matter to us his grey eyes shone and twinkled and his usually pale face "
@@ -176,14 +177,14 @@ def test_val_perplexity_matches(sampling):
 
 def _record_calls(monkeypatch):
     calls = []
-    real = model_mod.loss_and_grad
+    real = trainer_mod.loss_and_grad
 
     def spy(params, X, Y, h0=None, **kw):
         out = real(params, X, Y, h0, **kw)
         calls.append((X.copy(), Y.copy(), None if h0 is None else h0.copy(), out[2].copy()))
         return out
 
-    monkeypatch.setattr(model_mod, "loss_and_grad", spy)
+    monkeypatch.setattr(trainer_mod, "loss_and_grad", spy)
     return calls
 
 
@@ -288,7 +289,7 @@ def test_sigint_mid_epoch_saves_and_resumes_exactly(tmp_path, monkeypatch, sampl
     steps_per_epoch = full.history[0]["step"]
     assert steps_per_epoch > 3
 
-    real = model_mod.loss_and_grad
+    real = trainer_mod.loss_and_grad
     count = {"n": 0}
 
     def interrupting(*a, **k):
@@ -297,7 +298,7 @@ def test_sigint_mid_epoch_saves_and_resumes_exactly(tmp_path, monkeypatch, sampl
             os.kill(os.getpid(), signal.SIGINT)
         return real(*a, **k)
 
-    monkeypatch.setattr(model_mod, "loss_and_grad", interrupting)
+    monkeypatch.setattr(trainer_mod, "loss_and_grad", interrupting)
     ck = tmp_path / "ck.npz"
     part = tiny()
     with pytest.raises(TrainingInterrupted) as info:
@@ -305,7 +306,7 @@ def test_sigint_mid_epoch_saves_and_resumes_exactly(tmp_path, monkeypatch, sampl
     assert info.value.checkpoint == ck and info.value.epoch == 2 and info.value.batch == 2
     assert isinstance(info.value, KeyboardInterrupt)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler   # restored
-    monkeypatch.setattr(model_mod, "loss_and_grad", real)
+    monkeypatch.setattr(trainer_mod, "loss_and_grad", real)
     resumed = CharLM.load(ck)
     st = resumed.training_state
     assert (st["epoch"], st["batch"], st["step"]) == (1, 2, steps_per_epoch + 2)
@@ -378,7 +379,7 @@ def test_unwritable_checkpoint_refused_before_training(tmp_path):
 
 
 def test_divergence_on_nan_loss(monkeypatch):
-    real = model_mod.loss_and_grad
+    real = trainer_mod.loss_and_grad
     n = {"k": 0}
 
     def nan_on_third(*a, **k):
@@ -389,7 +390,7 @@ def test_divergence_on_nan_loss(monkeypatch):
     lm = tiny()
     snapshots = []
 
-    monkeypatch.setattr(model_mod, "loss_and_grad", nan_on_third)
+    monkeypatch.setattr(trainer_mod, "loss_and_grad", nan_on_third)
     orig_sgd = model_mod._lm.sgd_update
 
     def spy_sgd(p, g, lr):

@@ -1,0 +1,410 @@
+"""The training loop: truncated BPTT over minibatches of a token stream.
+
+:class:`Trainer` trains a :class:`fastrnn.CharLM` (whose ``fit`` is a thin entry point
+to it). One step::
+
+    X, Y = minibatch                                   # (B, T) ids, from the sampler
+    loss, grads, h = loss_and_grad(params, X, Y, h)    # compiled forward + BPTT
+    loss = dist.reduce_mean(loss, ...)                 # -- data parallel: global loss
+    dist.reduce_gradient(gflat, ...)                   # -- data parallel: one allreduce
+    check(loss)                                        # divergence (self._diverged)
+    clip(gflat)                                        # global norm, then per value
+    optimizer.step(flat, gflat, schedule(step), step + 1)
+    stop = dist.reduce_flags([ctrl_c, _after_step()])  # stop flags, every step
+
+then, at the end of an epoch, validation, the history record, the checkpoint and the
+callbacks. The model keeps the parameters (one flat buffer), the optimizer state and
+the :class:`~fastrnn.train.state.TrainState`; the trainer keeps nothing that a
+checkpoint would need, so ``Trainer(model, config).fit(..., resume=True)`` on a
+loaded model continues exactly.
+
+Extension points (each a method or an object passed in):
+
+- ``dist`` (:mod:`fastrnn.train.dist`): the gradient allreduce, the reduced stop
+  flags, the rows of a batch each rank computes, root-only output.
+- ``schedule`` (:mod:`fastrnn.train.schedules`): this step's learning rate.
+- :meth:`Trainer._optimizer_step` / :mod:`fastrnn.train.optim`: the update rule.
+- :meth:`Trainer._validate`: the validation loss (per epoch today; an evaluation
+  every N steps calls it from :meth:`Trainer._after_step`).
+- :meth:`Trainer._after_step`, :meth:`Trainer._after_epoch`: per-step and per-epoch
+  decisions (evaluate, keep the best parameters, stop early); they return True to stop.
+- :meth:`Trainer._diverged`: what a non-finite or absurd loss does.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .. import checkpoint as _ckpt, datasets as _ds
+from .._core import blas_single_thread, loss_and_grad, resolve_num_threads
+from ..config import TrainConfig, _seed64
+from . import optim as _optim
+from .dist import SingleProcess
+from .progress import EpochBar
+from .schedules import make_schedule
+from .signals import SigintGuard
+from .state import TrainState, data_sha1
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..model import CharLM
+
+__all__ = ["Trainer", "TrainingDiverged", "TrainingInterrupted"]
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite; training stopped.
+
+    The model keeps the last parameters that gave a finite loss. ``history``
+    holds the epochs completed before, ``epoch`` and ``step`` say where it
+    happened.
+    """
+
+    def __init__(self, message: str, *, history: list, epoch: int, step: int):
+        super().__init__(message)
+        self.history, self.epoch, self.step = history, epoch, step
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) stopped :meth:`CharLM.fit` cleanly between two minibatches.
+
+    ``checkpoint`` is the file the training state was saved to (None if
+    ``fit`` had no ``checkpoint``); continue with ``fit(..., resume=True)`` on
+    the same model or ``fit(..., resume=checkpoint)``.
+    """
+
+    def __init__(self, message: str, *, checkpoint: Path | None, history: list,
+                 epoch: int, batch: int):
+        super().__init__(message)
+        self.checkpoint, self.history, self.epoch, self.batch = checkpoint, history, epoch, batch
+
+
+def _finite_or_none(x):
+    return x if x is not None and math.isfinite(x) else None
+
+
+def minibatches(sampling: str, ids: np.ndarray, B: int, T: int, gen: np.random.Generator,
+                windows=None) -> list:
+    """One epoch's minibatches ``[(X, Y), ...]`` in the order ``gen`` draws."""
+    if sampling == "sequential":
+        return _ds.seq_data_iter_sequential(ids, B, T, rng=gen)
+    if sampling == "random":
+        return _ds.seq_data_iter_random(ids, B, T, rng=gen)
+    return _ds.iter_minibatches(windows[0], windows[1], B, shuffle=True, rng=gen)
+
+
+class Trainer:
+    """Runs :class:`~fastrnn.TrainConfig` on a model: truncated BPTT, as :meth:`CharLM.fit`.
+
+    Parameters
+    ----------
+    model : CharLM
+        Trained in place (its parameters, optimizer state, training state, history).
+    config : TrainConfig, optional
+        The options (default ``TrainConfig()``).
+    callbacks : sequence of callables, optional
+        ``callback(model, record)`` after every epoch; returning True stops training.
+    dist : optional
+        The peers of a data-parallel run (:class:`fastrnn.train.dist.SingleProcess`
+        when None): see :mod:`fastrnn.train.dist`.
+
+    Examples
+    --------
+    >>> from fastrnn import CharLM, TrainConfig
+    >>> from fastrnn.train import Trainer
+    >>> text = "hello world, " * 200
+    >>> lm = CharLM(text, hidden_size=16, seed=0)
+    >>> cfg = TrainConfig(epochs=1, batch_size=4, num_steps=8, lr=0.01,
+    ...                   optimizer="adam", progress=False, seed=0)
+    >>> len(Trainer(lm, cfg).fit(text))
+    1
+    """
+
+    def __init__(self, model: "CharLM", config: TrainConfig | None = None, *,
+                 callbacks: Sequence[Callable[[Any, dict], Any]] | None = None,
+                 dist=None) -> None:
+        if config is None:
+            config = TrainConfig()
+        if not isinstance(config, TrainConfig):
+            raise TypeError(f"config must be a fastrnn.TrainConfig, got "
+                            f"{type(config).__name__}")
+        cbs = list(callbacks or [])
+        for i, cb in enumerate(cbs):
+            if not callable(cb):
+                raise TypeError(f"callbacks[{i}] is not callable ({type(cb).__name__})")
+        self.model = model
+        self.config = config
+        self.callbacks = cbs
+        self.dist = SingleProcess() if dist is None else dist
+
+    # -- entry point ------------------------------------------------------------------
+    def fit(self, text, val_text=None, *, resume: bool | str | os.PathLike = False) -> list[dict]:
+        """Train on ``text`` (validating on ``val_text`` after each epoch); see
+        :meth:`fastrnn.CharLM.fit` for the arguments, the history and the exceptions."""
+        model = self.model
+        if not model._fit_lock.acquire(blocking=False):
+            raise RuntimeError("CharLM.fit: this model is already being trained by another "
+                               "thread; train separate models (or copies) in parallel threads")
+        try:
+            return self._fit(text, val_text, resume)
+        finally:
+            model._fit_lock.release()
+
+    # -- setup --------------------------------------------------------------------------
+    def _fit(self, text, val_text, resume) -> list[dict]:
+        _optim._need_lm()
+        model, cfg = self.model, self.config
+        nt = resolve_num_threads(cfg.num_threads)
+        ckpt_path = None if cfg.checkpoint is None else Path(cfg.checkpoint).expanduser()
+        if ckpt_path is not None and self.dist.is_root:
+            _ckpt.check_writable(ckpt_path)             # fail now, not after an epoch
+        self.checkpoint_path = ckpt_path
+        if not isinstance(resume, (bool, str, os.PathLike)):
+            raise TypeError(f"resume must be a bool or a path, got {type(resume).__name__}")
+        if not isinstance(resume, bool):
+            self._load_resume(resume)
+            resume = True
+        train_ids = model._ids(text, "text")
+        val_ids = None if val_text is None else model._ids(val_text, "val_text")
+        B, T, sampling = cfg.batch_size, cfg.num_steps, cfg.sampling
+        need = T + 1 if sampling == "windows" else B * T + T
+        if len(train_ids) < need:
+            raise ValueError(f"text is too short: {len(train_ids)} tokens, but "
+                             f"sampling={sampling!r} with batch_size={B} and num_steps={T} "
+                             f"needs at least {need}")
+        if val_ids is not None and len(val_ids) < (T + 1 if sampling == "windows" else 2):
+            raise ValueError(f"val_text is too short: {len(val_ids)} tokens")
+        # the configuration as run: threads and epsilon resolved (saved in checkpoints)
+        run_cfg = cfg.replace(num_threads=nt, eps=cfg.resolved_eps)
+        st = self._start_state(run_cfg, train_ids, val_ids, resume)
+        model._train = st
+        if st.epoch >= run_cfg.epochs:
+            return list(model.history)
+        self.train_ids, self.val_ids = train_ids, val_ids
+        return self._loop(st)
+
+    def _load_resume(self, path) -> None:
+        """``resume=PATH``: load that checkpoint into the model (same configuration)."""
+        model = self.model
+        other = type(model).load(path)
+        if other.vocab != model.vocab:
+            raise ValueError(f"resume={str(path)!r}: the checkpoint's vocabulary "
+                             f"({len(other.vocab)} tokens) differs from this model's "
+                             f"({len(model.vocab)} tokens)")
+        if other.config != model.config:
+            raise ValueError(f"resume={str(path)!r}: the checkpoint is {other!r}, "
+                             f"this model is {model!r}")
+        with model._param_lock:
+            model._flat[...] = other._flat
+            model._opt, model._train, model.history = other._opt, other._train, other.history
+
+    def _start_state(self, cfg: TrainConfig, train_ids, val_ids, resume) -> TrainState:
+        """A fresh training state, or the model's own one checked against ``cfg``."""
+        model = self.model
+        P = model._flat.size
+        names = _optim.state_names(cfg.optimizer)
+        text_sha1, val_sha1 = data_sha1(train_ids), data_sha1(val_ids)
+        if resume:
+            st = model._train
+            if st is None:
+                raise ValueError("resume=True but this model has no training state "
+                                 "(load a checkpoint written by fit(checkpoint=...))")
+            old = st.config
+            for key in TrainConfig.RESUME_FIXED:
+                if getattr(old, key) != getattr(cfg, key):
+                    raise ValueError(f"cannot resume: {key}={getattr(cfg, key)!r} but the "
+                                     f"checkpoint was trained with {key}={getattr(old, key)!r}")
+            for have, new, what in ((st.text_sha1, text_sha1, "text"),
+                                    (st.val_sha1, val_sha1, "val_text")):
+                if have != new:
+                    raise ValueError(f"cannot resume: {what} differs from the one the "
+                                     "checkpoint was trained on")
+            if old.num_threads != cfg.num_threads:
+                warnings.warn(f"resuming with num_threads={cfg.num_threads}, the checkpoint "
+                              f"used {old.num_threads}: results may differ in the last bits "
+                              "from an uninterrupted run", RuntimeWarning, stacklevel=5)
+            for name in names:
+                if name not in model._opt or model._opt[name].shape != (P,):
+                    raise ValueError(f"cannot resume: the optimizer state {name!r} is missing")
+            st = st.copy()
+            st.config = cfg
+            return st
+        seed = _seed64(cfg.seed)
+        st = TrainState(config=cfg, text_sha1=text_sha1, val_sha1=val_sha1,
+                        epoch_rng=np.random.Generator(np.random.PCG64(seed)).bit_generator.state)
+        model._opt = _optim.REGISTRY[cfg.optimizer].new_state(P, model.dtype)
+        model.history = []
+        return st
+
+    # -- the loop -------------------------------------------------------------------------
+    def _loop(self, st: TrainState) -> list[dict]:
+        model, cfg, dist = self.model, st.config, self.dist
+        lm = _optim._need_lm()
+        P = model._flat.size
+        B, T, E, nt = cfg.batch_size, cfg.num_steps, cfg.epochs, cfg.num_threads
+        sampling = cfg.sampling
+        # ---- buffers, allocated once
+        gflat = np.zeros(P, model.dtype)                  # ALL gradients, contiguous
+        grads = model._views(gflat)                       # named views into gflat
+        self._backup = model._flat.copy()                 # last parameters with finite loss
+        optimizer = _optim.make_optimizer(cfg, model._opt, model._layout())
+        schedule = make_schedule(cfg)
+        gen = np.random.Generator(np.random.PCG64())
+        windows = _ds.windows(self.train_ids, T) if sampling == "windows" else None
+        loss_limit = 10 * math.log(model.vocab_size) + 10  # uniform guessing: log V per char
+        self.state = st
+
+        with blas_single_thread(), SigintGuard() as sigint:
+            while st.epoch < E:
+                gen.bit_generator.state = st.epoch_rng
+                batches = minibatches(sampling, self.train_ids, B, T, gen, windows)
+                h = st.h_carry if (sampling == "sequential" and st.batch > 0) else None
+                if h is not None and dist.size > 1:
+                    r0, r1 = dist.rows(B)
+                    h = h[r0:r1]
+                t_start = time.perf_counter() - st.seconds
+                bar = EpochBar(cfg.progress and dist.is_root, total=len(batches),
+                               initial=st.batch, desc=f"epoch {st.epoch + 1}/{E}")
+                try:
+                    for i in range(st.batch, len(batches)):
+                        X, Y = batches[i]
+                        ntok = X.size                        # the global batch's predictions
+                        if dist.size > 1:                   # this rank's rows
+                            r0, r1 = dist.rows(len(X))
+                            X, Y = X[r0:r1], Y[r0:r1]
+                        loss, _, h_T = loss_and_grad(model.params, X, Y, h,
+                                                     nonlinearity=model.nonlinearity,
+                                                     num_threads=nt, out=grads)
+                        loss = dist.reduce_mean(loss, X.size)
+                        dist.reduce_gradient(gflat, X.size, ntok)
+                        if not math.isfinite(loss):
+                            self._diverged("training loss", loss)
+                        if loss > loss_limit:
+                            self._diverged("training loss", f"{loss:.4g} nats, far worse than "
+                                           f"a uniform guess (log V = "
+                                           f"{math.log(model.vocab_size):.2f})")
+                        if cfg.clip is not None:
+                            norm = lm.clip_global_norm(gflat, cfg.clip)
+                        else:
+                            norm = lm.global_norm(gflat)
+                        if not math.isfinite(norm):
+                            self._diverged("gradient norm", norm)
+                        if cfg.clip_value is not None:
+                            lm.clip_value(gflat, cfg.clip_value)
+                        self._optimizer_step(optimizer, gflat, schedule(st.step), st.step + 1)
+                        st.step += 1
+                        st.batch = i + 1
+                        st.loss_sum += loss * ntok
+                        st.tokens += ntok
+                        h = h_T if sampling == "sequential" else None
+                        st.h_carry = h
+                        bar.step(loss_sum=st.loss_sum, tokens=st.tokens,
+                                 seconds=time.perf_counter() - t_start,
+                                 last=i + 1 == len(batches))
+                        interrupt, stop = dist.reduce_flags(
+                            [sigint.requested, self._after_step(st)])
+                        if interrupt or stop:
+                            st.seconds = time.perf_counter() - t_start
+                            self._save_checkpoint()
+                            if not interrupt:
+                                return list(model.history)
+                            ck = self.checkpoint_path
+                            raise TrainingInterrupted(
+                                f"training interrupted at epoch {st.epoch + 1}, minibatch "
+                                f"{st.batch}" + (f"; checkpoint saved to {ck}" if ck else ""),
+                                checkpoint=ck, history=list(model.history),
+                                epoch=st.epoch + 1, batch=st.batch)
+                    # ---- end of epoch
+                    train_seconds = time.perf_counter() - t_start
+                    train_loss = st.loss_sum / max(st.tokens, 1)
+                    val_loss = self._validate()
+                    seconds = time.perf_counter() - t_start
+                    record = {
+                        "epoch": st.epoch + 1, "step": st.step,
+                        "train_loss": train_loss, "train_ppl": math.exp(min(train_loss, 700)),
+                        "val_loss": _finite_or_none(val_loss),
+                        "val_ppl": _finite_or_none(None if val_loss is None
+                                                   else math.exp(min(val_loss, 700))),
+                        "tokens": st.tokens,
+                        "tokens_per_s": st.tokens / max(train_seconds, 1e-9),
+                        "wall_time": seconds,
+                    }
+                    bar.epoch(record)
+                finally:
+                    bar.close()
+                model.history.append(record)
+                st.epoch, st.batch, st.loss_sum, st.tokens, st.seconds = \
+                    st.epoch + 1, 0, 0.0, 0, 0.0
+                st.h_carry, st.epoch_rng = None, gen.bit_generator.state
+                self._save_checkpoint()
+                interrupt, stop = dist.reduce_flags(
+                    [sigint.requested, self._after_epoch(st, record)])
+                if interrupt:
+                    ck = self.checkpoint_path
+                    raise TrainingInterrupted(
+                        f"training interrupted after epoch {st.epoch}" + (
+                            f"; checkpoint saved to {ck}" if ck else ""),
+                        checkpoint=ck, history=list(model.history), epoch=st.epoch, batch=0)
+                if stop:
+                    break
+        return list(model.history)
+
+    # -- pieces of a step, overridable ----------------------------------------------------
+    def _optimizer_step(self, optimizer, gflat: np.ndarray, lr: float, t: int) -> None:
+        """Update the parameters (readers never see half an update); keep the previous ones."""
+        model = self.model
+        with model._param_lock:
+            np.copyto(self._backup, model._flat)
+            optimizer.step(model._flat, gflat, lr, t)
+            if not np.isfinite(model._flat).all():
+                self._diverged("parameters", "non-finite after the update")
+
+    def _diverged(self, what: str, value) -> None:
+        """Restore the last parameters with a finite loss and raise TrainingDiverged."""
+        model, st = self.model, self.state
+        cfg = st.config
+        with model._param_lock:
+            model._flat[...] = self._backup
+        advice = (f" or stronger gradient clipping (clip={cfg.clip:g})" if cfg.clip is not None
+                  else " or gradient clipping (e.g. clip=1.0)")
+        raise TrainingDiverged(
+            f"training diverged at epoch {st.epoch + 1}, step {st.step + 1}: the "
+            f"{what} became {value}; stopped and kept the last parameters with a finite "
+            f"loss. Try a smaller learning rate (lr={cfg.lr:g}){advice}.",
+            history=list(model.history), epoch=st.epoch + 1, step=st.step + 1)
+
+    def _validate(self) -> float | None:
+        """Mean cross-entropy on the validation text (None without one)."""
+        if self.val_ids is None:
+            return None
+        model, cfg = self.model, self.state.config
+        if cfg.sampling == "windows":
+            s, c = model._windows_ce(self.val_ids, cfg.num_steps, cfg.batch_size,
+                                     cfg.num_threads)
+        else:
+            s, c = model._stream_ce(self.val_ids, 1, cfg.num_threads)
+        return s / c
+
+    def _after_step(self, st: TrainState) -> bool:
+        """Called after every optimizer step (this rank's view); True stops training
+        (after a checkpoint, as an interrupt). Nothing to decide today."""
+        return False
+
+    def _after_epoch(self, st: TrainState, record: dict) -> bool:
+        """Called after every epoch's record and checkpoint: the callbacks (on the root
+        only); True stops training (the trainer reduces it: every rank stops)."""
+        stop = False
+        if self.dist.is_root:
+            for cb in self.callbacks:
+                stop = bool(cb(self.model, dict(record))) or stop
+        return stop
+
+    def _save_checkpoint(self) -> None:
+        if self.checkpoint_path is not None and self.dist.is_root:
+            self.model.save(self.checkpoint_path)
