@@ -11,6 +11,7 @@ functions in plain NumPy.
 """
 from ._version import __version__
 from ._core import (default_num_threads, forward, init_params, loss_and_grad)
+from . import params
 from . import reference
 from . import datasets
 from .vocab import Vocab
@@ -57,5 +58,5 @@ def build_info() -> dict:
 
 
 __all__ = ["__version__", "build_info", "default_num_threads", "forward", "init_params",
-           "loss_and_grad", "reference", "datasets", "Vocab", "CharLM", "ModelConfig",
-           "TrainConfig", "TrainingDiverged", "TrainingInterrupted"]
+           "loss_and_grad", "params", "reference", "datasets", "Vocab", "CharLM",
+           "ModelConfig", "TrainConfig", "TrainingDiverged", "TrainingInterrupted"]
