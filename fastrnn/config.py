@@ -26,10 +26,11 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from .params import CELLS
+
 __all__ = ["ModelConfig", "TrainConfig", "CELLS", "NONLINEARITIES", "DTYPES", "OPTIMIZERS",
            "SAMPLINGS"]
 
-CELLS = {"rnn": 1, "gru": 3, "lstm": 4}          # gate counts (fastrnn.params.CELLS)
 NONLINEARITIES = ("tanh", "relu")
 DTYPES = ("float32", "float64")
 OPTIMIZERS = ("sgd", "adagrad", "adam")

@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from . import _core, checkpoint as _ckpt, datasets as _ds
-from ._core import PARAM_NAMES, blas_single_thread, init_params, resolve_num_threads
+from . import _core, checkpoint as _ckpt, datasets as _ds, params as _params
+from ._core import blas_single_thread, init_params, resolve_num_threads
 from ._version import __version__
 from .config import (OPTIMIZERS, SAMPLINGS, TRAIN_FIELDS, ModelConfig, TrainConfig,
                      _float, _pos_int, _seed64)
@@ -62,18 +62,10 @@ def _need_lm():
     return _lm
 
 
-def _layout(V: int, H: int) -> list[tuple[str, tuple[int, ...], int]]:
-    """(name, shape, offset) of each parameter inside the flat buffer."""
-    shapes = {"W_xh": (V, H), "W_hh": (H, H), "b_h": (H,), "W_hq": (H, V), "b_q": (V,)}
-    out, off = [], 0
-    for k in PARAM_NAMES:
-        out.append((k, shapes[k], off))
-        off += math.prod(shapes[k])
-    return out
-
-
-def _views(flat: np.ndarray, layout) -> dict[str, np.ndarray]:
-    return {k: flat[off: off + math.prod(shape)].reshape(shape) for k, shape, off in layout}
+def _model_layout(config: ModelConfig) -> list[tuple[str, tuple[int, ...], int]]:
+    """The flat-buffer layout of a char-LM: token ids in (D = V), V logits out."""
+    V = config.vocab_size
+    return _params.layout(config.cell, V, config.hidden_size, V, config.num_layers)
 
 
 def _mean_ce(logits: np.ndarray, Y: np.ndarray) -> tuple[float, int]:
@@ -146,8 +138,8 @@ class CharLM:
                           nonlinearity=nonlinearity, dtype=dtype)
         self._setup(vocab, cfg)
         p0 = init_params(cfg.vocab_size, cfg.hidden_size, dtype=cfg.dtype, seed=seed, init=init)
-        for k in PARAM_NAMES:
-            self.params[k][...] = p0[k]
+        for k, v in self.params.items():
+            v[...] = p0[k]
 
     def _setup(self, vocab: Vocab, config: ModelConfig) -> None:
         if config.vocab_size != len(vocab):
@@ -161,10 +153,11 @@ class CharLM:
         self._H, self._V = config.hidden_size, config.vocab_size
         self._nonlinearity = config.nonlinearity
         self._dtype = np.dtype(config.dtype)
-        n = sum(math.prod(shape) for _, shape, _ in self._layout())
+        lay = self._layout()
+        w_hh = next(off for name, _, off in lay if name == "W_hh")
         # ALL parameters, contiguous; W_hh (after W_xh) starts a 64-byte cache line
         # for the one-row products of generation and B = 1 training
-        self._flat = _core.empty_aligned(n, self._dtype, at=self._V * self._H)
+        self._flat = _core.empty_aligned(_params.flat_size(lay), self._dtype, at=w_hh)
         self._flat[...] = 0
         self.params = self._views(self._flat)               # named views into _flat
         self.history: list[dict] = []
@@ -175,12 +168,13 @@ class CharLM:
         self._param_lock = threading.RLock()               # updates vs. readers of _flat
 
     def _layout(self) -> list[tuple[str, tuple[int, ...], int]]:
-        """(name, shape, offset) of each parameter inside the flat buffer."""
-        return _layout(self._V, self._H)
+        """(name, shape, offset) of each parameter inside the flat buffer
+        (:func:`fastrnn.params.layout`)."""
+        return _model_layout(self._config)
 
     def _views(self, flat: np.ndarray) -> dict[str, np.ndarray]:
         """Named views into a flat buffer of this model's layout (parameters, gradients)."""
-        return _views(flat, self._layout())
+        return _params.views(flat, self._layout())
 
     # -- properties -------------------------------------------------------------
     @property
@@ -604,7 +598,7 @@ class CharLM:
         optional = meta.get("optional_arrays", [])
         if not isinstance(optional, list) or not all(isinstance(k, str) for k in optional):
             raise bad("optional_arrays must be a list of names")
-        layout = _layout(V, H)
+        layout = _model_layout(config)
         known = {k for k, _, _ in layout} | _optim.all_state_names() | {"h_carry"}
         extra = sorted(set(arrays) - known - set(optional))
         if extra:
@@ -624,7 +618,7 @@ class CharLM:
         info = meta.get("info", {})
         if not isinstance(info, dict):
             raise bad("info must be an object")
-        P = sum(math.prod(shape) for _, shape, _ in layout)
+        P = _params.flat_size(layout)
         st = meta.get("train")
         if st is not None:
             st = TrainState.from_meta(st, arrays, size=P, hidden_size=H, dtype=dt, bad=bad)
