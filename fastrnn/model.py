@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,38 @@ def _model_layout(config: ModelConfig) -> list[tuple[str, tuple[int, ...], int]]
     return _params.layout(config.cell, V, config.hidden_size, V, config.num_layers)
 
 
+class _GenState:
+    """One generation in progress (its sampler, state and the ids still to feed)."""
+
+    def __init__(self, **kw):
+        self.state = None                 # the stack's state (step loop)
+        self.__dict__.update(kw)
+
+
+def _sample(o: np.ndarray, g: _GenState, u: np.ndarray) -> int:
+    """Draw an id from logits ``o`` (V,) as the compiled sampler does (``_lm._sample``):
+    the first maximum when greedy; else ``softmax(o / T)`` over the logits >= the
+    top_k-th largest, one uniform from the xoshiro256** state ``g.rng``. ``top_p``
+    (nucleus) keeps only the most likely of those up to that probability mass."""
+    best = int(np.argmax(o))
+    if g.greedy:
+        return best
+    V = o.shape[0]
+    thresh = np.partition(o, V - g.top_k)[V - g.top_k] if 0 < g.top_k < V else o.min()
+    keep = np.flatnonzero(o >= thresh)
+    ex = np.exp((o[keep].astype(np.float64) - float(o[best])) * (1.0 / g.temperature))
+    if g.top_p is not None and g.top_p < 1:
+        order = np.argsort(-ex, kind="stable")           # most likely first
+        mass = np.cumsum(ex[order])
+        m = int(np.searchsorted(mass, g.top_p * mass[-1], side="left")) + 1
+        sel = np.sort(order[:min(m, len(order))])        # back to id order
+        keep, ex = keep[sel], ex[sel]
+    acc = np.cumsum(ex)                                  # sequential, as the C loop
+    g.lm.rng_uniform(g.rng, u)
+    i = int(np.searchsorted(acc, u[0] * acc[-1], side="right"))
+    return int(keep[min(i, len(keep) - 1)])             # the last absorbs rounding
+
+
 def _mean_ce(logits: np.ndarray, Y: np.ndarray) -> tuple[float, int]:
     """(summed cross-entropy, count) of logits (..., V) against integer targets (...)."""
     o = logits.reshape(-1, logits.shape[-1]).astype(np.float64)
@@ -81,21 +114,34 @@ def _mean_ce(logits: np.ndarray, Y: np.ndarray) -> tuple[float, int]:
 # the model
 
 class CharLM:
-    """A character-level RNN language model: the d2l chapter's model, compiled.
+    """A character-level recurrent language model: the d2l chapter's models, compiled.
 
     Parameters
     ----------
     vocab : Vocab or str
         The vocabulary; a str builds ``Vocab(text)`` from it.
     hidden_size : int, default 256
-        H, the number of hidden units.
+        H, the number of hidden units of every layer.
+    cell : {"rnn", "gru", "lstm"}, default "rnn"
+        The Elman cell of the chapter, or PyTorch's GRU and LSTM (gates as column
+        blocks of ``W_xh``, ``W_hh``, ``b_h``: see :mod:`fastrnn.params`).
+    num_layers : int, default 1
+        Stacked layers; layer k >= 1 reads the hidden states of layer k - 1.
+    dropout : float in [0, 1), default 0
+        Inverted dropout on the output of every layer but the top one, during
+        :meth:`fit` only (with one layer it does nothing, and warns).
     nonlinearity : {"tanh", "relu"}
+        The Elman cell's (other cells take only "tanh").
     dtype : {"float32", "float64"}
     seed : int, optional
         Seed of the parameter initialisation.
-    init : {"d2l", "uniform"}
+    init : {"d2l", "uniform"}, optional
         Initialisation scheme (see :func:`fastrnn.init_params`); ``"d2l"`` draws
-        weights from Normal(0, 0.01^2) with zero biases, as d2l does.
+        weights from Normal(0, 0.01^2) with zero biases, as d2l does, and is the
+        default for the Elman cell with one layer; ``"uniform"`` (+-1/sqrt(H),
+        PyTorch's) is the default otherwise.
+    forget_bias : float, default 1.0
+        LSTM only: the initial forget-gate bias (0 turns it off).
 
     Attributes
     ----------
@@ -105,8 +151,11 @@ class CharLM:
         command records the corpus and preprocessing there).
     params : dict of ndarray
         Named views into the flat parameter buffer (writing to them changes the
-        model): ``W_xh (V, H)``, ``W_hh (H, H)``, ``b_h (H,)``, ``W_hq (H, V)``,
-        ``b_q (V,)``.
+        model), in the order of :func:`fastrnn.params.layout`: for the Elman cell
+        with one layer ``W_xh (V, H)``, ``W_hh (H, H)``, ``b_h (H,)``, ``W_hq (H, V)``,
+        ``b_q (V,)``; a cell with G gates has ``W_xh (V, G*H)``, ``W_hh (H, G*H)``,
+        ``b_h (G*H,)`` (GRU also ``b_hn (H,)``), layer k >= 1 the same names with
+        the suffix ``_l{k}``.
     history : list of dict
         One record per completed training epoch (see :meth:`fit`).
 
@@ -123,9 +172,10 @@ class CharLM:
     'hello world, hel'
     """
 
-    def __init__(self, vocab: Vocab | str, hidden_size: int = 256, *,
-                 nonlinearity: str = "tanh", dtype: str | np.dtype = "float32",
-                 seed: int | None = None, init: str = "d2l") -> None:
+    def __init__(self, vocab: Vocab | str, hidden_size: int = 256, *, cell: str = "rnn",
+                 num_layers: int = 1, dropout: float = 0.0, nonlinearity: str = "tanh",
+                 dtype: str | np.dtype = "float32", seed: int | None = None,
+                 init: str | None = None, forget_bias: float = 1.0) -> None:
         if isinstance(vocab, str):
             if not vocab:
                 raise ValueError("vocab text is empty")
@@ -134,10 +184,17 @@ class CharLM:
             raise TypeError(f"vocab must be a fastrnn.Vocab or a str, got {type(vocab).__name__}")
         if len(vocab) < 1:
             raise ValueError("vocab is empty")
-        cfg = ModelConfig(vocab_size=len(vocab), hidden_size=hidden_size,
-                          nonlinearity=nonlinearity, dtype=dtype)
+        cfg = ModelConfig(vocab_size=len(vocab), hidden_size=hidden_size, cell=cell,
+                          num_layers=num_layers, dropout=dropout, nonlinearity=nonlinearity,
+                          dtype=dtype)
+        if cfg.dropout > 0 and cfg.num_layers == 1:
+            warnings.warn(f"dropout adds dropout after all but the last recurrent layer, so "
+                          f"non-zero dropout expects num_layers greater than 1, but got "
+                          f"dropout={cfg.dropout} and num_layers=1", UserWarning, stacklevel=2)
         self._setup(vocab, cfg)
-        p0 = init_params(cfg.vocab_size, cfg.hidden_size, dtype=cfg.dtype, seed=seed, init=init)
+        p0 = init_params(cfg.vocab_size, cfg.hidden_size, cell=cfg.cell,
+                         num_layers=cfg.num_layers, dtype=cfg.dtype, seed=seed, init=init,
+                         forget_bias=forget_bias)
         for k, v in self.params.items():
             v[...] = p0[k]
 
@@ -145,9 +202,6 @@ class CharLM:
         if config.vocab_size != len(vocab):
             raise ValueError(f"vocab_size={config.vocab_size} but the vocabulary has "
                              f"{len(vocab)} tokens")
-        if config.cell != "rnn" or config.num_layers != 1:
-            raise ValueError(f"cell={config.cell!r} with num_layers={config.num_layers} is not "
-                             "supported by this fastrnn (Elman networks of one layer only)")
         self.vocab = vocab
         self._config = config
         self._H, self._V = config.hidden_size, config.vocab_size
@@ -176,6 +230,14 @@ class CharLM:
         """Named views into a flat buffer of this model's layout (parameters, gradients)."""
         return _params.views(flat, self._layout())
 
+    def _fn_kw(self) -> dict:
+        """The keywords of fastrnn.forward / loss_and_grad that say which network this is
+        (the number of layers is read from the parameter names)."""
+        kw = {"nonlinearity": self._nonlinearity}
+        if self._config.cell != "rnn":
+            kw["cell"] = self._config.cell
+        return kw
+
     # -- properties -------------------------------------------------------------
     @property
     def config(self) -> ModelConfig:
@@ -191,6 +253,20 @@ class CharLM:
     def vocab_size(self) -> int:
         """V, the number of tokens (input and output width)."""
         return self._V
+
+    @property
+    def cell(self) -> str:
+        """The recurrent cell: "rnn", "gru" or "lstm"."""
+        return self._config.cell
+
+    @property
+    def num_layers(self) -> int:
+        return self._config.num_layers
+
+    @property
+    def dropout(self) -> float:
+        """Dropout probability between layers (training only)."""
+        return self._config.dropout
 
     @property
     def nonlinearity(self) -> str:
@@ -217,7 +293,9 @@ class CharLM:
         return None if self._train is None else self._train.public()
 
     def __repr__(self) -> str:
-        return (f"CharLM(vocab_size={self._V}, hidden_size={self._H}, "
+        c = self._config
+        return (f"CharLM(vocab_size={self._V}, hidden_size={self._H}, cell={c.cell!r}, "
+                f"num_layers={c.num_layers}, dropout={c.dropout:g}, "
                 f"nonlinearity={self._nonlinearity!r}, dtype={self._dtype.name!r}, "
                 f"epochs_trained={len(self.history)})")
 
@@ -280,8 +358,8 @@ class CharLM:
                 h = None
                 for t0 in range(0, X.shape[1], _EVAL_CHUNK):
                     x, y = X[:, t0: t0 + _EVAL_CHUNK], Y[:, t0: t0 + _EVAL_CHUNK]
-                    logits, h = _core.forward(self.params, x, h, nonlinearity=self._nonlinearity,
-                                              num_threads=num_threads)
+                    logits, h = _core.forward(self.params, x, h, num_threads=num_threads,
+                                              **self._fn_kw())
                     s, c = _mean_ce(logits, y)
                     total, count = total + s, count + c
         return total, count
@@ -294,14 +372,19 @@ class CharLM:
         with blas_single_thread(), self._param_lock:
             for i in range(0, len(X), bs):
                 logits, _ = _core.forward(self.params, np.ascontiguousarray(X[i: i + bs]),
-                                          nonlinearity=self._nonlinearity,
-                                          num_threads=num_threads)
+                                          num_threads=num_threads, **self._fn_kw())
                 s, c = _mean_ce(logits, Y[i: i + bs])
                 total, count = total + s, count + c
         return total, count
 
     # -- generation -------------------------------------------------------------------
-    def _gen_setup(self, prefix, length, temperature, top_k, greedy, seed, num_threads):
+    def _compiled_sampler(self, top_p) -> bool:
+        """Whether generation runs the compiled loop (``_lm.generate``: the Elman cell,
+        one layer, no nucleus sampling) or the step loop over :func:`fastrnn.forward`."""
+        c = self._config
+        return c.cell == "rnn" and c.num_layers == 1 and top_p is None
+
+    def _gen_setup(self, prefix, length, temperature, top_k, top_p, greedy, seed, num_threads):
         lm = _need_lm()
         nt = resolve_num_threads(num_threads)
         if not isinstance(prefix, str):
@@ -319,37 +402,68 @@ class CharLM:
             k = 0
         else:
             k = _pos_int("top_k", top_k)
-        feed = self.vocab.encode(prefix)
-        rng = np.zeros(4, np.uint64)
-        lm.rng_seed(np.uint64(_seed64(seed)), rng)
-        h = np.zeros(self._H, self._dtype)
-        work = np.empty(self._H + 2 * self._V, self._dtype)
-        with self._param_lock:
-            p = _core.check_params(self.params)  # finite, contiguous views
-        return lm, p, feed, rng, h, work, temperature, k, greedy, nt
+        if top_p is not None:
+            top_p = _float("top_p", top_p)
+            if not 0 < top_p <= 1:
+                raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        g = _GenState(lm=lm, nt=nt, temperature=temperature, top_k=k, top_p=top_p,
+                      greedy=greedy, feed=self.vocab.encode(prefix))
+        g.rng = np.zeros(4, np.uint64)
+        lm.rng_seed(np.uint64(_seed64(seed)), g.rng)
+        g.compiled = self._compiled_sampler(top_p)
+        if g.compiled:
+            g.h = np.zeros(self._H, self._dtype)
+            g.work = np.empty(self._H + 2 * self._V, self._dtype)
+            with self._param_lock:
+                g.p = _core.check_params(self.params)  # finite, contiguous views
+        return g
 
-    def generate_ids(self, prefix: str, length: int, *, temperature: float = 1.0,
-                     top_k: int | None = None, greedy: bool = False,
-                     seed: int | None = None, num_threads: int | None = None) -> np.ndarray:
-        """Like :meth:`generate` but return the ``length`` new token ids (int32)."""
-        length = _pos_int("length", length, minimum=0)   # None is valid for stream() only
-        lm, p, feed, rng, h, work, temp, k, greedy, nt = self._gen_setup(
-            prefix, length, temperature, top_k, greedy, seed, num_threads)
-        out = np.empty(length, np.int32)
-        if length:
+    def _next_ids(self, g: "_GenState", n: int) -> np.ndarray:
+        """The next ``n`` ids of a generation; the last one is fed at the next call."""
+        out = np.empty(n, np.int32)
+        if not n:
+            return out
+        if g.compiled:
+            p = g.p
             with blas_single_thread(), self._param_lock:
-                lm.generate(p["W_xh"], p["W_hh"], p["b_h"], p["W_hq"], p["b_q"], feed, out,
-                            h, work, rng, temp, k, greedy, self._nonlinearity, nt)
+                g.lm.generate(p["W_xh"], p["W_hh"], p["b_h"], p["W_hq"], p["b_q"], g.feed,
+                              out, g.h, g.work, g.rng, g.temperature, g.top_k, g.greedy,
+                              self._nonlinearity, g.nt)
+        else:
+            # the step loop: one forward call per character over the whole stack (no
+            # compiled sampling loop for gated or stacked models yet), the sampler of
+            # the compiled loop in NumPy (same draws, plus nucleus sampling)
+            kw = self._fn_kw()
+            u = np.empty(1, np.float64)
+            with blas_single_thread(), self._param_lock:
+                for i in range(n):
+                    logits, g.state = _core.forward(self.params, g.feed[None, :], g.state,
+                                                    num_threads=g.nt, **kw)
+                    out[i] = _sample(logits[0, -1], g, u)
+                    g.feed = out[i: i + 1]
+        g.feed = out[-1:].copy()               # the last draw is fed at the next call
         return out
 
+    def generate_ids(self, prefix: str, length: int, *, temperature: float = 1.0,
+                     top_k: int | None = None, top_p: float | None = None,
+                     greedy: bool = False, seed: int | None = None,
+                     num_threads: int | None = None) -> np.ndarray:
+        """Like :meth:`generate` but return the ``length`` new token ids (int32)."""
+        length = _pos_int("length", length, minimum=0)   # None is valid for stream() only
+        g = self._gen_setup(prefix, length, temperature, top_k, top_p, greedy, seed,
+                            num_threads)
+        return self._next_ids(g, length)
+
     def generate(self, prefix: str, length: int, *, temperature: float = 1.0,
-                 top_k: int | None = None, greedy: bool = False,
+                 top_k: int | None = None, top_p: float | None = None, greedy: bool = False,
                  seed: int | None = None, num_threads: int | None = None) -> str:
         """Continue ``prefix`` by ``length`` characters (d2l's ``predict``).
 
         The prefix is fed through the network to warm up the hidden state, then
         each character is drawn from ``softmax(O_t / temperature)`` and fed back.
-        The whole loop runs in compiled code.
+        For the Elman cell with one layer (without ``top_p``) the whole loop runs in
+        compiled code; gated cells, stacked layers and nucleus sampling run one
+        compiled forward step per character with the same sampler.
 
         Parameters
         ----------
@@ -362,9 +476,13 @@ class CharLM:
         top_k : int, optional
             Sample only among the ``top_k`` most likely characters (ties at the
             boundary are all kept).
+        top_p : float in (0, 1], optional
+            Nucleus sampling: sample only among the most likely characters whose
+            probabilities (after ``temperature`` and ``top_k``) add up to at least
+            ``top_p`` (at least one character is kept).
         greedy : bool, default False
             Take the most likely character each step (d2l's ``argmax``);
-            ``temperature``, ``top_k`` and ``seed`` are then irrelevant.
+            ``temperature``, ``top_k``, ``top_p`` and ``seed`` are then irrelevant.
         seed : int, optional
             Seed of the sampler (xoshiro256**); the same seed gives the same text.
             None draws a fresh seed from the OS.
@@ -379,12 +497,13 @@ class CharLM:
             ``prefix`` followed by the generated characters (as d2l's ``predict``).
         """
         ids = self.generate_ids(prefix, length, temperature=temperature, top_k=top_k,
-                                greedy=greedy, seed=seed, num_threads=num_threads)
+                                top_p=top_p, greedy=greedy, seed=seed, num_threads=num_threads)
         return prefix + self.vocab.decode(ids)
 
     def stream(self, prefix: str, length: int | None = None, *, temperature: float = 1.0,
-               top_k: int | None = None, greedy: bool = False, seed: int | None = None,
-               chunk_size: int = 16, num_threads: int | None = None) -> Iterator[str]:
+               top_k: int | None = None, top_p: float | None = None, greedy: bool = False,
+               seed: int | None = None, chunk_size: int = 16,
+               num_threads: int | None = None) -> Iterator[str]:
         """Yield generated characters one at a time (the prefix is not repeated).
 
         Same arguments and same characters as :meth:`generate` with the same
@@ -392,20 +511,16 @@ class CharLM:
         compiled chunks of ``chunk_size``, so the caller can print them as they come.
         """
         cs = _pos_int("chunk_size", chunk_size)
-        setup = self._gen_setup(prefix, length, temperature, top_k, greedy, seed, num_threads)
-        return self._stream(setup, length, cs)    # arguments checked now, not at next()
+        g = self._gen_setup(prefix, length, temperature, top_k, top_p, greedy, seed,
+                            num_threads)
+        return self._stream(g, length, cs)    # arguments checked now, not at next()
 
-    def _stream(self, setup, length, cs) -> Iterator[str]:
-        lm, p, feed, rng, h, work, temp, k, greedy, nt = setup
+    def _stream(self, g, length, cs) -> Iterator[str]:
         tokens = self.vocab.tokens
         done = 0
         while length is None or done < length:
             n = cs if length is None else min(cs, length - done)
-            out = np.empty(n, np.int32)
-            with blas_single_thread(), self._param_lock:
-                lm.generate(p["W_xh"], p["W_hh"], p["b_h"], p["W_hq"], p["b_q"], feed, out,
-                            h, work, rng, temp, k, greedy, self._nonlinearity, nt)
-            feed = out[-1:].copy()             # the last draw is fed at the next chunk
+            out = self._next_ids(g, n)
             done += n
             for i in out.tolist():
                 yield tokens[i]
@@ -538,7 +653,7 @@ class CharLM:
             opt = {k: a.copy() for k, a in self._opt.items()}
             st = self._train
             train_meta = None if st is None else st.to_meta()
-            h_carry = None if st is None else st.h_carry
+            carry = {} if st is None else st.carry_arrays()
         meta: dict[str, Any] = {
             "fastrnn_version": __version__,
             "model": self._config.to_dict(),
@@ -551,8 +666,7 @@ class CharLM:
         if training_state and train_meta is not None:
             meta["train"] = train_meta
             arrays.update(opt)
-            if h_carry is not None:
-                arrays["h_carry"] = h_carry
+            arrays.update(carry)
         return _ckpt.write(path, arrays, meta)
 
     @classmethod
@@ -591,15 +705,13 @@ class CharLM:
         if V != len(vocab):
             raise bad(f"vocabulary mismatch: the vocabulary has {len(vocab)} tokens but the "
                       f"model was built for {V}")
-        if config.cell != "rnn" or config.num_layers != 1:
-            raise bad(f"cell={config.cell!r} with num_layers={config.num_layers} is not "
-                      "supported by this fastrnn")
         dt = np.dtype(config.dtype)
         optional = meta.get("optional_arrays", [])
         if not isinstance(optional, list) or not all(isinstance(k, str) for k in optional):
             raise bad("optional_arrays must be a list of names")
         layout = _model_layout(config)
-        known = {k for k, _, _ in layout} | _optim.all_state_names() | {"h_carry"}
+        known = ({k for k, _, _ in layout} | _optim.all_state_names()
+                 | {"h_carry", "c_carry"})
         extra = sorted(set(arrays) - known - set(optional))
         if extra:
             raise bad(f"unexpected arrays {extra}")
@@ -621,7 +733,8 @@ class CharLM:
         P = _params.flat_size(layout)
         st = meta.get("train")
         if st is not None:
-            st = TrainState.from_meta(st, arrays, size=P, hidden_size=H, dtype=dt, bad=bad)
+            st = TrainState.from_meta(st, arrays, size=P, hidden_size=H, dtype=dt, bad=bad,
+                                      cell=config.cell, num_layers=config.num_layers)
         self = cls.__new__(cls)
         self._setup(vocab, config)
         for k, _, _ in layout:

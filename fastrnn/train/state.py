@@ -5,10 +5,12 @@
 
     {"config": TrainConfig.to_dict() (num_threads and eps resolved),
      "data":   {"text_sha1": ..., "val_sha1": ...},     # the texts it trains on
-     "state":  {"epoch", "batch", "step", "loss_sum", "tokens", "seconds", "epoch_rng"}}
+     "state":  {"epoch", "batch", "step", "loss_sum", "tokens", "seconds", "epoch_rng",
+                "seed"}}
 
-plus the array ``h_carry`` (the hidden state carried between minibatches by
-sequential sampling, mid-epoch only) and the optimizer's state arrays. New
+plus the arrays ``h_carry`` (and ``c_carry`` for LSTM: the state carried between
+minibatches by sequential sampling, mid-epoch only; ``(B, H)`` for one layer,
+``(L, B, H)`` for more) and the optimizer's state arrays. New
 counters (schedule, best validation loss, evaluations without improvement, ...) go
 into ``state`` with a default that means "not used", so that files written before
 them still load (:meth:`TrainState.from_meta` fills missing keys, ignores unknown ones).
@@ -59,8 +61,13 @@ class TrainState:
         The current epoch's summed loss, predicted tokens and training time so far.
     epoch_rng : dict
         PCG64 state at the start of the current epoch (its minibatch order).
-    h_carry : ndarray or None
-        Hidden state carried into the next minibatch (sequential sampling, mid-epoch).
+    seed : int or None
+        The run's seed: each step's dropout masks are drawn from it and the step
+        counter (:func:`fastrnn.train.trainer.step_seed`). None in files written
+        before it existed (their models had no dropout).
+    h_carry : ndarray, tuple of two ndarrays (LSTM) or None
+        State carried into the next minibatch (sequential sampling, mid-epoch), in
+        the form :func:`fastrnn.loss_and_grad` returns it.
     """
 
     config: TrainConfig
@@ -73,12 +80,22 @@ class TrainState:
     loss_sum: float = 0.0
     tokens: int = 0
     seconds: float = 0.0
-    h_carry: np.ndarray | None = field(default=None, repr=False)
+    seed: int | None = None
+    h_carry: Any = field(default=None, repr=False)
 
     def counters(self) -> dict:
         return {"epoch": self.epoch, "batch": self.batch, "step": self.step,
                 "loss_sum": self.loss_sum, "tokens": self.tokens, "seconds": self.seconds,
-                "epoch_rng": self.epoch_rng}
+                "epoch_rng": self.epoch_rng, "seed": self.seed}
+
+    def carry_arrays(self) -> dict:
+        """The carried state as the checkpoint's arrays (``h_carry``, ``c_carry``)."""
+        h = self.h_carry
+        if h is None:
+            return {}
+        if isinstance(h, tuple):
+            return {"h_carry": h[0], "c_carry": h[1]}
+        return {"h_carry": h}
 
     def to_meta(self) -> dict:
         """The JSON part (``h_carry`` is an array, saved beside it)."""
@@ -96,7 +113,7 @@ class TrainState:
 
     @classmethod
     def from_meta(cls, st: Any, arrays: dict, *, size: int, hidden_size: int, dtype,
-                  bad) -> "TrainState":
+                  bad, cell: str = "rnn", num_layers: int = 1) -> "TrainState":
         """Validate a file's training state (JSON and arrays); ``bad(why)`` makes the error."""
         from .optim import state_names
         if not isinstance(st, dict):
@@ -141,17 +158,35 @@ class TrainState:
             if a is None or a.shape != (size,) or a.dtype != dtype or not np.isfinite(a).all():
                 raise bad(f"optimizer state {name!r} is missing or not a finite ({size},) "
                           f"{np.dtype(dtype)} array")
-        h = arrays.get("h_carry")
-        if h is not None:
-            want = (config.batch_size, hidden_size)
-            if h.shape != want or h.dtype != dtype or not np.isfinite(h).all():
-                raise bad(f"carried hidden state has shape {h.shape}, expected {want}")
-            h = np.ascontiguousarray(h)
+        seed = counters.get("seed")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)
+                                 or not 0 <= seed < 2**64):
+            raise bad(f"training state seed must be an integer in [0, 2**64) or null, "
+                      f"got {seed!r}")
+        want = ((config.batch_size, hidden_size) if num_layers == 1
+                else (num_layers, config.batch_size, hidden_size))
+        carry = []
+        for name in ("h_carry", "c_carry"):
+            a = arrays.get(name)
+            if a is not None:
+                if a.shape != want or a.dtype != dtype or not np.isfinite(a).all():
+                    what = "hidden" if name == "h_carry" else "cell"
+                    raise bad(f"carried {what} state {name!r} has shape {a.shape} and dtype "
+                              f"{a.dtype}, expected {want} {np.dtype(dtype)}")
+                a = np.ascontiguousarray(a)
+            carry.append(a)
+        h, c = carry
+        if cell == "lstm" and (h is None) != (c is None):
+            raise bad("an LSTM's carried state needs both h_carry and c_carry")
+        if cell != "lstm" and c is not None:
+            raise bad(f"c_carry is the carried cell state of an LSTM, not of cell={cell!r}")
+        if c is not None:
+            h = (h, c)
         return cls(config=config, text_sha1=data.get("text_sha1"),
                    val_sha1=data.get("val_sha1"), epoch_rng=rng,
                    epoch=counters["epoch"], batch=counters["batch"], step=counters["step"],
                    loss_sum=float(counters["loss_sum"]), tokens=counters["tokens"],
-                   seconds=float(counters["seconds"]), h_carry=h)
+                   seconds=float(counters["seconds"]), seed=seed, h_carry=h)
 
 
 def _copy_json(x):

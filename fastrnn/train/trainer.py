@@ -4,7 +4,8 @@
 to it). One step::
 
     X, Y = minibatch                                   # (B, T) ids, from the sampler
-    loss, grads, h = loss_and_grad(params, X, Y, h)    # compiled forward + BPTT
+    loss, grads, h = loss_and_grad(params, X, Y, h,    # compiled forward + BPTT
+                         cell=..., dropout=p, seed=step_seed(run_seed, step), row_offset=r0)
     loss = dist.reduce_mean(loss, ...)                 # -- data parallel: global loss
     dist.reduce_gradient(gflat, ...)                   # -- data parallel: one allreduce
     check(loss)                                        # divergence (self._diverged)
@@ -87,6 +88,34 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 def _finite_or_none(x):
     return x if x is not None and math.isfinite(x) else None
+
+
+_GOLD = 0x9E3779B97F4A7C15
+_M64 = (1 << 64) - 1
+
+
+def _mix64(z: int) -> int:
+    """splitmix64's finaliser on a Python int (mod 2**64)."""
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9 & _M64
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EB & _M64
+    return z ^ (z >> 31)
+
+
+def step_seed(run_seed: int, step: int) -> int:
+    """The dropout seed of optimizer step ``step`` (0-based) of a run seeded ``run_seed``:
+    a pure function of both, so a resumed run draws the masks an uninterrupted one
+    does, on any number of processes."""
+    return _mix64((run_seed + _GOLD * (step + 1)) & _M64)
+
+
+def state_rows(state, r0: int, r1: int):
+    """Rows ``r0:r1`` of a recurrent state in any of its forms ((B, H), (L, B, H), or
+    an LSTM's pair of either)."""
+    if state is None:
+        return None
+    if isinstance(state, tuple):
+        return tuple(state_rows(s, r0, r1) for s in state)
+    return state[r0:r1] if state.ndim == 2 else state[:, r0:r1]
 
 
 def minibatches(sampling: str, ids: np.ndarray, B: int, T: int, gen: np.random.Generator,
@@ -237,7 +266,8 @@ class Trainer:
             return st
         seed = _seed64(cfg.seed)
         st = TrainState(config=cfg, text_sha1=text_sha1, val_sha1=val_sha1,
-                        epoch_rng=np.random.Generator(np.random.PCG64(seed)).bit_generator.state)
+                        epoch_rng=np.random.Generator(np.random.PCG64(seed)).bit_generator.state,
+                        seed=seed)
         model._opt = _optim.REGISTRY[cfg.optimizer].new_state(P, model.dtype)
         model.history = []
         return st
@@ -259,6 +289,13 @@ class Trainer:
         windows = _ds.windows(self.train_ids, T) if sampling == "windows" else None
         loss_limit = 10 * math.log(model.vocab_size) + 10  # uniform guessing: log V per char
         self.state = st
+        kw = model._fn_kw()                               # cell, nonlinearity
+        mc = model.config
+        dropout = mc.dropout if mc.num_layers > 1 else 0.0
+        if dropout:
+            kw["dropout"] = dropout
+            if st.seed is None:                           # a state from before seeds
+                st.seed = _seed64(None)
 
         with blas_single_thread(), SigintGuard() as sigint:
             while st.epoch < E:
@@ -267,7 +304,7 @@ class Trainer:
                 h = st.h_carry if (sampling == "sequential" and st.batch > 0) else None
                 if h is not None and dist.size > 1:
                     r0, r1 = dist.rows(B)
-                    h = h[r0:r1]
+                    h = state_rows(h, r0, r1)
                 t_start = time.perf_counter() - st.seconds
                 bar = EpochBar(cfg.progress and dist.is_root, total=len(batches),
                                initial=st.batch, desc=f"epoch {st.epoch + 1}/{E}")
@@ -275,12 +312,15 @@ class Trainer:
                     for i in range(st.batch, len(batches)):
                         X, Y = batches[i]
                         ntok = X.size                        # the global batch's predictions
+                        r0 = 0
                         if dist.size > 1:                   # this rank's rows
                             r0, r1 = dist.rows(len(X))
                             X, Y = X[r0:r1], Y[r0:r1]
-                        loss, _, h_T = loss_and_grad(model.params, X, Y, h,
-                                                     nonlinearity=model.nonlinearity,
-                                                     num_threads=nt, out=grads)
+                        if dropout:                         # masks: (run seed, step, rows)
+                            kw["seed"] = step_seed(st.seed, st.step)
+                            kw["row_offset"] = r0
+                        loss, _, h_T = loss_and_grad(model.params, X, Y, h, num_threads=nt,
+                                                     out=grads, **kw)
                         loss = dist.reduce_mean(loss, X.size)
                         dist.reduce_gradient(gflat, X.size, ntok)
                         if not math.isfinite(loss):
