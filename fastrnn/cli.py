@@ -111,6 +111,16 @@ def _fraction(s: str) -> float:
     return v
 
 
+def _probability(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {s!r}") from None
+    if not 0 < v <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {s!r}")
+    return v
+
+
 # ---------------------------------------------------------------------------
 # parser
 
@@ -148,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
                "examples:\n"
                "  fastrnn train\n"
                "  fastrnn train --corpus time-machine --hidden 512 --optimizer sgd --lr 1\n"
+               "  fastrnn train --cell lstm --layers 2 --dropout 0.2 --hidden 256\n"
                "  fastrnn train --corpus my.txt --epochs 30 --plot curve.png\n"
                "  fastrnn train --resume model.npz --epochs 20")
     g = t.add_argument_group("data")
@@ -159,10 +170,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"the last F of the corpus is held out for validation "
                         f"(default: {d['val_fraction']}; 0 disables validation)")
     g = t.add_argument_group("model")
+    g.add_argument("--cell", choices=("rnn", "gru", "lstm"), default=None,
+                   help="recurrent cell: the d2l chapter's Elman RNN, or PyTorch's GRU and "
+                        "LSTM (default: rnn)")
+    g.add_argument("--layers", type=_positive_int, default=None, metavar="N",
+                   help="stacked recurrent layers (default: 1)")
+    g.add_argument("--dropout", type=_fraction, default=None, metavar="P",
+                   help="dropout between stacked layers during training, in [0, 1) "
+                        "(default: 0; needs --layers 2 or more)")
     g.add_argument("--hidden", type=_positive_int, default=None, metavar="N",
-                   help=f"hidden units H (default: {d['hidden']})")
+                   help=f"hidden units H of every layer (default: {d['hidden']})")
     g.add_argument("--nonlinearity", choices=("tanh", "relu"), default="tanh",
-                   help="hidden-state nonlinearity (default: tanh)")
+                   help="the Elman cell's nonlinearity (default: tanh)")
     g.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                    help="parameter precision (default: float32)")
     g.add_argument("--init", choices=("uniform", "d2l"), default=d["init"],
@@ -237,6 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="sampling temperature: lower is more conservative (default: 0.8)")
     gp.add_argument("--top-k", type=_positive_int, default=None, metavar="K",
                     help="sample only among the K most likely characters")
+    gp.add_argument("--top-p", type=_probability, default=None, metavar="P",
+                    help="nucleus sampling: only among the most likely characters whose "
+                         "probabilities add up to P, in (0, 1]")
     gp.add_argument("--greedy", action="store_true",
                     help="always take the most likely character (d2l's predict)")
     gp.add_argument("--seed", type=_nonneg_int, default=None, metavar="N",
@@ -340,6 +362,15 @@ def _write_plot(path: str, history: list[dict], title: str) -> None:
     plt.close(fig)
 
 
+def _describe(lm) -> str:
+    """"H=256" for the chapter's model; "lstm, 2 layers of H=256, dropout 0.2" otherwise."""
+    if lm.cell == "rnn" and lm.num_layers == 1:
+        return f"H={lm.hidden_size}"
+    layers = f"{lm.num_layers} layers of " if lm.num_layers > 1 else ""
+    drop = f", dropout {lm.dropout:g}" if lm.dropout else ""
+    return f"{lm.cell}, {layers}H={lm.hidden_size}{drop}"
+
+
 def _indent(sample: str) -> str:
     return "\n".join("  > " + line for line in sample.rstrip("\n").split("\n"))
 
@@ -349,6 +380,7 @@ def _indent(sample: str) -> str:
 
 def _cmd_train(args) -> int:
     from . import datasets
+    from .config import TrainConfig
     from .model import CharLM, TrainingDiverged, TrainingInterrupted
     from .vocab import Vocab
 
@@ -365,11 +397,13 @@ def _cmd_train(args) -> int:
                            "saved without it)")
         info = dict(lm.info)
         cfg = lm.training_state["config"]
-        fixed = {"--hidden": (args.hidden, lm.hidden_size)}
+        fixed = {"--hidden": (args.hidden, lm.hidden_size), "--cell": (args.cell, lm.cell),
+                 "--layers": (args.layers, lm.num_layers),
+                 "--dropout": (args.dropout, lm.dropout)}
         for flag, (given, have) in fixed.items():
             if given is not None and given != have:
                 raise CLIError(f"{flag} {given} differs from the checkpoint's {have}; "
-                               "a resumed run keeps the model's size")
+                               "a resumed run keeps the model's configuration")
     corpus = args.corpus or info.get("corpus") or "builtin"
     if args.resume and info.get("corpus") and corpus != info["corpus"]:
         raise CLIError(f"--corpus {corpus!r} differs from the checkpoint's corpus "
@@ -395,8 +429,17 @@ def _cmd_train(args) -> int:
     if not out.parent.is_dir():
         raise CLIError(f"--out {str(out)!r}: directory {str(out.parent)!r} does not exist")
     if lm is None:
-        lm = CharLM(Vocab(text), args.hidden or d["hidden"], nonlinearity=args.nonlinearity,
-                    dtype=args.dtype, seed=seed, init=args.init)
+        cell = args.cell or "rnn"
+        if cell != "rnn" and args.nonlinearity != "tanh":
+            raise CLIError(f"--nonlinearity {args.nonlinearity} applies to --cell rnn only")
+        layers = args.layers or 1
+        dropout = args.dropout or 0.0
+        if dropout and layers == 1:
+            raise CLIError(f"--dropout {dropout:g} applies between stacked layers; it needs "
+                           "--layers 2 or more")
+        lm = CharLM(Vocab(text), args.hidden or d["hidden"], cell=cell, num_layers=layers,
+                    dropout=dropout, nonlinearity=args.nonlinearity, dtype=args.dtype,
+                    seed=seed, init=args.init)
     prefix = args.prefix or info.get("prefix") or _default_prefix(corpus, text)
     lm.info = {"corpus": corpus, "preprocess": mode, "val_fraction": vf, "seed": seed,
                "prefix": prefix, "out": str(out)}
@@ -410,7 +453,7 @@ def _cmd_train(args) -> int:
     print(f"fastrnn train: {corpus} corpus ({len(ids):,} characters, {mode} preprocessing, "
           f"{len(lm.vocab)} distinct), {len(train_ids):,} for training"
           + (f", {len(val_ids):,} for validation" if val_ids is not None else "")
-          + f"; H={lm.hidden_size}, {lm.num_parameters:,} parameters; {optimizer} "
+          + f"; {_describe(lm)}, {lm.num_parameters:,} parameters; {optimizer} "
             f"lr={lr:g}, batch {batch} x {steps} steps, {sampling} sampling"
           + (f"; resuming after epoch {lm.training_state['epoch']}" if args.resume else ""),
           flush=True)
@@ -426,12 +469,14 @@ def _cmd_train(args) -> int:
                                seed=seed + rec["epoch"])
             print(_indent(s), flush=True)
 
+    config = TrainConfig(epochs=epochs, batch_size=batch, num_steps=steps, lr=lr,
+                         optimizer=optimizer, clip=clip, clip_value=clip_value,
+                         sampling=sampling, num_threads=args.threads, progress=progress,
+                         checkpoint=ckpt, seed=seed)
     status = 0
     try:
-        lm.fit(train_ids, val_text=val_ids, epochs=epochs, batch_size=batch, num_steps=steps,
-               lr=lr, optimizer=optimizer, clip=clip, clip_value=clip_value,
-               sampling=sampling, num_threads=args.threads, progress=progress,
-               checkpoint=ckpt, resume=bool(args.resume), callbacks=[on_epoch], seed=seed)
+        lm.fit(train_ids, val_text=val_ids, config=config, resume=bool(args.resume),
+               callbacks=[on_epoch])
     except TrainingInterrupted as exc:
         where = (f"after epoch {exc.epoch}" if exc.batch == 0
                  else f"at epoch {exc.epoch}, minibatch {exc.batch}")
@@ -451,7 +496,7 @@ def _cmd_train(args) -> int:
             print(f"done: {len(h)} epochs, train ppl {last['train_ppl']:.3f}{val}; "
                   f"{wall:.1f} s; model saved to {out}", flush=True)
     if args.plot and lm.history:
-        _write_plot(args.plot, lm.history, f"{corpus}: H={lm.hidden_size}, {optimizer}")
+        _write_plot(args.plot, lm.history, f"{corpus}: {_describe(lm)}, {optimizer}")
         print(f"perplexity curve written to {args.plot}", flush=True)
     return status
 
@@ -468,8 +513,9 @@ def _cmd_generate(args) -> int:
     out.write(prefix)
     out.flush()
     for i, ch in enumerate(lm.stream(prefix, args.length, temperature=args.temperature,
-                                     top_k=args.top_k, greedy=args.greedy, seed=args.seed,
-                                     chunk_size=64, num_threads=args.threads)):
+                                     top_k=args.top_k, top_p=args.top_p, greedy=args.greedy,
+                                     seed=args.seed, chunk_size=64,
+                                     num_threads=args.threads)):
         out.write(ch)
         if ch == "\n" or i % 16 == 15:
             out.flush()
@@ -502,7 +548,8 @@ def _cmd_eval(args) -> int:
     what = f"the last {vf:g} of " if vf else ""
     print(f"perplexity {ppl:.4f} (cross-entropy {math.log(ppl):.4f} nats/char) on {what}"
           f"{corpus} ({len(part):,} characters, {mode} preprocessing) in {dt:.1f} s"
-          + (f"; {n_unk:,} characters outside the model's vocabulary" if n_unk else ""))
+          + (f"; {n_unk:,} characters outside the model's vocabulary" if n_unk else "")
+          + f" [model: {_describe(lm)}]")
     return 0
 
 
