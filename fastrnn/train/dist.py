@@ -55,8 +55,10 @@ class SingleProcess:
         """Logical OR of each flag over the ranks, in one reduction (every rank gets it)."""
         return [bool(f) for f in flags]
 
-    def gather_rows(self, local: np.ndarray | None, batch_size: int) -> np.ndarray | None:
-        """The full ``(batch_size, ...)`` array from each rank's rows (on the root)."""
+    def gather_rows(self, local, batch_size: int):
+        """The recurrent state of the whole batch from each rank's rows, on the root
+        (any state form: ``(B, H)``, ``(L, B, H)`` or an LSTM's pair; rows are axis 0 of
+        a 2-D array, axis 1 of a 3-D one; see ``trainer.state_rows``)."""
         return local
 
     def barrier(self) -> None:

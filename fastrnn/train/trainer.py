@@ -446,5 +446,17 @@ class Trainer:
         return stop
 
     def _save_checkpoint(self) -> None:
-        if self.checkpoint_path is not None and self.dist.is_root:
-            self.model.save(self.checkpoint_path)
+        """Save the model and the training state (called on every rank: with several,
+        the carried state of the whole batch is gathered first; the root writes)."""
+        if self.checkpoint_path is None:
+            return
+        st, dist = self.state, self.dist
+        local = st.h_carry
+        full = (dist.gather_rows(local, st.config.batch_size) if dist.size > 1 and
+                local is not None else local)
+        if dist.is_root:
+            st.h_carry = full                  # the file holds the state of every row
+            try:
+                self.model.save(self.checkpoint_path)
+            finally:
+                st.h_carry = local
