@@ -160,6 +160,28 @@ def flat_size(lay) -> int:
     return offset + math.prod(shape)
 
 
+def _num_layers(params, cell) -> int:
+    """L read from the names (W_xh_l{k}); rejects names that do not fit ``cell``."""
+    _check_cell(cell)
+    if not isinstance(params, Mapping):
+        raise TypeError(f"params must be a mapping of named arrays, got {type(params).__name__}")
+    layers = {0}
+    for key in params:
+        m = _LAYER_NAME.match(key) if isinstance(key, str) else None
+        if m is None:
+            continue
+        if m.group(1) == "b_hn" and cell != "gru":
+            raise ValueError(f"params has {key!r}, which only cell='gru' uses; "
+                             f"got cell={cell!r}")
+        if m.group(2) is not None:
+            k = int(m.group(2))
+            if k == 0 or m.group(2) != str(k):
+                raise ValueError(f"params has {key!r}: layer 0 has no suffix, layer k >= 1 "
+                                 "is spelled _l{k}")
+            layers.add(k)
+    return max(layers) + 1
+
+
 def infer_config(params: Mapping, cell: str = "rnn") -> tuple[int, int, int, int]:
     """Read ``(D, H, V, num_layers)`` from named parameters and check their shapes.
 
@@ -198,24 +220,7 @@ def infer_config(params: Mapping, cell: str = "rnn") -> tuple[int, int, int, int
     ...
     ValueError: params is missing 'b_hn' (cell='gru', num_layers=1)
     """
-    cell = _check_cell(cell)
-    if not isinstance(params, Mapping):
-        raise TypeError(f"params must be a mapping of named arrays, got {type(params).__name__}")
-    layers = {0}
-    for key in params:
-        m = _LAYER_NAME.match(key) if isinstance(key, str) else None
-        if m is None:
-            continue
-        if m.group(1) == "b_hn" and cell != "gru":
-            raise ValueError(f"params has {key!r}, which only cell='gru' uses; "
-                             f"got cell={cell!r}")
-        if m.group(2) is not None:
-            k = int(m.group(2))
-            if k == 0 or m.group(2) != str(k):
-                raise ValueError(f"params has {key!r}: layer 0 has no suffix, layer k >= 1 "
-                                 "is spelled _l{k}")
-            layers.add(k)
-    L = max(layers) + 1
+    L = _num_layers(params, cell)
     missing = [n for n in param_names(cell, L) if n not in params]
     if missing:
         raise ValueError(f"params is missing {', '.join(map(repr, missing))} "
@@ -242,7 +247,8 @@ def infer_config(params: Mapping, cell: str = "rnn") -> tuple[int, int, int, int
         if got != expected:
             raise ValueError(f"params[{name!r}] has shape {got}, expected {expected} for "
                              f"cell={cell!r} (G={CELLS[cell]}) with D={D}, H={H}, V={V}, "
-                             f"num_layers={L}")
+                             f"num_layers={L} (D, H, V read from W_xh.shape[0], "
+                             "W_hh.shape[0], W_hq.shape[1])")
     return D, H, V, L
 
 
