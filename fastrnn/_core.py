@@ -247,7 +247,9 @@ def check_params(params, *, cell: str = "rnn", check_finite: bool = True) -> dic
         raise TypeError(f"params must be a mapping of arrays with keys {PARAM_NAMES}, "
                         f"got {type(params).__name__}")
     names = _params.param_names(cell, _params._num_layers(params, cell))
-    dtype = _dtype_of(params, names)
+    if any(k not in params for k in names):
+        _params.infer_config(params, cell)       # the missing names, or a shape that says
+    dtype = _dtype_of(params, names)             # these are another cell's parameters
     _params.infer_config(params, cell)           # names and shapes fit the cell
     p = {k: _c_aligned(params[k]) for k in names}
     if check_finite:

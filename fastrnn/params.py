@@ -223,8 +223,21 @@ def infer_config(params: Mapping, cell: str = "rnn") -> tuple[int, int, int, int
     L = _num_layers(params, cell)
     missing = [n for n in param_names(cell, L) if n not in params]
     if missing:
+        # parameters of another cell (LSTM's given as GRU's lack b_hn): the shapes say so
+        present = {n: params[n] for n in param_names(cell, L) if n in params}
+        if all(n in present for n in ("W_xh", "W_hh", "W_hq")):
+            try:
+                _check_shapes(present, cell, L)
+            except ValueError as exc:
+                if "has shape" in str(exc):
+                    raise
         raise ValueError(f"params is missing {', '.join(map(repr, missing))} "
                          f"(cell={cell!r}, num_layers={L})")
+    return _check_shapes(params, cell, L)
+
+
+def _check_shapes(params, cell, L):
+    """(D, H, V, L) after checking the shapes of the names of ``cell`` in params."""
 
     def shape_of(name):
         try:
@@ -233,7 +246,8 @@ def infer_config(params: Mapping, cell: str = "rnn") -> tuple[int, int, int, int
             raise TypeError(f"params[{name!r}] has no shape: {exc}") from None
 
     ndims = {"W": 2, "b": 1}
-    for name in param_names(cell, L):
+    names = [n for n in param_names(cell, L) if n in params]
+    for name in names:
         if len(shape_of(name)) != ndims[name[0]]:
             raise ValueError(f"params[{name!r}] must be {ndims[name[0]]}-D, "
                              f"got shape {shape_of(name)}")
@@ -243,6 +257,8 @@ def infer_config(params: Mapping, cell: str = "rnn") -> tuple[int, int, int, int
         if n < 1:
             raise ValueError(f"{what} must be >= 1, got {n}")
     for name, expected in _shapes(cell, D, H, V, L).items():
+        if name not in params:
+            continue
         got = shape_of(name)
         if got != expected:
             raise ValueError(f"params[{name!r}] has shape {got}, expected {expected} for "
