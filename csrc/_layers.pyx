@@ -492,3 +492,245 @@ cdef int _backward_run(int cell, int nonlin, floating* dHs, const floating* Hs,
     finally:
         free(buf)
     return 0
+
+
+# ---------------------------------------------------------------------------
+# generation over a stack of layers
+
+from _sampling cimport _xoshiro_next, _draw, _partial_logits
+from _steps cimport fastrnn_split_point
+
+
+cdef void _gen_layer_step(
+        int cell, int nonlin,
+        const floating* W_xh,      # IN  (D, G*H) layer 0 (row gather), (H, G*H) above
+        const floating* W_hh,      # IN  (H, G*H)
+        const floating* b_h,       # IN  (G*H,)
+        const floating* b_hn,      # IN  (H,) GRU, else NULL
+        int32_t x_id,              # IN  the token (layer 0), when x is NULL
+        const floating* x,         # IN  (H,) the layer below's new state, or NULL
+        floating* h,               # IN/OUT (H,) this layer's state
+        floating* c,               # IN/OUT (H,) LSTM cell state, else NULL
+        floating* a,               # WORK (G*H,)
+        floating* hn,              # WORK (H,)
+        floating* hnew,            # WORK (H,)
+        floating* wk,              # WORK (4H,)
+        Py_ssize_t H) noexcept nogil:
+    """One step of one layer for one sequence: W_hh is read once (GRU: its r, z
+    columns into A, its n columns into hn). For the Elman cell this is _lm's
+    _step_part operation for operation (same sums, same tanh)."""
+    cdef Py_ssize_t j, GH = fastrnn_cell_gates(cell) * H
+    cdef const floating* w
+    if x == NULL:
+        w = W_xh + <Py_ssize_t>x_id * GH
+        for j in range(GH):
+            a[j] = w[j] + b_h[j]
+    else:
+        memcpy(a, b_h, GH * sizeof(floating))
+        _vecmat(x, W_xh, GH, a, H, GH, 1)
+    if cell == FASTRNN_CELL_GRU:
+        _vecmat(h, W_hh, GH, a, H, 2 * H, 1)
+        memcpy(hn, b_hn, H * sizeof(floating))
+        _vecmat(h, W_hh + 2 * H, GH, hn, H, H, 1)
+    else:
+        _vecmat(h, W_hh, GH, a, H, GH, 1)
+    _cell_fwd(cell, nonlin, H, a, hn, h, c, hnew, c, NULL, wk)
+    memcpy(h, hnew, H * sizeof(floating))
+
+
+cdef void _gen_run(
+        int cell, int nonlin, Py_ssize_t nL,
+        const uintptr_t* lp,       # IN  (nL, 4) addresses of W_xh, W_hh, b_h, b_hn per layer
+        const floating* Wq,        # IN  (H, Vp) W_hq zero-padded to Vp columns
+        const floating* bq,        # IN  (Vp,)
+        const int32_t* feed, Py_ssize_t P,
+        int32_t* out, Py_ssize_t n,
+        floating* hs,              # IN/OUT (nL, H)
+        floating* cs,              # IN/OUT (nL, H) LSTM, else NULL
+        floating* logits,          # OUT (n, V) or NULL
+        floating* fw,              # WORK floats (see generate_stack)
+        double* ex, double* srt,   # WORK (V,) each
+        uint64_t* rng,
+        Py_ssize_t H, Py_ssize_t V, Py_ssize_t Vp, Py_ssize_t Lp,
+        double inv_temp, Py_ssize_t top_k, double top_p, bint greedy) noexcept nogil:
+    cdef Py_ssize_t i, k, s, GH = fastrnn_cell_gates(cell) * H
+    cdef Py_ssize_t cut = fastrnn_split_point(H)
+    cdef int32_t x
+    cdef floating* a = fw
+    cdef floating* hn = a + GH
+    cdef floating* hnew = hn + H
+    cdef floating* wk = hnew + H
+    cdef floating* op = wk + 4 * H
+    cdef floating* sel = op + Vp
+    cdef floating* lpart = sel + V          # (2, Lp) the two shares of the logits
+    cdef fastrnn_fpmode_t mode = fastrnn_ftz_on()
+    for s in range(P + n):
+        # step s feeds feed[s], or (s >= P) the draw s - P after making it
+        if s < P:
+            x = feed[s]
+        else:
+            i = s - P
+            _partial_logits(hs + (nL - 1) * H, Wq, lpart, 0, cut, Vp)
+            _partial_logits(hs + (nL - 1) * H, Wq, lpart + Lp, cut, H, Vp)
+            out[i] = _draw(lpart, lpart + Lp, bq, op, sel, ex, srt, V, Vp, inv_temp, top_k,
+                           top_p, greedy, rng)
+            if logits != NULL:
+                memcpy(logits + i * V, op, V * sizeof(floating))
+            if i == n - 1:
+                break                       # the last draw is not fed
+            x = out[i]
+        for k in range(nL):
+            _gen_layer_step(cell, nonlin, <const floating*>lp[4 * k],
+                            <const floating*>lp[4 * k + 1], <const floating*>lp[4 * k + 2],
+                            <const floating*>lp[4 * k + 3], x,
+                            (hs + (k - 1) * H) if k > 0 else NULL, hs + k * H,
+                            (cs + k * H) if cs != NULL else NULL, a, hn, hnew, wk, H)
+    fastrnn_fp_restore(mode)
+
+
+def generate_stack(int cell, int nonlin, layers, W_hq, b_q, feed, out, h, c, rng,
+                   double temperature, Py_ssize_t top_k, double top_p, bint greedy,
+                   int num_threads=1, logits=None):
+    """Feed ``feed`` through a stack of layers, then generate ``len(out)`` ids.
+
+    Parameters (L layers, H units, G gates, V classes; arrays C-contiguous, one
+    float dtype)::
+
+        cell, nonlin  as layer_forward
+        layers   sequence of L tuples (W_xh, W_hh, b_h, b_hn): layer 0's W_xh (D, G*H)
+                 is gathered by token id (D >= V), layer k >= 1's is (H, G*H);
+                 W_hh (H, G*H), b_h (G*H,), b_hn (H,) for GRU, else None
+        W_hq (H, V), b_q (V,)  IN  the head on the top layer
+        feed     (P >= 1,) int32  IN   ids fed before the first draw, in [0, D)
+        out      (n,) int32       OUT  the generated ids
+        h        (L, H)           IN/OUT  the state of every layer
+        c        (L, H)           IN/OUT  LSTM cell states, else None
+        rng      (4,) uint64      IN/OUT  xoshiro256** state (fastrnn._lm.rng_seed)
+        temperature  > 0 (ignored when greedy)
+        top_k    0 = all ids, else the top_k largest logits (ties kept)
+        top_p    in (0, 1]: nucleus sampling after top_k; 1 = off
+        greedy   argmax instead of a draw
+        num_threads  accepted for the model's signature; generation runs on the
+                 calling thread (the ids never depend on it)
+        logits   (n, V) OUT or None: the logits each draw was made from
+
+    Each generated id is fed back before the next draw, except the last, so a
+    continuation is ``generate_stack(..., feed=out[-1:], h=h, c=c, rng=rng)``
+    and pieces give the same ids as one call. With cell=CELL_RNN and one layer the
+    ids, the state and the sampler's state are those of fastrnn._lm.generate.
+    """
+    _check_cell(cell, nonlin)
+    if num_threads < 1:
+        raise ValueError(f"num_threads must be >= 1, got {num_threads}")
+    if not greedy and not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if not (0.0 < top_p <= 1.0):
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if top_k < 0:
+        raise ValueError(f"top_k must be >= 0, got {top_k}")
+    if not isinstance(W_hq, np.ndarray) or W_hq.ndim != 2:
+        raise ValueError("W_hq must be a (H, V) numpy.ndarray")
+    if W_hq.dtype != np.float32 and W_hq.dtype != np.float64:
+        raise ValueError(f"W_hq must be float32 or float64, got {W_hq.dtype}")
+    dt = W_hq.dtype
+    cdef Py_ssize_t H = W_hq.shape[0], V = W_hq.shape[1], G = fastrnn_cell_gates(cell)
+    cdef Py_ssize_t nL, k, D, P, n
+    layers = list(layers)
+    nL = len(layers)
+    if nL < 1:
+        raise ValueError("layers must hold at least one layer")
+    if H < 1 or V < 1:
+        raise ValueError(f"W_hq must have H >= 1 and V >= 1, got shape {W_hq.shape}")
+    seen = []
+    _arr("W_hq", W_hq, dt, (H, V), False, seen)
+    _arr("b_q", b_q, dt, (V,), False, seen)
+    addrs = np.zeros((nL, 4), np.uintp)
+    gru = cell == FASTRNN_CELL_GRU
+    for k in range(nL):
+        lay = layers[k]
+        if not isinstance(lay, (tuple, list)) or len(lay) != 4:
+            raise ValueError(f"layers[{k}] must be a tuple (W_xh, W_hh, b_h, b_hn)")
+        W_xh = lay[0]
+        if k == 0:
+            if not isinstance(W_xh, np.ndarray) or W_xh.ndim != 2:
+                raise ValueError("layers[0]: W_xh must be a (D, G*H) numpy.ndarray")
+            D = W_xh.shape[0]
+            if D < V:
+                raise ValueError(f"layers[0]: W_xh has {D} rows, fewer than V = {V} "
+                                 "(generated ids are fed back as its rows)")
+        _arr(f"layers[{k}] W_xh", W_xh, dt, (D if k == 0 else H, G * H), False, seen)
+        _arr(f"layers[{k}] W_hh", lay[1], dt, (H, G * H), False, seen)
+        _arr(f"layers[{k}] b_h", lay[2], dt, (G * H,), False, seen)
+        _opt(f"layers[{k}] b_hn", lay[3], gru, "with CELL_GRU", dt, (H,), False, seen)
+        addrs[k, 0] = _addr(W_xh)
+        addrs[k, 1] = _addr(lay[1])
+        addrs[k, 2] = _addr(lay[2])
+        addrs[k, 3] = _addr(lay[3])
+    if not isinstance(feed, np.ndarray) or feed.ndim != 1 or feed.shape[0] < 1:
+        raise ValueError("feed must be a 1-d numpy.ndarray of at least one id")
+    P = feed.shape[0]
+    _arr("feed", feed, np.int32, (P,), False, seen)
+    if feed.min() < 0 or feed.max() >= D:
+        raise ValueError(f"feed ids must be in [0, {D}), got [{feed.min()}, {feed.max()}]")
+    if not isinstance(out, np.ndarray) or out.ndim != 1:
+        raise ValueError("out must be a 1-d int32 numpy.ndarray")
+    n = out.shape[0]
+    _arr("out", out, np.int32, (n,), True, seen)
+    _arr("h", h, dt, (nL, H), True, seen)
+    _opt("c", c, cell == FASTRNN_CELL_LSTM, "with CELL_LSTM", dt, (nL, H), True, seen)
+    _arr("rng", rng, np.uint64, (4,), True, seen)
+    if logits is not None:
+        _arr("logits", logits, dt, (n, V), True, seen)
+    if n == 0:
+        return
+    if P + n >= (1 << 62):
+        raise ValueError("too many steps")
+    if dt == np.float32:
+        _gen_call(cell, nonlin, addrs, W_hq, b_q, feed, out, h, c, rng, logits,
+                  <float*>_addr(W_hq), <float*>_addr(b_q), <float*>_addr(h), <float*>_addr(c),
+                  <float*>_addr(logits), H, V, temperature, top_k, top_p, greedy)
+    else:
+        _gen_call(cell, nonlin, addrs, W_hq, b_q, feed, out, h, c, rng, logits,
+                  <double*>_addr(W_hq), <double*>_addr(b_q), <double*>_addr(h),
+                  <double*>_addr(c), <double*>_addr(logits), H, V, temperature, top_k,
+                  top_p, greedy)
+
+
+cdef int _gen_call(int cell, int nonlin, object addrs, object W_hq, object b_q, object feed,
+                   object out, object h, object c, object rng, object logits,
+                   const floating* Whq, const floating* b_qp, floating* hp, floating* cp,
+                   floating* lg, Py_ssize_t H, Py_ssize_t V, double temperature,
+                   Py_ssize_t top_k, double top_p, bint greedy) except -1:
+    cdef Py_ssize_t G = fastrnn_cell_gates(cell), GH = G * H
+    cdef Py_ssize_t nL = addrs.shape[0], P = feed.shape[0], n = out.shape[0]
+    cdef Py_ssize_t Vp = (V + 15) // 16 * 16, fs = sizeof(floating), k, v
+    cdef Py_ssize_t Lp = (Vp * fs + 63) // 64 * 64 // fs
+    cdef double inv_temp = 1.0 / temperature if not greedy else 1.0
+    # W_hq and b_q zero-padded to Vp columns (as _lm.generate), the layer work
+    # (a, hn, hnew, wk), the logits (op, sel, two shares), and the doubles ex, srt
+    cdef Py_ssize_t nfl = H * Vp + Vp + GH + 2 * H + 4 * H + Vp + V + 2 * Lp
+    cdef char* mem = <char*>malloc(nfl * fs + 2 * V * sizeof(double) + 128)
+    if mem == NULL:
+        raise MemoryError("cannot allocate the sampler's work buffers")
+    cdef char* base = mem + (64 - (<size_t>mem) % 64) % 64
+    cdef double* ex = <double*>base
+    cdef double* srt = ex + V
+    cdef floating* Wq = <floating*>(base + (2 * V * sizeof(double) + 63) // 64 * 64)
+    cdef floating* bq = Wq + H * Vp
+    cdef floating* fw = bq + Vp
+    cdef uintptr_t[:, ::1] av = addrs
+    cdef int32_t[::1] fv = feed
+    cdef int32_t[::1] ov = out
+    cdef uint64_t[::1] rv = rng
+    try:
+        with nogil:
+            for k in range(H):
+                for v in range(Vp):
+                    Wq[k * Vp + v] = Whq[k * V + v] if v < V else 0
+            for v in range(Vp):
+                bq[v] = b_qp[v] if v < V else 0
+            _gen_run(cell, nonlin, nL, &av[0, 0], Wq, bq, &fv[0], P, &ov[0], n, hp, cp, lg,
+                     fw, ex, srt, &rv[0], H, V, Vp, Lp, inv_temp, top_k, top_p, greedy)
+    finally:
+        free(mem)
+    return 0

@@ -369,3 +369,206 @@ def test_backward_rejects_bad_arguments():
                    dict(dHs=Hs), dict(dA=ok["dHs"].reshape(4, 3, 5)[:, :, :5].copy())):
         with pytest.raises(ValueError):
             call(**change)
+
+
+# ---------------------------------------------------------------------------
+# generate_stack: the compiled sampling loop over a stack of layers
+
+def make_stack(rng, cell, V, H, nL, dtype=np.float64, D=None):
+    G = GATES[cell]
+    D = V if D is None else D
+    s = 1.0 / np.sqrt(H)
+    layers = []
+    for k in range(nL):
+        layers.append(tuple(
+            None if a is None else np.ascontiguousarray(a, dtype) for a in (
+                rng.uniform(-1, 1, ((D if k == 0 else H), G * H)) * (1.0 if k == 0 else s),
+                rng.uniform(-1.5, 1.5, (H, G * H)) * s,
+                rng.uniform(-0.5, 0.5, G * H),
+                rng.uniform(-0.5, 0.5, H) if cell == "gru" else None)))
+    W_hq = np.ascontiguousarray(rng.uniform(-2, 2, (H, V)) * s, dtype)
+    b_q = np.ascontiguousarray(rng.uniform(-0.5, 0.5, V), dtype)
+    return layers, W_hq, b_q
+
+
+def np_stack_step(cell, nonlin, layers, x_id, hs, cs):
+    """One step of the stack for one sequence, with the oracle's layer step."""
+    hs, cs = hs.copy(), (None if cs is None else cs.copy())
+    below = None
+    for k, (W_xh, W_hh, b_h, b_hn) in enumerate(layers):
+        xw = (W_xh[x_id] if k == 0 else below @ W_xh) + b_h
+        Hs, Cs, _ = oracle_forward(cell, nonlin, xw[None, None], W_hh, b_hn, hs[k][None],
+                                   None if cs is None else cs[k][None])
+        hs[k] = Hs[0, 0]
+        if cs is not None:
+            cs[k] = Cs[0, 0]
+        below = hs[k]
+    return hs, cs
+
+
+def run_gen(cell, nonlin, stack, feed, n, seed, *, h=None, c=None, temperature=1.0, top_k=0,
+            top_p=1.0, greedy=False, logits=False, rng_state=None):
+    from fastrnn import _lm
+    layers, W_hq, b_q = stack
+    nL, H, dt = len(layers), W_hq.shape[0], W_hq.dtype
+    h = np.zeros((nL, H), dt) if h is None else h
+    if cell == "lstm" and c is None:
+        c = np.zeros((nL, H), dt)
+    if rng_state is None:
+        rng_state = np.zeros(4, np.uint64)
+        _lm.rng_seed(np.uint64(seed), rng_state)
+    out = np.empty(n, np.int32)
+    lg = np.empty((n, W_hq.shape[1]), dt) if logits else None
+    L.generate_stack(CELLS[cell], NONLIN[nonlin], layers, W_hq, b_q,
+                     np.asarray(feed, np.int32), out, h, c, rng_state, temperature, top_k,
+                     top_p, greedy, 2, lg)
+    return out, h, c, lg, rng_state
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("nonlin", ["tanh", "relu"])
+@pytest.mark.parametrize("H", [1, 9, 130])
+def test_generate_stack_rnn_one_layer_is_todays_generator(dtype, nonlin, H):
+    """cell=rnn, L=1: the ids, the state and the sampler's state are bitwise those
+    of fastrnn._lm.generate (one and two threads) for the same seed."""
+    import fastrnn
+    from fastrnn import _lm
+    p = fastrnn.init_params(13, H, 13, dtype=dtype, seed=H, init="uniform")
+    feed = np.array([1, 5, 2, 12], np.int32)
+    for kw in (dict(temperature=1.0, top_k=0, greedy=False),
+               dict(temperature=0.6, top_k=3, greedy=False),
+               dict(temperature=1.0, top_k=0, greedy=True)):
+        for nt in (1, 2):
+            r1 = np.zeros(4, np.uint64)
+            _lm.rng_seed(np.uint64(99), r1)
+            h1 = np.zeros(H, dtype)
+            out1 = np.empty(70, np.int32)
+            _lm.generate(p["W_xh"], p["W_hh"], p["b_h"], p["W_hq"], p["b_q"], feed, out1, h1,
+                         np.empty(H + 26, dtype), r1, kw["temperature"], kw["top_k"],
+                         kw["greedy"], nonlin, nt)
+            stack = ([(p["W_xh"], p["W_hh"], p["b_h"], None)], p["W_hq"], p["b_q"])
+            out2, h2, _, _, r2 = run_gen("rnn", nonlin, stack, feed, 70, 99, **kw)
+            np.testing.assert_array_equal(out2, out1, err_msg=str(kw))
+            np.testing.assert_array_equal(h2[0], h1)
+            np.testing.assert_array_equal(r2, r1)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("nL", [1, 2, 3])
+@pytest.mark.parametrize("cell,nonlin", CONFIGS)
+def test_generate_stack_states_and_logits_match_numpy(cell, nonlin, nL, dtype):
+    rng = np.random.default_rng(zlib.crc32(repr((cell, nonlin, nL)).encode()))
+    V, H = 7, 5
+    stack = make_stack(rng, cell, V, H, nL, dtype)
+    feed = [3, 0, 6]
+    n = 12
+    out, h, c, lg, _ = run_gen(cell, nonlin, stack, feed, n, 1, temperature=0.8, logits=True)
+    assert out.min() >= 0 and out.max() < V
+    layers64 = [tuple(f64(a) for a in lay) for lay in stack[0]]
+    W_hq, b_q = f64(stack[1]), f64(stack[2])
+    hs = np.zeros((nL, H))
+    cs = np.zeros((nL, H)) if cell == "lstm" else None
+    tol = tolerances(dtype)
+    for s, x in enumerate(list(feed) + list(out[:-1])):
+        hs, cs = np_stack_step(cell, nonlin, layers64, x, hs, cs)
+        i = s - len(feed) + 1
+        if i >= 0:
+            np.testing.assert_allclose(lg[i], hs[-1] @ W_hq + b_q, err_msg=f"logits {i}", **tol)
+    np.testing.assert_allclose(h, hs, err_msg="h", **tol)
+    if cell == "lstm":
+        np.testing.assert_allclose(c, cs, err_msg="c", **tol)
+    # greedy takes the argmax of the logits it reports
+    out, _, _, lg, _ = run_gen(cell, nonlin, stack, feed, n, 1, greedy=True, logits=True)
+    np.testing.assert_array_equal(out, lg.argmax(axis=1))
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_generate_stack_pieces_equal_one_call(cell):
+    """Continuing with feed=out[-1:], the returned state and sampler state gives the
+    ids of one call (the streaming contract)."""
+    rng = np.random.default_rng(11)
+    stack = make_stack(rng, cell, 9, 6, 2, np.float32)
+    whole, h1, c1, _, r1 = run_gen(cell, "tanh", stack, [1, 2], 40, 5, top_k=4, top_p=0.9)
+    first, h, c, _, r = run_gen(cell, "tanh", stack, [1, 2], 15, 5, top_k=4, top_p=0.9)
+    rest, h, c, _, r = run_gen(cell, "tanh", stack, first[-1:], 25, 5, h=h, c=c, top_k=4,
+                               top_p=0.9, rng_state=r)
+    np.testing.assert_array_equal(np.concatenate([first, rest]), whole)
+    np.testing.assert_array_equal(h, h1)
+    np.testing.assert_array_equal(r, r1)
+
+
+def fixed_distribution_stack(probs, dtype=np.float64):
+    """A one-layer stack whose logits are log(probs) whatever the state (W_hq = 0)."""
+    V, H = len(probs), 3
+    layers = [(np.zeros((V, H), dtype), np.zeros((H, H), dtype), np.zeros(H, dtype), None)]
+    return layers, np.zeros((H, V), dtype), np.log(np.asarray(probs, dtype))
+
+
+def frequencies(probs, n=20000, **kw):
+    out = run_gen("rnn", "tanh", fixed_distribution_stack(probs), [0], n, 123, **kw)[0]
+    return np.bincount(out, minlength=len(probs)) / n
+
+
+def assert_freq(got, want, n=20000):
+    want = np.asarray(want, float) / np.sum(want)
+    # 5 binomial standard deviations (and exact zeros where want is zero)
+    sd = np.sqrt(want * (1 - want) / n)
+    assert np.all(np.abs(got - want) <= 5 * sd + 1e-12), (got, want)
+
+
+def test_sampled_ids_follow_the_distribution():
+    p = np.array([0.5, 0.25, 0.15, 0.1])
+    assert_freq(frequencies(p), p)
+    assert_freq(frequencies(p, temperature=0.5), p ** 2)            # softmax(log p / 0.5)
+    assert_freq(frequencies(p, temperature=2.0), p ** 0.5)
+    assert_freq(frequencies(p, top_k=2), [0.5, 0.25, 0, 0])
+    assert_freq(frequencies(p, greedy=True), [1, 0, 0, 0])
+
+
+def test_top_p_nucleus_semantics():
+    """top_p keeps the fewest most likely ids whose probabilities reach top_p (ties
+    with the least likely kept id are kept too), then samples among them in
+    proportion; 1.0 is off; it applies after temperature and top_k."""
+    p = np.array([0.1, 0.5, 0.25, 0.15])
+    assert_freq(frequencies(p, top_p=0.45), [0, 1, 0, 0])          # 0.5 >= 0.45
+    assert_freq(frequencies(p, top_p=0.6), [0, 0.5, 0.25, 0])      # 0.75 >= 0.6
+    assert_freq(frequencies(p, top_p=0.8), [0, 0.5, 0.25, 0.15])   # 0.9 >= 0.8
+    assert_freq(frequencies(p, top_p=0.95), p)
+    assert_freq(frequencies(p, top_p=1.0), p)
+    q = np.array([0.3, 0.3, 0.2, 0.2])
+    assert_freq(frequencies(q, top_p=0.5), [0.3, 0.3, 0, 0])
+    assert_freq(frequencies(q, top_p=0.65), q)                     # tie at the cut: kept
+    # after top_k: the nucleus of the renormalised top 3 (0.5/0.9 = 0.56 >= 0.5)
+    assert_freq(frequencies(p, top_k=3, top_p=0.5), [0, 1, 0, 0])
+    # after temperature: p**2 normalised is [.029, .725, .181, .065]
+    assert_freq(frequencies(p, temperature=0.5, top_p=0.8), [0, 0.25, 0.0625, 0])
+    # one uniform per draw whatever top_p: the sampler's state advances alike
+    r1 = run_gen("rnn", "tanh", fixed_distribution_stack(p), [0], 50, 7, top_p=0.3)[4]
+    r2 = run_gen("rnn", "tanh", fixed_distribution_stack(p), [0], 50, 7)[4]
+    np.testing.assert_array_equal(r1, r2)
+
+
+def test_generate_stack_rejects_bad_arguments():
+    rng = np.random.default_rng(12)
+    stack = make_stack(rng, "gru", 6, 4, 2)
+
+    def call(cell="gru", layers=None, feed=(1,), top_p=1.0, temperature=1.0, top_k=0,
+             h=None, c=None, **kw):
+        layers = stack[0] if layers is None else layers
+        h = np.zeros((len(layers), 4)) if h is None else h
+        r = np.zeros(4, np.uint64)
+        r[0] = 1
+        L.generate_stack(CELLS[cell], 0, layers, stack[1], stack[2], np.asarray(feed, np.int32),
+                         np.empty(3, np.int32), h, c, r, temperature, top_k, top_p, False, 1,
+                         **kw)
+
+    call()   # valid
+    bad = [dict(top_p=0.0), dict(top_p=1.5), dict(temperature=0.0), dict(top_k=-1),
+           dict(feed=(6,)), dict(feed=(-1,)), dict(feed=()), dict(layers=[]),
+           dict(layers=[stack[0][0][:3]]), dict(cell="lstm"), dict(h=np.zeros((1, 4))),
+           dict(layers=[(stack[0][0][0][:5].copy(),) + stack[0][0][1:]]),
+           dict(layers=[stack[0][0], stack[0][0]]),          # layer 1's W_xh is (H, G*H)
+           dict(logits=np.empty((3, 5)))]
+    for change in bad:
+        with pytest.raises(ValueError):
+            call(**change)
