@@ -52,8 +52,18 @@ static inline ptrdiff_t fastrnn_cell_cache_width(int cell, ptrdiff_t H) {
     return cell == FASTRNN_CELL_RNN ? 0 : 4 * H;
 }
 
+/* The loops below are compiled for AVX-512, AVX2 and baseline x86-64 and picked at
+ * load time (FASTRNN_CLONES of _elementwise.h), as the Elman kernels' loops are; the
+ * tanh calls dispatch on their own. Compares may be if-converted (relu, the
+ * selects): floating-point exceptions are never inspected. */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC push_options
+#pragma GCC optimize("no-trapping-math")
+#endif
+
 #define FASTRNN_DEFINE_CELLS(SFX, T, TANH)                                                \
 /* sg[j] = sigmoid(a[j]) for n values, via tanh; a is clobbered (halved) */              \
+FASTRNN_CLONES                                                                           \
 static void fastrnn_sigmoid_##SFX(T *a, T *sg, ptrdiff_t n) {                           \
     for (ptrdiff_t j = 0; j < n; j++) a[j] *= (T)0.5;                                    \
     TANH(a, sg, n);                                                                      \
@@ -67,6 +77,7 @@ static void fastrnn_sigmoid_##SFX(T *a, T *sg, ptrdiff_t n) {                   
  *   h    (H)   OUT h_t (not aliasing hp);  c (H) OUT LSTM c_t (may alias cp)           \
  *   g    (4H)  OUT gate cache, or NULL                                                  \
  *   wk   (4H)  WORK */                                                                  \
+FASTRNN_CLONES                                                                           \
 static void fastrnn_cell_fwd_##SFX(int cell, int nonlin, ptrdiff_t H, T *a, const T *hn, \
                                    const T *hp, const T *cp, T *h, T *c, T *g, T *wk) { \
     ptrdiff_t j;                                                                         \
@@ -106,6 +117,7 @@ static void fastrnn_cell_fwd_##SFX(int cell, int nonlin, ptrdiff_t H, T *a, cons
  *   dan  (H)   OUT GRU: dL/d(hn) = da_n * r                                             \
  *   dhp  (H)   OUT GRU: dL/dh_{t-1} through z (dh * z), before the product W_hh^T       \
  *   wk   (H)   WORK */                                                                  \
+FASTRNN_CLONES                                                                           \
 static void fastrnn_cell_bwd_##SFX(int cell, int nonlin, ptrdiff_t H, const T *dh,      \
                                    const T *h, const T *hp, const T *c, const T *cp,     \
                                    const T *g, T *dc, T *da, T *dan, T *dhp, T *wk) {    \
@@ -144,5 +156,9 @@ static void fastrnn_cell_bwd_##SFX(int cell, int nonlin, ptrdiff_t H, const T *d
 
 FASTRNN_DEFINE_CELLS(f32, float, fastrnn_tanh_f32)
 FASTRNN_DEFINE_CELLS(f64, double, fastrnn_tanh_f64)
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC pop_options
+#endif
 
 #endif
