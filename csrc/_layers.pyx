@@ -36,7 +36,7 @@ from libc.stdint cimport int32_t, uint64_t, uintptr_t
 
 from _omp cimport FASTRNN_OMP_ENABLED
 from _fpmode cimport fastrnn_fpmode_t, fastrnn_ftz_on, fastrnn_fp_restore
-from _rowops cimport (_pack_width, _packed_size, _pack, _pgemm, _vecmat,
+from _rowops cimport (_pack_width, _packed_size, _pack, _pgemm, _vecmat, _vecmatT,
                      fastrnn_pgemm_level)
 
 
@@ -118,7 +118,9 @@ cdef inline void _cell_bwd(int cell, int nonlin, Py_ssize_t H, const floating* d
 cdef void _forward_chunk(
         int cell, int nonlin,
         const floating* XW,        # IN  (T, B, G*H)
-        const floating* Wp,        # IN  W_hh (GRU: its r, z columns) packed by _pack
+        const floating* W_hh,      # IN  (H, G*H), read in place when B == 1
+        const floating* Wp,        # IN  W_hh (GRU: its r, z columns) packed by _pack,
+                                   #     or NULL when B == 1
         const floating* Wpn,       # IN  GRU: W_hh's n columns packed, else NULL
         const floating* b_hn,      # IN  (H,) GRU, else NULL
         const floating* h0,        # IN  (B, H)
@@ -132,7 +134,10 @@ cdef void _forward_chunk(
         Py_ssize_t T, Py_ssize_t B, Py_ssize_t H,
         Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
     """Steps 0..T-1 of batch rows [b0, b1): the recurrent product for the rows, then
-    each row's cell step while it is in cache."""
+    each row's cell step while it is in cache. One sequence (B = 1, Wp NULL) takes
+    the one-row product _vecmat on W_hh in place, as generate_stack does (the packed
+    kernel would compute a whole tile of rows for it); the choice depends on B only,
+    not on the thread count."""
     cdef Py_ssize_t t, r, nb = b1 - b0, G = fastrnn_cell_gates(cell), GH = G * H
     cdef Py_ssize_t CW = fastrnn_cell_cache_width(cell, H), ldhn
     cdef const floating* hp
@@ -152,16 +157,24 @@ cdef void _forward_chunk(
         memcpy(a, XW + (t * B + b0) * GH, nb * GH * sizeof(floating))
         if cell == FASTRNN_CELL_GRU:
             # r, z: A += h W_hh[:, :2H];  hn = b_hn + h W_hh[:, 2H:] (kept apart)
-            _pgemm(nb, 2 * H, H, hp, H, Wp, a, GH, 1, NULL)
             if Gs != NULL:
                 hn = Gs + (t * B + b0) * CW + 3 * H
                 ldhn = CW
             else:
                 hn = whn + b0 * H
                 ldhn = H
-            _pgemm(nb, H, H, hp, H, Wpn, hn, ldhn, 0, b_hn)
+            if Wp == NULL:
+                _vecmat(hp, W_hh, GH, a, H, 2 * H, 1)
+                memcpy(hn, b_hn, H * sizeof(floating))
+                _vecmat(hp, W_hh + 2 * H, GH, hn, H, H, 1)
+            else:
+                _pgemm(nb, 2 * H, H, hp, H, Wp, a, GH, 1, NULL)
+                _pgemm(nb, H, H, hp, H, Wpn, hn, ldhn, 0, b_hn)
         else:
-            _pgemm(nb, GH, H, hp, H, Wp, a, GH, 1, NULL)
+            if Wp == NULL:
+                _vecmat(hp, W_hh, GH, a, H, GH, 1)
+            else:
+                _pgemm(nb, GH, H, hp, H, Wp, a, GH, 1, NULL)
             ldhn = 0
         for r in range(nb):
             g = (Gs + (t * B + b0 + r) * CW) if Gs != NULL else NULL
@@ -183,16 +196,19 @@ cdef void _backward_chunk(
         const floating* Gs,        # IN  (T, B, 4H) gate cache (GRU, LSTM), else NULL
         const floating* h0,        # IN  (B, H)
         const floating* c0,        # IN  (B, H) LSTM, else NULL
-        const floating* WpT,       # IN  W_hh^T (GRU: of its r, z columns) packed
+        const floating* W_hh,      # IN  (H, G*H), read in place when B == 1
+        const floating* WpT,       # IN  W_hh^T (GRU: of its r, z columns) packed, or
+                                   #     NULL when B == 1
         const floating* WpTn,      # IN  GRU: W_hh[:, 2H:]^T packed, else NULL
         floating* dA,              # OUT (T, B, G*H)
         floating* dAn,             # OUT (T, B, H) GRU dL/dhn, else NULL
         floating* dh0,             # OUT (B, H): the carried dL/dh_{t-1}, dL/dh0 at the end
         floating* dc0,             # OUT (B, H): LSTM's carried dL/dc_{t-1}, else NULL
-        floating* wk,              # WORK (H,) this thread's
+        floating* wk,              # WORK (G*H + 2H,) this thread's
         Py_ssize_t T, Py_ssize_t B, Py_ssize_t H,
         Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
-    """Steps T-1 down to 0 of BPTT for batch rows [b0, b1)."""
+    """Steps T-1 down to 0 of BPTT for batch rows [b0, b1) (B = 1: the one-row
+    product _vecmatT on W_hh in place, as in forward)."""
     cdef Py_ssize_t t, r, i, nb = b1 - b0, G = fastrnn_cell_gates(cell), GH = G * H
     cdef Py_ssize_t CW = fastrnn_cell_cache_width(cell, H)
     cdef floating* dhc = dh0 + b0 * H
@@ -227,7 +243,15 @@ cdef void _backward_chunk(
                       (dAn + (t * B + b0 + r) * H) if dAn != NULL else NULL,
                       dhc + r * H, wk)
         # dL/dh_{t-1} = dA_rec_t W_hh^T (+ dh_t * z_t for GRU, left in dhc above)
-        if cell == FASTRNN_CELL_GRU:
+        if WpT == NULL and cell == FASTRNN_CELL_GRU:
+            memcpy(wk + H, da, 2 * H * sizeof(floating))        # dA_rec = [r, z, hn]
+            memcpy(wk + 3 * H, dAn + t * H, H * sizeof(floating))
+            _vecmatT(wk + H, W_hh, wk + 4 * H, H, GH)
+            for i in range(H):
+                dhc[i] = dhc[i] + wk[4 * H + i]
+        elif WpT == NULL:
+            _vecmatT(da, W_hh, dhc, H, GH)
+        elif cell == FASTRNN_CELL_GRU:
             _pgemm(nb, H, 2 * H, da, GH, WpT, dhc, H, 1, NULL)
             _pgemm(nb, H, H, dAn + (t * B + b0) * H, H, WpTn, dhc, H, 1, NULL)
         else:
@@ -376,21 +400,24 @@ cdef int _forward_run(int cell, int nonlin, const floating* XW, const floating* 
     cdef int nc = _nchunks(num_threads, B), c
     # one buffer: packed W_hh (first Gr gates, then GRU's n columns), the step's
     # pre-activations (B, G*H), GRU's hn (B, H), and each thread's 4H work row
+    cdef bint one = B == 1              # one sequence: W_hh read in place, not packed
+    if one:
+        n1 = n2 = 0
     cdef Py_ssize_t total = n1 + n2 + B * GH + B * H + nc * 4 * H
     cdef floating* buf = _alloc(total, <floating>0)
-    cdef floating* Wp = buf
-    cdef floating* Wpn = buf + n1
+    cdef floating* Wp = buf if not one else NULL
+    cdef floating* Wpn = buf + n1 if not one and cell == FASTRNN_CELL_GRU else NULL
     cdef floating* wa = buf + n1 + n2
     cdef floating* whn = wa + B * GH
     cdef floating* wk = whn + B * H
     try:
         with nogil:
-            _pack(W_hh, GH, 0, H, Gr * H, nr, Wp)
-            if cell == FASTRNN_CELL_GRU:
+            if Wp != NULL:
+                _pack(W_hh, GH, 0, H, Gr * H, nr, Wp)
+            if Wpn != NULL:
                 _pack(W_hh + 2 * H, GH, 0, H, H, nr, Wpn)
             for c in prange(nc, num_threads=nc, schedule='static'):
-                _forward_chunk(cell, nonlin, XW, Wp,
-                               Wpn if cell == FASTRNN_CELL_GRU else NULL, b_hn, h0, c0,
+                _forward_chunk(cell, nonlin, XW, W_hh, Wp, Wpn, b_hn, h0, c0,
                                Hs, Cs, Gs, wa, whn, wk + c * 4 * H, T, B, H,
                                (B * c) // nc, (B * (c + 1)) // nc)
     finally:
@@ -475,20 +502,25 @@ cdef int _backward_run(int cell, int nonlin, floating* dHs, const floating* Hs,
     cdef Py_ssize_t n1 = _packed_size(Gr * H, H, <floating>0)
     cdef Py_ssize_t n2 = _packed_size(H, H, <floating>0) if cell == FASTRNN_CELL_GRU else 0
     cdef int nc = _nchunks(num_threads, B), c
-    cdef floating* buf = _alloc(n1 + n2 + nc * H, <floating>0)
-    cdef floating* WpT = buf
-    cdef floating* WpTn = buf + n1
+    cdef bint one = B == 1              # one sequence: W_hh read in place, not packed
+    if one:
+        n1 = n2 = 0
+    cdef Py_ssize_t nw = GH + 2 * H     # a thread's work row
+    cdef floating* buf = _alloc(n1 + n2 + nc * nw, <floating>0)
+    cdef floating* WpT = buf if not one else NULL
+    cdef floating* WpTn = buf + n1 if not one and cell == FASTRNN_CELL_GRU else NULL
     cdef floating* wk = buf + n1 + n2
     try:
         with nogil:
             # W_hh^T (the first Gr gates' columns as rows), GRU: then the n columns'
-            _pack(W_hh, GH, 1, Gr * H, H, nr, WpT)
-            if cell == FASTRNN_CELL_GRU:
+            if WpT != NULL:
+                _pack(W_hh, GH, 1, Gr * H, H, nr, WpT)
+            if WpTn != NULL:
                 _pack(W_hh + 2 * H, GH, 1, H, H, nr, WpTn)
             for c in prange(nc, num_threads=nc, schedule='static'):
-                _backward_chunk(cell, nonlin, dHs, Hs, Cs, Gs, h0, c0, WpT,
-                                WpTn if cell == FASTRNN_CELL_GRU else NULL, dA, dAn, dh0, dc0,
-                                wk + c * H, T, B, H, (B * c) // nc, (B * (c + 1)) // nc)
+                _backward_chunk(cell, nonlin, dHs, Hs, Cs, Gs, h0, c0, W_hh, WpT, WpTn, dA,
+                                dAn, dh0, dc0, wk + c * nw, T, B, H, (B * c) // nc,
+                                (B * (c + 1)) // nc)
     finally:
         free(buf)
     return 0

@@ -8,7 +8,11 @@ and must give bitwise the same results for every thread count.
 """
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -572,3 +576,41 @@ def test_generate_stack_rejects_bad_arguments():
     for change in bad:
         with pytest.raises(ValueError):
             call(**change)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("cell,nonlin", CONFIGS)
+def test_one_sequence_forward_equals_generation(cell, nonlin, dtype):
+    """B = 1: layer_forward on the fed ids gives bitwise generate_stack's states (the
+    same one-row product and cell step), so training and sampling see one model."""
+    rng = np.random.default_rng(zlib.crc32(repr((cell, nonlin)).encode()))
+    V, H = 6, 70
+    layers, W_hq, b_q = make_stack(rng, cell, V, H, 1, dtype)
+    W_xh, W_hh, b_h, b_hn = layers[0]
+    feed = [1, 4, 0, 5, 5, 2]
+    out, h, c, _, _ = run_gen(cell, nonlin, (layers, W_hq, b_q), feed, 1, 3)
+    XW = np.ascontiguousarray((W_xh[feed] + b_h)[:, None, :])
+    p = dict(XW=XW, W_hh=W_hh, b_hn=b_hn, h0=np.zeros((1, H), dtype),
+             c0=np.zeros((1, H), dtype) if cell == "lstm" else None)
+    Hs, Cs, _ = run_forward(cell, nonlin, p, 2)
+    np.testing.assert_array_equal(Hs[-1, 0], h[0])
+    if cell == "lstm":
+        np.testing.assert_array_equal(Cs[-1, 0], c[0])
+
+
+@pytest.mark.parametrize("level", [0, 1], ids=["portable", "avx2"])
+def test_every_kernel_variant(level):
+    """The packed products and tanh run on a variant picked from the CPU; rerun this
+    file with each lower variant forced by FASTRNN_KERNEL_LEVEL, as a machine without
+    the best one would run it."""
+    from fastrnn import _rnn
+    detected = _rnn.packed_gemm_level()
+    if level >= detected:
+        pytest.skip(f"level {level} is what this CPU runs by default (level {detected})")
+    env = dict(os.environ, FASTRNN_KERNEL_LEVEL=str(level))
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+                          str(Path(__file__).resolve()), "-k",
+                          "not every_kernel_variant and not follow_the_distribution "
+                          "and not nucleus"],
+                         env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
