@@ -78,10 +78,12 @@ class _GenState:
 
 
 def _sample(o: np.ndarray, g: _GenState, u: np.ndarray) -> int:
-    """Draw an id from logits ``o`` (V,) as the compiled sampler does (``_lm._sample``):
-    the first maximum when greedy; else ``softmax(o / T)`` over the logits >= the
-    top_k-th largest, one uniform from the xoshiro256** state ``g.rng``. ``top_p``
-    (nucleus) keeps only the most likely of those up to that probability mass."""
+    """Draw an id from logits ``o`` (V,) as the compiled samplers do (``_lm`` and
+    ``csrc/_sampling.pxd``, operation for operation): the first maximum when greedy;
+    else ``softmax(o / T)`` over the logits >= the top_k-th largest, then (top_p < 1)
+    over the nucleus: the fewest most likely of those whose probabilities reach top_p,
+    every id as likely as the least likely one kept kept too; one uniform from the
+    xoshiro256** state ``g.rng`` per draw."""
     best = int(np.argmax(o))
     if g.greedy:
         return best
@@ -90,10 +92,11 @@ def _sample(o: np.ndarray, g: _GenState, u: np.ndarray) -> int:
     keep = np.flatnonzero(o >= thresh)
     ex = np.exp((o[keep].astype(np.float64) - float(o[best])) * (1.0 / g.temperature))
     if g.top_p is not None and g.top_p < 1:
-        order = np.argsort(-ex, kind="stable")           # most likely first
-        mass = np.cumsum(ex[order])
-        m = int(np.searchsorted(mass, g.top_p * mass[-1], side="left")) + 1
-        sel = np.sort(order[:min(m, len(order))])        # back to id order
+        total = float(np.cumsum(ex)[-1])                  # sequential, as the C loop
+        srt = np.sort(ex)[::-1]
+        reach = np.flatnonzero(np.cumsum(srt) >= g.top_p * total)
+        cut = srt[reach[0]] if len(reach) else srt[-1]
+        sel = ex >= cut
         keep, ex = keep[sel], ex[sel]
     acc = np.cumsum(ex)                                  # sequential, as the C loop
     g.lm.rng_uniform(g.rng, u)
@@ -378,11 +381,17 @@ class CharLM:
         return total, count
 
     # -- generation -------------------------------------------------------------------
-    def _compiled_sampler(self, top_p) -> bool:
-        """Whether generation runs the compiled loop (``_lm.generate``: the Elman cell,
-        one layer, no nucleus sampling) or the step loop over :func:`fastrnn.forward`."""
+    def _sampler(self, top_p) -> str:
+        """Which loop generates: ``"lm"`` (``fastrnn._lm.generate``, the Elman cell with
+        one layer, as in 0.1), ``"stack"`` (``fastrnn._layers.generate_stack``: any cell
+        and depth, nucleus sampling) or ``"steps"`` (one :func:`fastrnn.forward` call
+        per character, the compiled samplers' draws in NumPy; only when the compiled
+        layer loops are unavailable). All three give the same ids for the same seed."""
         c = self._config
-        return c.cell == "rnn" and c.num_layers == 1 and top_p is None
+        if c.cell == "rnn" and c.num_layers == 1 and top_p is None:
+            return "lm"
+        layers = getattr(_core, "_layers", None)
+        return "stack" if hasattr(layers, "generate_stack") else "steps"
 
     def _gen_setup(self, prefix, length, temperature, top_k, top_p, greedy, seed, num_threads):
         lm = _need_lm()
@@ -410,12 +419,21 @@ class CharLM:
                       greedy=greedy, feed=self.vocab.encode(prefix))
         g.rng = np.zeros(4, np.uint64)
         lm.rng_seed(np.uint64(_seed64(seed)), g.rng)
-        g.compiled = self._compiled_sampler(top_p)
-        if g.compiled:
+        g.kind = self._sampler(top_p)
+        c = self._config
+        if g.kind == "lm":
             g.h = np.zeros(self._H, self._dtype)
             g.work = np.empty(self._H + 2 * self._V, self._dtype)
+        elif g.kind == "stack":
+            g.h = np.zeros((c.num_layers, self._H), self._dtype)
+            g.c = np.zeros((c.num_layers, self._H), self._dtype) if c.cell == "lstm" else None
+            lay = _core._layers
+            g.cell = {"rnn": lay.CELL_RNN, "gru": lay.CELL_GRU, "lstm": lay.CELL_LSTM}[c.cell]
+            g.nonlin = {"tanh": lay.NONLIN_TANH, "relu": lay.NONLIN_RELU}[c.nonlinearity]
+        if g.kind != "steps":
             with self._param_lock:
-                g.p = _core.check_params(self.params)  # finite, contiguous views
+                g.p = (_core.check_params(self.params) if g.kind == "lm" else
+                       _core.check_params(self.params, cell=c.cell))   # finite, contiguous
         return g
 
     def _next_ids(self, g: "_GenState", n: int) -> np.ndarray:
@@ -423,16 +441,24 @@ class CharLM:
         out = np.empty(n, np.int32)
         if not n:
             return out
-        if g.compiled:
-            p = g.p
+        p = getattr(g, "p", None)
+        if g.kind == "lm":
             with blas_single_thread(), self._param_lock:
                 g.lm.generate(p["W_xh"], p["W_hh"], p["b_h"], p["W_hq"], p["b_q"], g.feed,
                               out, g.h, g.work, g.rng, g.temperature, g.top_k, g.greedy,
                               self._nonlinearity, g.nt)
+        elif g.kind == "stack":
+            sfx = ["" if k == 0 else f"_l{k}" for k in range(self._config.num_layers)]
+            layers = [(p["W_xh" + s], p["W_hh" + s], p["b_h" + s], p.get("b_hn" + s))
+                      for s in sfx]
+            with blas_single_thread(), self._param_lock:
+                _core._layers.generate_stack(
+                    g.cell, g.nonlin, layers, p["W_hq"], p["b_q"], g.feed, out, g.h, g.c,
+                    g.rng, g.temperature, g.top_k, 1.0 if g.top_p is None else g.top_p,
+                    g.greedy, g.nt)
         else:
-            # the step loop: one forward call per character over the whole stack (no
-            # compiled sampling loop for gated or stacked models yet), the sampler of
-            # the compiled loop in NumPy (same draws, plus nucleus sampling)
+            # one forward call per character over the whole stack, the compiled
+            # samplers' draws in NumPy
             kw = self._fn_kw()
             u = np.empty(1, np.float64)
             with blas_single_thread(), self._param_lock:
@@ -461,9 +487,8 @@ class CharLM:
 
         The prefix is fed through the network to warm up the hidden state, then
         each character is drawn from ``softmax(O_t / temperature)`` and fed back.
-        For the Elman cell with one layer (without ``top_p``) the whole loop runs in
-        compiled code; gated cells, stacked layers and nucleus sampling run one
-        compiled forward step per character with the same sampler.
+        The whole loop runs in compiled code, for every cell and depth (with the
+        Elman cell and one layer, the loop of fastrnn 0.1: the same text).
 
         Parameters
         ----------

@@ -254,9 +254,14 @@ def test_load_refuses_inconsistent_files(tmp_path):
 
 
 # ---------------------------------------------------------------- generation
-def _step_loop(monkeypatch):
-    """Make every model generate with the step loop over fastrnn.forward."""
-    monkeypatch.setattr(CharLM, "_compiled_sampler", lambda self, top_p: False)
+def _force(monkeypatch, kind):
+    """Make every model generate with one loop: "lm", "stack" or "steps"."""
+    monkeypatch.setattr(CharLM, "_sampler", lambda self, top_p: kind)
+
+
+needs_stack = pytest.mark.skipif(
+    not hasattr(getattr(fastrnn._core, "_layers", None), "generate_stack"),
+    reason="fastrnn._layers.generate_stack did not build or import")
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -268,11 +273,34 @@ def test_step_loop_equals_compiled_loop(monkeypatch, dtype):
              dict(seed=5, temperature=1.7)]
     compiled = [lm.generate("the ", 150, **kw) for kw in cases]
     streamed = "".join(lm.stream("the ", 150, seed=3, chunk_size=7))
-    _step_loop(monkeypatch)
-    assert [lm.generate("the ", 150, **kw) for kw in cases] == compiled
-    assert "".join(lm.stream("the ", 150, seed=3, chunk_size=7)) == streamed == compiled[0][4:]
-    monkeypatch.undo()
-    assert lm.generate("the ", 150, top_p=1.0, seed=3) == compiled[0]    # top_p: step loop
+    assert lm.generate("the ", 150, top_p=1.0, seed=3) == compiled[0]    # top_p: stack loop
+    for kind in ("steps", "stack") if hasattr(fastrnn._core._layers, "generate_stack") \
+            else ("steps",):
+        _force(monkeypatch, kind)
+        assert [lm.generate("the ", 150, **kw) for kw in cases] == compiled, kind
+        assert "".join(lm.stream("the ", 150, seed=3, chunk_size=7)) == streamed, kind
+        monkeypatch.undo()
+    assert streamed == compiled[0][4:]
+
+
+@needs_cells
+@needs_stack
+@pytest.mark.parametrize("cell,L", CONFIGS)
+def test_compiled_stack_loop_equals_step_loop(monkeypatch, cell, L):
+    """generate_stack (compiled) and the step loop over fastrnn.forward draw the same
+    ids for every cell and depth, with top_k, top_p, temperature and greedy."""
+    lm = model(cell, L, H=10, dtype="float64")
+    lm.fit(TEXT, epochs=2, **FIT)
+    cases = [dict(seed=3), dict(seed=4, temperature=0.6, top_k=5), dict(greedy=True),
+             dict(seed=5, top_p=0.8), dict(seed=6, top_k=6, top_p=0.5, temperature=1.4)]
+    assert lm._sampler(None) == ("lm" if (cell, L) == ("rnn", 1) else "stack")
+    got = {}
+    for kind in ("stack", "steps"):
+        _force(monkeypatch, kind)
+        got[kind] = [lm.generate("the ", 120, **kw) for kw in cases] + [
+            "".join(lm.stream("the ", 120, seed=9, top_p=0.9, chunk_size=11))]
+        monkeypatch.undo()
+    assert got["stack"] == got["steps"]
 
 
 @needs_cells
