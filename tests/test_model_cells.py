@@ -106,6 +106,18 @@ def test_perplexity_matches_reference(cell, L):
                                                       rel=1e-9)
 
 
+@needs_cells
+@pytest.mark.parametrize("cell,L", [("lstm", 2), ("gru", 3)])
+def test_perplexity_long_text_chunks_carry_every_state(cell, L, monkeypatch):
+    from fastrnn import model as model_mod
+    lm = model(cell, L)
+    ppl = lm.perplexity(TEXT)
+    monkeypatch.setattr(model_mod, "_EVAL_CHUNK", 7)     # many chunks: (h, c) carried
+    assert lm.perplexity(TEXT) == pytest.approx(ppl, rel=1e-12)
+    assert lm.perplexity(TEXT, batch_size=3) == pytest.approx(
+        model(cell, L).perplexity(TEXT, batch_size=3), rel=1e-12)
+
+
 # ---------------------------------------------------------------- training
 @needs_cells
 @pytest.mark.parametrize("cell,L", CONFIGS)
