@@ -195,8 +195,8 @@ class TrainConfig(_DictMixin):
     num_threads : int, optional
         OpenMP threads for the kernels (None: all available cores).
     seed : int, optional
-        Seed of the minibatch order and offsets (None: fresh entropy); ignored when
-        resuming.
+        Seed of the minibatch order and offsets and of the dropout masks (None: fresh
+        entropy); ignored when resuming.
     progress : bool, default True
         Show a progress bar.
     checkpoint : str, optional

@@ -1,24 +1,30 @@
-"""Character-level RNN language model (d2l.ai, "Recurrent Neural Networks").
+"""Character-level recurrent language models (d2l.ai, "Recurrent Neural Networks").
 
 :class:`CharLM` wraps the functional API (:func:`fastrnn.loss_and_grad`,
 :func:`fastrnn.forward`) into the model the d2l chapter trains: it owns a
-:class:`~fastrnn.vocab.Vocab` and the parameters, trains with truncated BPTT
-(:meth:`CharLM.fit`), measures perplexity (:meth:`CharLM.perplexity`),
-generates text (:meth:`CharLM.generate`, :meth:`CharLM.stream`) and saves
-itself safely (:meth:`CharLM.save`, :meth:`CharLM.load`).
+:class:`~fastrnn.vocab.Vocab`, its configuration (:class:`fastrnn.ModelConfig`: cell,
+layers, dropout, sizes, dtype) and the parameters; it measures perplexity
+(:meth:`CharLM.perplexity`), generates text (:meth:`CharLM.generate`,
+:meth:`CharLM.stream`) and saves itself safely (:meth:`CharLM.save`,
+:meth:`CharLM.load`). Training (:meth:`CharLM.fit`) is :class:`fastrnn.train.Trainer`'s.
 
 Memory layout (as in llm.c): all parameters live in ONE contiguous flat buffer
 and ``params`` holds named views into it; the gradients live in a second flat
 buffer of the same layout, filled in place by ``loss_and_grad(out=...)``. The
 optimizer (compiled, :mod:`fastrnn._lm`) then updates the whole flat buffer
 in one pass, and its state (Adagrad's squared-gradient sums, Adam's moments)
-is a flat buffer of the same length::
+is a flat buffer of the same length. The layout is :func:`fastrnn.params.layout`;
+for the chapter's model (Elman cell, one layer)::
 
     flat[offset : offset + size]   W_xh (V, H)   input weights (one row per token)
                                    W_hh (H, H)   recurrent weights
                                    b_h  (H,)     hidden bias
                                    W_hq (H, V)   output weights
                                    b_q  (V,)     output bias
+
+A cell with G gates has ``W_xh (V, G*H)``, ``W_hh (H, G*H)``, ``b_h (G*H,)`` (GRU also
+``b_hn (H,)``); layer k >= 1 follows with the same names suffixed ``_l{k}`` and
+``W_xh_l{k} (H, G*H)``; the head ``W_hq``, ``b_q`` comes last.
 """
 from __future__ import annotations
 
@@ -616,7 +622,8 @@ class CharLM:
             Each is called as ``callback(model, record)`` after every epoch;
             returning True stops training after that epoch.
         seed : int, optional
-            Seed of the minibatch order and offsets (ignored when resuming).
+            Seed of the minibatch order and offsets and of the dropout masks
+            (ignored when resuming: the checkpoint's run continues).
         betas : (float, float), default (0.9, 0.999)
             Adam's moment decay rates.
         eps : float, optional
