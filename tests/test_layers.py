@@ -23,7 +23,17 @@ CELLS = {"rnn": L.CELL_RNN, "gru": L.CELL_GRU, "lstm": L.CELL_LSTM}
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 NONLIN = {"tanh": L.NONLIN_TANH, "relu": L.NONLIN_RELU}
 CONFIGS = [("rnn", "tanh"), ("rnn", "relu"), ("gru", "tanh"), ("lstm", "tanh")]
-SHAPES = [(1, 1, 1), (3, 5, 7), (5, 2, 1), (1, 6, 9), (7, 4, 33)]   # (B, T, H)
+# (B, T, H); B = 1 with H = 130, 200 splits each step's units at 64, 128
+SHAPES = [(1, 1, 1), (3, 5, 7), (5, 2, 1), (1, 6, 9), (7, 4, 33), (1, 5, 130), (1, 3, 200)]
+
+
+@pytest.fixture(autouse=True)
+def split_every_one_sequence():
+    """One sequence (B = 1) with several threads splits each step's units across two
+    threads from a work threshold; tests split every size."""
+    old = L.set_split_min_work(0)
+    yield
+    L.set_split_min_work(old)
 
 
 def sigmoid(x):
