@@ -32,6 +32,7 @@ Generation: generate_stack runs the whole sampling loop for any cell and depth
 """
 import numpy as np
 
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_C_CONTIGUOUS
 from cython cimport floating
 from cython.parallel cimport prange, parallel
 from libc.string cimport memcpy, memset
@@ -75,6 +76,9 @@ cdef extern from "_cells.h" nogil:
 
 # the kernel variant (and tanh's) is chosen once, at import, before any thread runs
 cdef int _LEVEL = fastrnn_pgemm_level()
+
+_I32 = np.dtype(np.int32)
+_U64 = np.dtype(np.uint64)
 
 CELL_RNN = FASTRNN_CELL_RNN
 CELL_GRU = FASTRNN_CELL_GRU
@@ -448,43 +452,78 @@ cdef int _check_cell(int cell, int nonlin) except -1:
     return 0
 
 
-cdef object _arr(str name, object a, object dtype, tuple shape, bint out, list seen):
-    """a checked as a C-contiguous, aligned ndarray of dtype and shape (writable when
-    out); outputs must not overlap any other buffer. Returns a."""
+cdef str _nm(object name):
+    """An argument's name: a str, or (k, name) for layer k's parameter (formatted only
+    for an error message)."""
+    return name if isinstance(name, str) else f"layers[{name[0]}] {name[1]}"
+
+
+cdef object _arr(object name, object a, object dtype, tuple shape, bint out, list seen):
+    """a checked as a C-contiguous, aligned ndarray of dtype (a numpy.dtype) and shape
+    (writable when out); outputs must not overlap any other buffer (checked by
+    _no_overlap once every argument is in seen). Returns a."""
+    cdef uintptr_t lo
+    if not (isinstance(a, np.ndarray) and a.dtype == dtype and a.shape == shape
+            and a.flags.c_contiguous and a.flags.aligned and (a.flags.writeable or not out)):
+        _arr_error(_nm(name), a, dtype, shape, out)
+    lo = _addr(a)
+    seen.append((name, lo, lo + <uintptr_t>a.nbytes, out))
+    return a
+
+
+cdef int _arr_error(str name, object a, object dtype, tuple shape, bint out) except -1:
     if not isinstance(a, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
     if a.dtype != dtype:
-        raise ValueError(f"{name} must have dtype {np.dtype(dtype).name}, got {a.dtype}")
+        raise ValueError(f"{name} must have dtype {dtype.name}, got {a.dtype}")
     if a.shape != shape:
         raise ValueError(f"{name} must have shape {shape}, got {a.shape}")
     if not a.flags.c_contiguous or not a.flags.aligned:
         raise ValueError(f"{name} must be C-contiguous and aligned")
-    if out and not a.flags.writeable:
-        raise ValueError(f"{name} must be writable")
-    for other_name, other, other_out in seen:
-        if (out or other_out) and np.may_share_memory(a, other):
-            raise ValueError(f"{name} must not overlap {other_name}")
-    seen.append((name, a, out))
-    return a
+    raise ValueError(f"{name} must be writable")
 
 
-cdef object _opt(str name, object a, bint needed, str when, object dtype, tuple shape,
+cdef int _no_overlap(list seen) except -1:
+    """No output buffer shares a byte with another buffer (inputs may overlap each
+    other: they can all be views of one flat parameter vector)."""
+    cdef Py_ssize_t i, j, n = len(seen)
+    cdef uintptr_t lo1, hi1, lo2, hi2
+    cdef bint o1, o2
+    for i in range(n):
+        _, lo1, hi1, o1 = seen[i]
+        if not o1 or lo1 == hi1:
+            continue
+        for j in range(n):
+            _, lo2, hi2, o2 = seen[j]
+            if j != i and lo2 < hi1 and lo1 < hi2 and (j > i or not o2):
+                raise ValueError(f"{_nm(seen[i][0])} must not overlap {_nm(seen[j][0])}")
+    return 0
+
+
+cdef object _opt(object name, object a, bint needed, str when, object dtype, tuple shape,
                  bint out, list seen):
     """An argument that is given exactly when needed (else None)."""
     if needed:
         if a is None:
-            raise ValueError(f"{name} is required {when}")
+            raise ValueError(f"{_nm(name)} is required {when}")
         return _arr(name, a, dtype, shape, out, seen)
     if a is not None:
-        raise ValueError(f"{name} must be None except {when}")
+        raise ValueError(f"{_nm(name)} must be None except {when}")
     return None
 
 
-cdef inline uintptr_t _addr(object a):
-    """Data pointer of a checked ndarray (0 for None or an empty array)."""
-    if a is None or a.size == 0:
+cdef uintptr_t _addr(object a) except? 0:
+    """Data pointer of a checked C-contiguous ndarray (0 for None or an empty one),
+    through the buffer protocol (numpy's __array_interface__ builds a dict: several
+    microseconds, per array, per call)."""
+    cdef Py_buffer view
+    cdef uintptr_t p
+    if a is None:
         return 0
-    return <uintptr_t>a.__array_interface__["data"][0]
+    PyObject_GetBuffer(a, &view, PyBUF_C_CONTIGUOUS)
+    p = <uintptr_t>view.buf if view.len > 0 else 0
+    PyBuffer_Release(&view)   # the caller's array keeps the memory alive
+    return p
 
 
 cdef floating* _alloc(Py_ssize_t n, floating dummy) except NULL:
@@ -549,6 +588,7 @@ def layer_forward(int cell, int nonlin, XW, W_hh, b_hn, h0, c0, Hs, Cs, Gs,
     if Gs is not None or cell == FASTRNN_CELL_RNN:
         _opt("Gs", Gs, cell != FASTRNN_CELL_RNN, "with CELL_GRU or CELL_LSTM", dt,
              (T, B, fastrnn_cell_cache_width(cell, H)), True, seen)
+    _no_overlap(seen)
     if T == 0 or B == 0 or H == 0:
         return
     if dt == np.float32:
@@ -664,6 +704,7 @@ def layer_backward(int cell, int nonlin, dHs, Hs, Cs, Gs, h0, c0, W_hh, dA, dAn_
     _opt("dAn_rec", dAn_rec, gru, "with CELL_GRU", dt, (T, B, H), True, seen)
     _arr("dh0", dh0, dt, (B, H), True, seen)
     _opt("dc0", dc0, lstm, "with CELL_LSTM", dt, (B, H), True, seen)
+    _no_overlap(seen)
     if B == 0 or H == 0:
         return
     if T == 0:
@@ -898,10 +939,10 @@ def generate_stack(int cell, int nonlin, layers, W_hq, b_q, feed, out, h, c, rng
             if D < V:
                 raise ValueError(f"layers[0]: W_xh has {D} rows, fewer than V = {V} "
                                  "(generated ids are fed back as its rows)")
-        _arr(f"layers[{k}] W_xh", W_xh, dt, (D if k == 0 else H, G * H), False, seen)
-        _arr(f"layers[{k}] W_hh", lay[1], dt, (H, G * H), False, seen)
-        _arr(f"layers[{k}] b_h", lay[2], dt, (G * H,), False, seen)
-        _opt(f"layers[{k}] b_hn", lay[3], gru, "with CELL_GRU", dt, (H,), False, seen)
+        _arr((k, "W_xh"), W_xh, dt, (D if k == 0 else H, G * H), False, seen)
+        _arr((k, "W_hh"), lay[1], dt, (H, G * H), False, seen)
+        _arr((k, "b_h"), lay[2], dt, (G * H,), False, seen)
+        _opt((k, "b_hn"), lay[3], gru, "with CELL_GRU", dt, (H,), False, seen)
         addrs[k, 0] = _addr(W_xh)
         addrs[k, 1] = _addr(lay[1])
         addrs[k, 2] = _addr(lay[2])
@@ -909,18 +950,21 @@ def generate_stack(int cell, int nonlin, layers, W_hq, b_q, feed, out, h, c, rng
     if not isinstance(feed, np.ndarray) or feed.ndim != 1 or feed.shape[0] < 1:
         raise ValueError("feed must be a 1-d numpy.ndarray of at least one id")
     P = feed.shape[0]
-    _arr("feed", feed, np.int32, (P,), False, seen)
-    if feed.min() < 0 or feed.max() >= D:
-        raise ValueError(f"feed ids must be in [0, {D}), got [{feed.min()}, {feed.max()}]")
+    _arr("feed", feed, _I32, (P,), False, seen)
+    cdef const int32_t[::1] fd = feed
+    for k in range(P):
+        if fd[k] < 0 or fd[k] >= D:
+            raise ValueError(f"feed ids must be in [0, {D}), got {fd[k]} at {k}")
     if not isinstance(out, np.ndarray) or out.ndim != 1:
         raise ValueError("out must be a 1-d int32 numpy.ndarray")
     n = out.shape[0]
-    _arr("out", out, np.int32, (n,), True, seen)
+    _arr("out", out, _I32, (n,), True, seen)
     _arr("h", h, dt, (nL, H), True, seen)
     _opt("c", c, cell == FASTRNN_CELL_LSTM, "with CELL_LSTM", dt, (nL, H), True, seen)
-    _arr("rng", rng, np.uint64, (4,), True, seen)
+    _arr("rng", rng, _U64, (4,), True, seen)
     if logits is not None:
         _arr("logits", logits, dt, (n, V), True, seen)
+    _no_overlap(seen)
     if n == 0:
         return
     if P + n >= (1 << 62):
