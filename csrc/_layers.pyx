@@ -160,10 +160,14 @@ cdef void _forward_chunk(
         return
     mode = fastrnn_ftz_on()
     for t in range(T):
-        hp = (Hs + ((t - 1) * B + b0) * H) if t > 0 else (h0 + b0 * H)
+        hp = h0 + b0 * H
+        if t > 0:
+            hp = Hs + ((t - 1) * B + b0) * H
         cp = NULL
         if cell == FASTRNN_CELL_LSTM:
-            cp = (Cs + ((t - 1) * B + b0) * H) if t > 0 else (c0 + b0 * H)
+            cp = c0 + b0 * H
+            if t > 0:
+                cp = Cs + ((t - 1) * B + b0) * H
         memcpy(a, XW + (t * B + b0) * GH, nb * GH * sizeof(floating))
         if cell == FASTRNN_CELL_GRU:
             # r, z: A += h W_hh[:, :2H];  hn = b_hn + h W_hh[:, 2H:] (kept apart)
@@ -230,10 +234,14 @@ cdef void _backward_chunk(
         da = dA + (t * B + b0) * GH
         for i in range(nb * H):             # all of dL/dh_t
             dh[i] = dh[i] + dhc[i]
-        hp = (Hs + ((t - 1) * B + b0) * H) if t > 0 else (h0 + b0 * H)
+        hp = h0 + b0 * H
+        if t > 0:
+            hp = Hs + ((t - 1) * B + b0) * H
         cp = NULL
         if cell == FASTRNN_CELL_LSTM:
-            cp = (Cs + ((t - 1) * B + b0) * H) if t > 0 else (c0 + b0 * H)
+            cp = c0 + b0 * H
+            if t > 0:
+                cp = Cs + ((t - 1) * B + b0) * H
         for r in range(nb):
             _cell_bwd(cell, nonlin, H, H, dh + r * H, Hs + (t * B + b0 + r) * H, hp + r * H,
                       (Cs + (t * B + b0 + r) * H) if Cs != NULL else NULL,
@@ -288,14 +296,18 @@ cdef void _forward_part(
     """Hidden units [j0, j1) of step t of one sequence."""
     cdef Py_ssize_t g, G = fastrnn_cell_gates(cell), GH = G * H, nj = j1 - j0
     cdef Py_ssize_t CW = fastrnn_cell_cache_width(cell, H)
-    cdef const floating* hp = (Hs + (t - 1) * H) if t > 0 else h0
+    cdef const floating* hp = h0
     cdef const floating* cp = NULL
     cdef floating* gc = (Gs + t * CW) if Gs != NULL else NULL
     cdef floating* hn = NULL
     if nj <= 0:
         return
+    if t > 0:
+        hp = Hs + (t - 1) * H
     if cell == FASTRNN_CELL_LSTM:
-        cp = (Cs + (t - 1) * H) if t > 0 else c0
+        cp = c0
+        if t > 0:
+            cp = Cs + (t - 1) * H
     for g in range(G):
         memcpy(wa + g * H + j0, XW + t * GH + g * H + j0, nj * sizeof(floating))
     if cell == FASTRNN_CELL_GRU:
@@ -377,9 +389,13 @@ cdef void _backward_part(
     d = dHs + t * H
     for i in range(i0, i1):
         d[i] = d[i] + dh[i]
-    hp = (Hs + (t - 1) * H) if t > 0 else h0
+    hp = h0
+    if t > 0:
+        hp = Hs + (t - 1) * H
     if cell == FASTRNN_CELL_LSTM:
-        cp = (Cs + (t - 1) * H) if t > 0 else c0
+        cp = c0
+        if t > 0:
+            cp = Cs + (t - 1) * H
     _cell_bwd(cell, nonlin, ni, H, d + i0, Hs + t * H + i0, hp + i0,
               (Cs + t * H + i0) if Cs != NULL else NULL, (cp + i0) if cp != NULL else NULL,
               (Gs + t * CW + i0) if Gs != NULL else NULL, (dc + i0) if dc != NULL else NULL,
