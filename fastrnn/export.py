@@ -389,7 +389,8 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], *, cell: str = "rnn",
 
     def out(a):
         o = empty_aligned(a.shape, dt)       # whole cache lines, as init_params gives
-        o[...] = a
+        with np.errstate(over="ignore"):       # values beyond float32: reported below
+            o[...] = a
         return o
 
     f64 = {k: a.astype(np.float64) for k, a in arrs.items()}
@@ -722,3 +723,82 @@ def export_onnx(params: Mapping[str, np.ndarray], vocab_chars: Sequence[str],
             raise _named(exc, path) from None
         raise
     return path
+
+
+# ---------------------------------------------------------------------------
+# CharLM <-> torch.nn.Module (CharLM.to_torch / CharLM.from_torch call these)
+
+# torch.nn.RNNBase.mode -> (cell, nonlinearity)
+_TORCH_MODES = {"RNN_TANH": ("rnn", "tanh"), "RNN_RELU": ("rnn", "relu"),
+                "GRU": ("gru", "tanh"), "LSTM": ("lstm", "tanh")}
+
+
+def _vocab_of(vocab: Any):
+    from .vocab import Vocab
+    if isinstance(vocab, Vocab):
+        return vocab
+    if isinstance(vocab, str):
+        vocab = list(vocab)
+    if isinstance(vocab, Sequence) and all(isinstance(t, str) for t in vocab):
+        tokens = list(vocab)
+        return Vocab.from_tokens(tokens, unk="<unk>" if "<unk>" in tokens else None)
+    raise TypeError(f"vocab must be a fastrnn.Vocab, a sequence of tokens in id order or a "
+                    f"str of the characters in id order, got {type(vocab).__name__}")
+
+
+def charlm_from_torch(cls, module: Any, vocab: Any, *, cell: str | None = None,
+                      nonlinearity: str | None = None, dtype: Any = None):
+    """``cls`` (a :class:`~fastrnn.CharLM`) holding a PyTorch char-LM's weights.
+
+    ``module`` is a ``torch.nn.Module`` (its one ``nn.RNN``/``nn.GRU``/``nn.LSTM``
+    gives the cell and the nonlinearity) or a state dict (then ``cell`` and
+    ``nonlinearity`` default to "rnn" and "tanh"); see :func:`from_torch_state_dict`
+    for the accepted layouts. ``vocab`` maps the module's ids to characters.
+    """
+    if isinstance(module, Mapping):
+        sd = module
+        cell = _check_cell("rnn" if cell is None else cell)
+        nonlinearity = _check_nonlinearity("tanh" if nonlinearity is None else nonlinearity)
+    else:
+        if not hasattr(module, "state_dict") or not hasattr(module, "modules"):
+            raise TypeError(f"module must be a torch.nn.Module or a state dict, got "
+                            f"{type(module).__name__}")
+        rnns = [m for m in module.modules() if getattr(m, "mode", None) in _TORCH_MODES]
+        if len(rnns) != 1:
+            raise ValueError(f"module must hold exactly one nn.RNN, nn.GRU or nn.LSTM, "
+                             f"found {len(rnns)}")
+        r = rnns[0]
+        if getattr(r, "bidirectional", False):
+            raise ValueError("bidirectional layers are not supported: a language model "
+                             "reads left to right")
+        if getattr(r, "proj_size", 0):
+            raise ValueError("LSTM projections (proj_size > 0) are not supported")
+        m_cell, m_nl = _TORCH_MODES[r.mode]
+        for name, given, found in (("cell", cell, m_cell), ("nonlinearity", nonlinearity, m_nl)):
+            if given is not None and given != found:
+                raise ValueError(f"{name}={given!r} but the module's recurrent layer is "
+                                 f"{type(r).__name__} ({name} {found!r})")
+        cell, nonlinearity = m_cell, m_nl
+        sd = module.state_dict()
+    vocab = _vocab_of(vocab)
+    params = from_torch_state_dict(sd, cell=cell, dtype=dtype)
+    D, H, V, L, dt = _config(params, cell)
+    if not D == V == len(vocab):
+        raise ValueError(f"the vocabulary has {len(vocab)} tokens but the model reads "
+                         f"{D} ids and predicts {V}")
+    kw = {} if (cell == "rnn" and L == 1) else {"cell": cell, "num_layers": L}
+    try:
+        lm = cls(vocab, H, nonlinearity=nonlinearity, dtype=dt, seed=0, **kw)
+    except TypeError as exc:
+        if kw and ("cell" in str(exc) or "num_layers" in str(exc)):
+            raise ValueError(f"this fastrnn's CharLM has one-layer cell='rnn' models only; "
+                             f"the module is {cell} with {L} layer(s) "
+                             f"(fastrnn.export.from_torch_state_dict gives its parameters "
+                             f"for the functional API)") from None
+        raise
+    if set(lm.params) != set(params):
+        raise ValueError(f"CharLM's parameters {sorted(lm.params)} do not match the "
+                         f"imported {sorted(params)}")
+    for k, a in params.items():
+        lm.params[k][...] = a
+    return lm
