@@ -15,6 +15,7 @@ from . import reference
 from . import datasets
 from .vocab import Vocab
 from .model import CharLM, TrainingDiverged, TrainingInterrupted
+from .export import from_torch_state_dict, to_torch_state_dict  # no torch import
 
 
 def build_info() -> dict:
@@ -58,3 +59,4 @@ def build_info() -> dict:
 __all__ = ["__version__", "build_info", "default_num_threads", "forward", "init_params",
            "loss_and_grad", "reference", "datasets", "Vocab", "CharLM", "TrainingDiverged",
            "TrainingInterrupted"]
+__all__ += ["to_torch_state_dict", "from_torch_state_dict"]
