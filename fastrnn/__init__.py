@@ -11,6 +11,7 @@ functions in plain NumPy.
 """
 from ._version import __version__
 from ._core import (default_num_threads, forward, init_params, loss_and_grad)
+from . import params
 from . import reference
 from . import datasets
 from .vocab import Vocab
@@ -57,6 +58,6 @@ def build_info() -> dict:
 
 
 __all__ = ["__version__", "build_info", "default_num_threads", "forward", "init_params",
-           "loss_and_grad", "reference", "datasets", "Vocab", "CharLM", "TrainingDiverged",
+           "loss_and_grad", "params", "reference", "datasets", "Vocab", "CharLM", "TrainingDiverged",
            "TrainingInterrupted"]
 __all__ += ["to_torch_state_dict", "from_torch_state_dict"]

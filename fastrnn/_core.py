@@ -14,6 +14,7 @@ from typing import Mapping
 
 import numpy as np
 
+from . import params as _params
 from . import reference
 
 try:  # the compiled kernels; a broken build falls back to NumPy with a warning
@@ -352,31 +353,62 @@ def _asarray(a, name):
 # public functional API
 
 def init_params(input_size: int, hidden_size: int, output_size: int | None = None, *,
-                dtype="float32", seed=None, init: str = "d2l", scale: float = 0.01) -> dict:
-    """Fresh RNN parameters.
+                cell: str = "rnn", num_layers: int = 1, dtype="float32", seed=None,
+                init: str | None = None, scale: float = 0.01,
+                forget_bias: float = 1.0) -> dict:
+    """Fresh parameters of a stack of recurrent layers and its output head.
 
     Parameters
     ----------
     input_size : int
         D, the vocabulary size for token inputs (the width of the one-hot code).
     hidden_size : int
-        H, the number of hidden units.
+        H, the number of hidden units of every layer.
     output_size : int, optional
         V, the number of output classes; defaults to ``input_size`` (a char-LM).
+    cell : {"rnn", "gru", "lstm"}
+        The recurrent cell (gate counts and names: :mod:`fastrnn.params`).
+    num_layers : int
+        L >= 1 stacked layers; layer k >= 1 has names with the suffix ``_l{k}``.
     dtype : {"float32", "float64"}
     seed : int or numpy.random.Generator, optional
-        Seed for reproducible initialisation.
-    init : {"d2l", "uniform"}
-        ``"d2l"`` (default): weights ~ Normal(0, scale**2) with ``scale=0.01``, biases
-        zero, as in d2l's ``get_params`` and min-char-rnn. ``"uniform"``: weights and
-        biases ~ Uniform(-1/sqrt(H), 1/sqrt(H)), PyTorch's ``nn.RNN``/``nn.Linear``
-        scheme (``scale`` is ignored).
+        Seed for reproducible initialisation. Arrays are drawn in flat order
+        (:func:`fastrnn.params.param_names`), so ``cell="rnn"`` with one layer draws
+        the same arrays as fastrnn 0.1 for the same seed.
+    init : {"d2l", "uniform"}, optional
+        ``"d2l"``: weights ~ Normal(0, scale**2) with ``scale=0.01``, biases zero, as
+        in d2l's ``get_params`` and min-char-rnn. ``"uniform"``: weights and biases ~
+        Uniform(-1/sqrt(H), 1/sqrt(H)), PyTorch's scheme (``scale`` is ignored).
+        Default: ``"d2l"`` for ``cell="rnn"`` with one layer (as in 0.1),
+        ``"uniform"`` otherwise.
+    scale : float
+        Standard deviation of the ``"d2l"`` weights.
+    forget_bias : float
+        LSTM only: the forget-gate block of every layer's ``b_h`` is set to this value
+        after the draws (1.0, as char-rnn and Keras' ``unit_forget_bias``); 0.0 leaves
+        it as ``init`` drew it. Ignored by other cells.
 
     Returns
     -------
     dict
-        ``W_xh (D, H)``, ``W_hh (H, H)``, ``b_h (H,)``, ``W_hq (H, V)``, ``b_q (V,)``,
-        C-contiguous, all of ``dtype``.
+        The arrays of :func:`fastrnn.params.layout` by name (for ``cell="rnn"``, one
+        layer: ``W_xh (D, H)``, ``W_hh (H, H)``, ``b_h (H,)``, ``W_hq (H, V)``,
+        ``b_q (V,)``), each C-contiguous, starting a cache line, all of ``dtype``.
+
+    Raises
+    ------
+    ValueError, TypeError
+        An unknown cell or init, a size that is not an int >= 1, a bad dtype, scale or
+        forget_bias.
+
+    Examples
+    --------
+    >>> import fastrnn
+    >>> p = fastrnn.init_params(65, 8, cell="lstm", num_layers=2, seed=0)
+    >>> [(k, v.shape) for k, v in p.items()][3:]
+    [('W_xh_l1', (8, 32)), ('W_hh_l1', (8, 32)), ('b_h_l1', (32,)), ('W_hq', (8, 65)), ('b_q', (65,))]
+    >>> p["b_h"][8:16].tolist() == [1.0] * 8      # the forget gate's block
+    True
     """
     sizes = {"input_size": input_size, "hidden_size": hidden_size,
              "output_size": input_size if output_size is None else output_size}
@@ -386,11 +418,20 @@ def init_params(input_size: int, hidden_size: int, output_size: int | None = Non
         if n < 1:
             raise ValueError(f"{name} must be >= 1, got {n}")
     D, H, V = (int(sizes[k]) for k in ("input_size", "hidden_size", "output_size"))
+    cell = _params._check_cell(cell)
+    L = _params._check_count("num_layers", num_layers)
     dt = np.dtype(dtype)
     if dt not in (np.float32, np.float64):
         raise TypeError(f"dtype must be float32 or float64, got {dt}")
+    if isinstance(forget_bias, bool) or not isinstance(forget_bias, (int, float, np.integer,
+                                                                     np.floating)):
+        raise TypeError(f"forget_bias must be a real number, got {type(forget_bias).__name__}")
+    if not np.isfinite(forget_bias):
+        raise ValueError(f"forget_bias must be finite, got {forget_bias}")
+    if init is None:
+        init = "d2l" if (cell == "rnn" and L == 1) else "uniform"
     rng = np.random.default_rng(seed)
-    shapes = {"W_xh": (D, H), "W_hh": (H, H), "b_h": (H,), "W_hq": (H, V), "b_q": (V,)}
+    shapes = {name: shape for name, shape, _ in _params.layout(cell, D, H, V, L)}
     if init == "d2l":
         if isinstance(scale, bool) or not isinstance(scale, (int, float, np.integer,
                                                               np.floating)):
@@ -405,6 +446,9 @@ def init_params(input_size: int, hidden_size: int, output_size: int | None = Non
         p = {k: rng.uniform(-bound, bound, s) for k, s in shapes.items()}
     else:
         raise ValueError(f"init must be 'd2l' or 'uniform', got {init!r}")
+    if cell == "lstm" and forget_bias != 0:
+        for k in range(L):
+            p["b_h" + ("" if k == 0 else f"_l{k}")][H:2 * H] = forget_bias
     out = {k: empty_aligned(v.shape, dt) for k, v in p.items()}   # whole cache lines
     with np.errstate(over="ignore"):
         for k, v in p.items():
