@@ -66,11 +66,12 @@ from typing import Any
 
 import numpy as np
 
+from . import params as _params
+
 __all__ = ["to_torch_state_dict", "from_torch_state_dict", "to_torch_module",
            "export_onnx", "DEFAULT_OPSET", "ACCEPTED_KEYS"]
 
-# Gate counts (fastrnn.params.CELLS; repeated so that this module stands alone).
-_CELLS = {"rnn": 1, "gru": 3, "lstm": 4}
+_CELLS = _params.CELLS          # gate counts: rnn 1, gru 3, lstm 4
 
 #: The ONNX opset :func:`export_onnx` writes by default: opset 17 (ONNX 1.12), which
 #: ONNX Runtime 1.12 and every later release runs. Any opset from 13 (``Squeeze``
@@ -110,74 +111,39 @@ def _sfx(k: int) -> str:
     return "" if k == 0 else f"_l{k}"
 
 
-def _layer_names(cell: str, k: int) -> list[str]:
-    s = _sfx(k)
-    return [f"W_xh{s}", f"W_hh{s}", f"b_h{s}"] + ([f"b_hn{s}"] if cell == "gru" else [])
-
-
 def _config(params: Any, cell: str) -> tuple[int, int, int, int, np.dtype]:
-    """(D, H, V, L, dtype) of fastrnn parameters, after checking every name and shape."""
+    """(D, H, V, L, dtype) of fastrnn parameters, after checking every name and shape
+    (:func:`fastrnn.params.infer_config`), that there are no other entries, one float
+    dtype and finite values."""
     if not isinstance(params, Mapping):
         raise TypeError(f"params must be a mapping of arrays, got {type(params).__name__}")
-    G = _CELLS[cell]
-    L = 1
-    while f"W_xh_l{L}" in params:
-        L += 1
-    expected = [n for k in range(L) for n in _layer_names(cell, k)] + ["W_hq", "b_q"]
-    extra = sorted(set(params) - set(expected))
+    try:
+        D, H, V, L = _params.infer_config(params, cell)
+    except ValueError as exc:
+        W_hh = params.get("W_hh")
+        fits = [c for c, g in _CELLS.items() if c != cell and getattr(W_hh, "ndim", 0) == 2
+                and W_hh.shape[1] == g * W_hh.shape[0]]
+        raise ValueError(f"{exc}" + (f"; W_hh {W_hh.shape} fits cell={fits[0]!r}"
+                                     if fits else "")) from None
+    expected = _params.param_names(cell, L)
+    extra = sorted(set(params) - set(expected), key=str)
     if extra:
-        hint = ""
-        if cell != "gru" and any(str(k).startswith("b_hn") for k in extra):
-            hint = " (b_hn belongs to cell='gru')"
         raise ValueError(f"params has unexpected entries {extra} for cell={cell!r} with "
-                         f"{L} layer(s){hint}")
-    missing = [n for n in expected if n not in params]
-    if missing:
-        raise ValueError(f"params is missing {', '.join(missing)} (cell={cell!r}, "
-                         f"{L} layer(s))")
-    arr = {}
+                         f"{L} layer(s)")
+    dt = None
     for n in expected:
         a = params[n]
         if not isinstance(a, np.ndarray):
             raise TypeError(f"params[{n!r}] must be a numpy array, got {type(a).__name__}")
         if a.dtype not in (np.float32, np.float64):
             raise TypeError(f"params[{n!r}] must be float32 or float64, got {a.dtype}")
-        arr[n] = a
-    dt = arr["W_xh"].dtype
-    for n, a in arr.items():
-        if a.dtype != dt:
+        if dt is None:
+            dt = a.dtype
+        elif a.dtype != dt:
             raise TypeError(f"params must share one dtype: params['W_xh'] is {dt}, "
                             f"params[{n!r}] is {a.dtype}")
-    W_hh = arr["W_hh"]
-    if W_hh.ndim != 2 or W_hh.shape[0] < 1:
-        raise ValueError(f"params['W_hh'] must be 2-D (H, {G}*H), got shape {W_hh.shape}")
-    H = W_hh.shape[0]
-    if arr["W_xh"].ndim != 2:
-        raise ValueError(f"params['W_xh'] must be 2-D (D, {G}*H), got shape "
-                         f"{arr['W_xh'].shape}")
-    D = arr["W_xh"].shape[0]
-    if arr["W_hq"].ndim != 2:
-        raise ValueError(f"params['W_hq'] must be 2-D (H, V), got shape {arr['W_hq'].shape}")
-    V = arr["W_hq"].shape[1]
-    shapes = {}
-    for k in range(L):
-        s = _sfx(k)
-        shapes.update({f"W_xh{s}": (D if k == 0 else H, G * H), f"W_hh{s}": (H, G * H),
-                       f"b_h{s}": (G * H,)})
-        if cell == "gru":
-            shapes[f"b_hn{s}"] = (H,)
-    shapes.update({"W_hq": (H, V), "b_q": (V,)})
     for n in expected:
-        if arr[n].shape != shapes[n]:
-            fits = [c for c, g in _CELLS.items() if W_hh.shape == (H, g * H)]
-            hint = (f"; W_hh {W_hh.shape} fits cell={fits[0]!r}"
-                    if fits and fits[0] != cell else "")
-            raise ValueError(f"params[{n!r}] has shape {arr[n].shape}, expected {shapes[n]} "
-                             f"for cell={cell!r} (D={D}, H={H}, V={V}, {L} layer(s)){hint}")
-    if min(D, V) < 1:
-        raise ValueError(f"D and V must be >= 1, got D={D}, V={V}")
-    for n in expected:
-        if not np.isfinite(arr[n]).all():
+        if not np.isfinite(params[n]).all():
             raise ValueError(f"params[{n!r}] contains NaN or inf")
     return D, H, V, L, np.dtype(dt)
 
