@@ -363,7 +363,8 @@ def run_onnx_section(threads, quick, tmpdir):
         got = sess.run(None, feeds)[0]
         err = np.abs(got - want).max() / np.abs(want).max()
         if err > 1e-5:
-            raise SystemExit(f"onnx forward ({cell}): onnxruntime differs from fastrnn by {err:.2e}")
+            raise SystemExit(f"onnx forward ({cell}): onnxruntime differs from fastrnn by "
+                             f"{err:.2e}")
         fns = {"fastrnn": lambda: fastrnn.forward(p, X, num_threads=threads, **kw),
                "onnxruntime": lambda: sess.run(None, feeds)}
         med, rounds = interleaved(fns, rounds=2 if quick else 4, min_time=2 if quick else 8)
