@@ -30,6 +30,13 @@ except (ImportError, TypeError) as exc:  # TypeError: scipy's cython_blas signat
                   "reference. Reinstall with a C compiler to get the fast kernels.",
                   RuntimeWarning, stacklevel=2)
 
+try:  # the compiled layer loops of every cell; without them the stack runs NumPy's loops
+    from . import _layers
+    _LAYERS_ERROR = None
+except (ImportError, TypeError) as exc:
+    _layers = None
+    _LAYERS_ERROR = exc
+
 PARAM_NAMES = ("W_xh", "W_hh", "b_h", "W_hq", "b_q")
 NONLINEARITIES = ("tanh", "relu")
 _MAX_THREADS = 256
@@ -202,15 +209,15 @@ def _all_finite(a) -> bool:
     return bool(np.isfinite(a).all())
 
 
-def _dtype_of(params) -> np.dtype:
+def _dtype_of(params, names=PARAM_NAMES) -> np.dtype:
     if not isinstance(params, Mapping):
-        raise TypeError(f"params must be a mapping of arrays with keys {PARAM_NAMES}, "
+        raise TypeError(f"params must be a mapping of arrays with keys {tuple(names)}, "
                         f"got {type(params).__name__}")
-    missing = [k for k in PARAM_NAMES if k not in params]
+    missing = [k for k in names if k not in params]
     if missing:
         raise ValueError(f"params is missing {', '.join(missing)}")
     dtype = None
-    for k in PARAM_NAMES:
+    for k in names:
         a = params[k]
         if not isinstance(a, np.ndarray):
             raise TypeError(f"params[{k!r}] must be a numpy array, got {type(a).__name__}")
@@ -219,31 +226,34 @@ def _dtype_of(params) -> np.dtype:
         if dtype is None:
             dtype = a.dtype
         elif a.dtype != dtype:
-            raise TypeError(f"params must share one dtype: params['W_xh'] is {dtype}, "
+            raise TypeError(f"params must share one dtype: params[{names[0]!r}] is {dtype}, "
                             f"params[{k!r}] is {a.dtype}")
     return np.dtype(dtype)
 
 
-def check_params(params, *, check_finite: bool = True) -> dict:
-    """Return C-contiguous params after checking names, dtypes, shapes and values."""
-    dtype = _dtype_of(params)
-    p = {k: _c_aligned(params[k]) for k in PARAM_NAMES}
-    for k, nd in zip(PARAM_NAMES, (2, 2, 1, 2, 1)):
-        if p[k].ndim != nd:
-            raise ValueError(f"params[{k!r}] must be {nd}-D, got shape {p[k].shape}")
-    D, H = p["W_xh"].shape
-    V = p["W_hq"].shape[1]
-    expect = {"W_xh": (D, H), "W_hh": (H, H), "b_h": (H,), "W_hq": (H, V), "b_q": (V,)}
-    for k in PARAM_NAMES:
-        if p[k].shape != expect[k]:
-            raise ValueError(f"params[{k!r}] has shape {p[k].shape}, expected {expect[k]} "
-                             f"(D={D}, H={H}, V={V} from W_xh {(D, H)} and W_hq "
-                             f"{p['W_hq'].shape})")
-    for name, n in (("D (input size)", D), ("H (hidden size)", H), ("V (output size)", V)):
-        if n < 1:
-            raise ValueError(f"{name} must be >= 1, got {n}")
+def check_cell(cell) -> str:
+    """Return the cell name as a plain str ('rnn', 'gru' or 'lstm')."""
+    return _params._check_cell(cell)
+
+
+def check_params(params, *, cell: str = "rnn", check_finite: bool = True) -> dict:
+    """Return C-contiguous params after checking names, dtypes, shapes and values.
+
+    The layers are read from the names (:func:`fastrnn.params.infer_config`); the
+    result holds exactly the names of :func:`fastrnn.params.param_names`, in flat order.
+    """
+    cell = check_cell(cell)
+    if not isinstance(params, Mapping):
+        raise TypeError(f"params must be a mapping of arrays with keys {PARAM_NAMES}, "
+                        f"got {type(params).__name__}")
+    names = _params.param_names(cell, _params._num_layers(params, cell))
+    if any(k not in params for k in names):
+        _params.infer_config(params, cell)       # the missing names, or a shape that says
+    dtype = _dtype_of(params, names)             # these are another cell's parameters
+    _params.infer_config(params, cell)           # names and shapes fit the cell
+    p = {k: _c_aligned(params[k]) for k in names}
     if check_finite:
-        for k in PARAM_NAMES:
+        for k in names:
             if not _all_finite(p[k]):
                 raise ValueError(f"params[{k!r}] contains NaN or inf")
     assert dtype == p["W_hh"].dtype
@@ -276,15 +286,11 @@ def _int_ids(a, name, upper, what):
 _FAST_ID_DTYPES = (np.dtype(np.int64), np.dtype(np.int32))
 
 
-def check_inputs(p, X, h0, Y=None):
-    """Validate X (ids or dense), optional Y and h0 against params p.
-
-    Returns (X_ids (T, B) int32 or empty, X_dense (T*B, D) or empty, h0 (B, H),
-    Y (T*B,) int32 or None, B, T).
-    """
+def _check_x(p, X):
+    """Validate X (ids or dense) against params p: (X_ids (T, B) int32 or empty,
+    X_dense (T*B, D) or empty, B, T)."""
     dtype = p["W_hh"].dtype
-    D, H = p["W_xh"].shape
-    V = p["W_hq"].shape[1]
+    D = p["W_xh"].shape[0]
     if X is None:
         raise TypeError("X must be an array of token ids (B, T) or dense inputs (B, T, D), "
                         "got None")
@@ -314,24 +320,86 @@ def check_inputs(p, X, h0, Y=None):
     if B * T >= 2**31:  # BLAS takes 32-bit sizes
         raise ValueError(f"X has B*T = {B * T} steps in one call; at most 2**31 - 1 "
                          "(split the batch or the sequence)")
+    return X_ids, X_dense, B, T
+
+
+def _check_y(p, Y, B, T):
+    """Validated targets (B, T) -> (T*B,) int32."""
+    V = p["W_hq"].shape[1]
+    Yt = _int_ids(Y, "Y", V, "target ids")
+    if Yt.shape != (T, B):
+        raise ValueError(f"Y has shape {Yt.shape[::-1]}, expected (B, T) = {(B, T)} like X")
+    return Yt.reshape(T * B)
+
+
+def _check_h(h0, name, shape, dtype):
+    ha = _asarray(h0, name)
+    if ha.dtype.kind not in "fiu":
+        raise TypeError(f"{name} must be a float array, got dtype {ha.dtype}")
+    if ha.shape != shape:
+        raise ValueError(f"{name} has shape {ha.shape}, expected {shape}")
+    h = _c_aligned(ha, dtype)
+    if not _all_finite(h):
+        raise ValueError(f"{name} contains NaN or inf")
+    return h
+
+
+def check_inputs(p, X, h0, Y=None):
+    """Validate X (ids or dense), optional Y and h0 against Elman params p (one layer).
+
+    Returns (X_ids (T, B) int32 or empty, X_dense (T*B, D) or empty, h0 (B, H),
+    Y (T*B,) int32 or None, B, T).
+    """
+    dtype = p["W_hh"].dtype
+    H = p["W_hh"].shape[0]
+    X_ids, X_dense, B, T = _check_x(p, X)
     if h0 is None:
         h = np.zeros((B, H), dtype)
     else:
-        ha = _asarray(h0, "h0")
-        if ha.dtype.kind not in "fiu":
-            raise TypeError(f"h0 must be a float array, got dtype {ha.dtype}")
-        if ha.shape != (B, H):
-            raise ValueError(f"h0 has shape {ha.shape}, expected (B, H) = {(B, H)}")
-        h = _c_aligned(ha, dtype)
-        if not _all_finite(h):
-            raise ValueError("h0 contains NaN or inf")
-    Yt = None
-    if Y is not None:
-        Yt = _int_ids(Y, "Y", V, "target ids")
-        if Yt.shape != (T, B):
-            raise ValueError(f"Y has shape {Yt.shape[::-1]}, expected (B, T) = {(B, T)} like X")
-        Yt = Yt.reshape(T * B)
+        h = _check_h(h0, "h0", (B, H), dtype)
+    Yt = None if Y is None else _check_y(p, Y, B, T)
     return X_ids, X_dense, h, Yt, B, T
+
+
+def check_state(h0, cell, L, B, H, dtype):
+    """Validate an initial state in one of the forms of SPEC "State forms".
+
+    Returns (h (L, B, H), c (L, B, H) or None, form): form "BH" when the state is
+    (B, H) arrays (one layer only) or None with one layer, else "LBH".
+    """
+    def one(s, name):
+        if s is None:
+            return np.zeros((L, B, H), dtype), ("BH" if L == 1 else "LBH")
+        if isinstance(s, (tuple, list)) and cell != "lstm" and len(s) == 2 and all(
+                isinstance(a, np.ndarray) for a in s):
+            raise TypeError(f"{name} is a pair, which is LSTM's state (h, c); cell={cell!r} "
+                            "takes one array")
+        sa = _asarray(s, name)
+        if sa.ndim == 2 and L == 1:
+            return _check_h(sa, name, (B, H), dtype)[None], "BH"
+        if sa.ndim == 3 or sa.ndim == 2:
+            return _check_h(sa, name, (L, B, H), dtype), "LBH"
+        raise ValueError(f"{name} has shape {sa.shape}, expected (L, B, H) = {(L, B, H)}"
+                         + (f" or (B, H) = {(B, H)}" if L == 1 else ""))
+    if cell == "lstm":
+        if h0 is None:
+            h, form = one(None, "h0")
+            return h, np.zeros_like(h), form
+        if not isinstance(h0, (tuple, list)) or len(h0) != 2:
+            raise TypeError(f"h0 for cell='lstm' must be a pair (h, c) of arrays or None, "
+                            f"got {type(h0).__name__}"
+                            + (f" of length {len(h0)}" if isinstance(h0, (tuple, list))
+                               else ""))
+        if h0[0] is None or h0[1] is None:
+            raise TypeError("h0 for cell='lstm' must be a pair (h, c) of arrays, got None "
+                            "inside the pair (pass h0=None for zeros)")
+        (h, fh), (c, fc) = one(h0[0], "h0[0] (h)"), one(h0[1], "h0[1] (c)")
+        if fh != fc:
+            raise ValueError(f"h0's h and c must have the same form, got shapes "
+                             f"{np.shape(h0[0])} and {np.shape(h0[1])}")
+        return h, c, fh
+    h, form = one(h0, "h0")
+    return h, None, form
 
 
 def check_nonlinearity(nonlinearity) -> str:
@@ -530,37 +598,90 @@ def _run_forward(p, X_ids, X_dense, h, Yt, B, T, nonlinearity, nt, keep_logits,
     return Hs, Zs, O, float(parts.sum(dtype=np.float64))
 
 
-def forward(params, X, h0=None, *, nonlinearity: str = "tanh", num_threads=None,
-            return_states: bool = False):
-    """Run the RNN over a batch of sequences.
+def _check_call(params, cell, nonlinearity, num_threads, return_states=False):
+    """Checks shared by forward and loss_and_grad: (p, cell, nonlinearity, L, nt)."""
+    cell = check_cell(cell)
+    nonlinearity = check_nonlinearity(nonlinearity)
+    if cell != "rnn" and nonlinearity != "tanh":
+        raise ValueError(f"nonlinearity applies to cell='rnn' only; got "
+                         f"nonlinearity={nonlinearity!r} with cell={cell!r}")
+    p = check_params(params, cell=cell)
+    L = _params._num_layers(p, cell)
+    if return_states and (cell != "rnn" or L != 1):
+        raise ValueError(f"return_states is available for cell='rnn' with one layer only, "
+                         f"got cell={cell!r}, num_layers={L}")
+    return p, cell, nonlinearity, L, resolve_num_threads(num_threads)
+
+
+def forward(params, X, h0=None, *, cell: str = "rnn", nonlinearity: str = "tanh",
+            num_threads=None, return_states: bool = False):
+    """Run a stack of recurrent layers and the output head over a batch of sequences.
 
     Parameters
     ----------
     params : dict
-        ``W_xh (D, H)``, ``W_hh (H, H)``, ``b_h (H,)``, ``W_hq (H, V)``, ``b_q (V,)``,
-        one dtype, float32 or float64 (see :func:`init_params`).
+        Named arrays of :func:`fastrnn.params.layout` for ``cell`` (see
+        :func:`init_params`), one dtype, float32 or float64. The number of layers is
+        read from the names (``W_xh_l1`` ...). For ``cell="rnn"``, one layer:
+        ``W_xh (D, H)``, ``W_hh (H, H)``, ``b_h (H,)``, ``W_hq (H, V)``, ``b_q (V,)``.
     X : array
         Token ids, integer ``(B, T)`` in ``[0, D)`` (one-hot semantics, computed as a
         row gather of ``W_xh``), or dense float inputs ``(B, T, D)``.
-    h0 : array (B, H), optional
-        Initial hidden state; zeros if None.
+    h0 : array or tuple, optional
+        Initial state: None (zeros), ``(B, H)`` (one layer only) or ``(L, B, H)``;
+        for LSTM a pair ``(h, c)`` of arrays in the same form.
+    cell : {"rnn", "gru", "lstm"}
     nonlinearity : {"tanh", "relu"}
+        ``cell="rnn"`` only; another value with a gated cell raises ValueError.
     num_threads : int, optional
-        OpenMP threads; None means :func:`default_num_threads`.
+        OpenMP threads; None means :func:`default_num_threads`. Results do not depend
+        on it.
     return_states : bool
-        Also return ``{"Z": (B, T, H), "H": (B, T, H)}``: the pre-activations
-        ``Z_t = X_t W_xh + H_{t-1} W_hh + b_h`` and hidden states ``H_t = phi(Z_t)``.
+        ``cell="rnn"`` with one layer only: also return ``{"Z": (B, T, H), "H": (B, T,
+        H)}``: the pre-activations ``Z_t = X_t W_xh + H_{t-1} W_hh + b_h`` and hidden
+        states ``H_t = phi(Z_t)``.
 
     Returns
     -------
     logits : ndarray (B, T, V)
-    h_T : ndarray (B, H)
-        The final hidden state.
+    state : ndarray or tuple
+        The final state: ``(B, H)`` for one layer (``(L, B, H)`` when ``h0`` was given
+        so), ``(L, B, H)`` for L > 1; for LSTM a pair ``(h_T, c_T)`` in that form.
+
+    Raises
+    ------
+    ValueError, TypeError
+        Before any compiled code runs: an unknown cell, parameters that do not fit the
+        cell (naming the parameter and both shapes), bad ids, shapes, states, values.
+
+    Examples
+    --------
+    >>> import fastrnn
+    >>> p = fastrnn.init_params(5, 4, cell="lstm", num_layers=2, seed=0)
+    >>> logits, (h, c) = fastrnn.forward(p, [[0, 1, 2]], cell="lstm")
+    >>> logits.shape, h.shape, c.shape
+    ((1, 3, 5), (2, 1, 4), (2, 1, 4))
     """
-    p = check_params(params)
-    nonlinearity = check_nonlinearity(nonlinearity)
-    X_ids, X_dense, h, _, B, T = check_inputs(p, X, h0)
-    nt = resolve_num_threads(num_threads)
+    p, cell, nonlinearity, L, nt = _check_call(params, cell, nonlinearity, num_threads,
+                                               return_states)
+    if cell == "rnn" and L == 1:
+        X_ids, X_dense, B, T = _check_x(p, X)
+        h, _, form = check_state(h0, cell, 1, B, p["W_hh"].shape[0], p["W_hh"].dtype)
+        result = _rnn_forward(p, X, X_ids, X_dense, h[0], B, T, nonlinearity, nt,
+                              return_states)
+        if form == "LBH":
+            result = (result[0], result[1][None]) + tuple(result[2:])
+        return result
+    X_ids, X_dense, B, T = _check_x(p, X)
+    D, H, V, _ = _params.infer_config(p, cell)
+    h, c, form = check_state(h0, cell, L, B, H, p["W_hh"].dtype)
+    logits, hT, cT = _stack(p, cell, L, nonlinearity, X_ids, X_dense, B, T, h, c, None,
+                            0.0, 0, 0, nt, None)
+    return logits, reference._state_out(hT, cT, form)
+
+
+def _rnn_forward(p, X, X_ids, X_dense, h, B, T, nonlinearity, nt, return_states):
+    """cell="rnn", one layer: the 0.1 kernels (fastrnn._rnn)."""
     if _rnn is None:
         return reference.forward(p, np.asarray(X) if X_ids.size else X_dense.reshape(
             T, B, -1).transpose(1, 0, 2), h, nonlinearity=nonlinearity,
@@ -580,11 +701,12 @@ def forward(params, X, h0=None, *, nonlinearity: str = "tanh", num_threads=None,
     return logits, h_T
 
 
-def _grad_buffers(p, B, out):
+def _grad_buffers(p, B, out, names=PARAM_NAMES, state_shapes=None):
     """Gradient arrays: fresh, or the caller's ``out`` after checking them."""
     H = p["W_hh"].shape[0]
-    shapes = {k: p[k].shape for k in PARAM_NAMES}
-    shapes["h0"] = (B, H)
+    shapes = {k: p[k].shape for k in names}
+    state_shapes = state_shapes or {"h0": (B, H)}
+    shapes.update(state_shapes)
     if out is None:
         return {k: np.empty(s, p["W_hh"].dtype) for k, s in shapes.items()}
     if not isinstance(out, Mapping):
@@ -592,7 +714,7 @@ def _grad_buffers(p, B, out):
     g = dict(out)
     for k, shape in shapes.items():
         if k not in g:
-            if k == "h0":
+            if k in state_shapes:
                 g[k] = np.empty(shape, p["W_hh"].dtype)
                 continue
             raise ValueError(f"out is missing {k!r}")
@@ -611,12 +733,28 @@ def _grad_buffers(p, B, out):
     return g
 
 
-def loss_and_grad(params, X, Y, h0=None, *, nonlinearity: str = "tanh", num_threads=None,
+def loss_and_grad(params, X, Y, h0=None, *, cell: str = "rnn", nonlinearity: str = "tanh",
+                  dropout: float = 0.0, seed=None, row_offset: int = 0, num_threads=None,
                   out=None):
     """Mean softmax cross-entropy over all B*T predictions and its gradients (BPTT).
 
-    Parameters are as in :func:`forward`, plus ``Y``: integer targets ``(B, T)`` in
-    ``[0, V)`` (for a char-LM, X shifted by one character).
+    Parameters
+    ----------
+    params, X, h0, cell, nonlinearity, num_threads
+        As in :func:`forward`.
+    Y : array
+        Integer targets ``(B, T)`` in ``[0, V)`` (for a char-LM, X shifted by one
+        character).
+    dropout : float
+        Inverted dropout in ``[0, 1)`` on the output of every layer except the top
+        one (training only); with one layer it does nothing and warns, as PyTorch.
+    seed : int, optional
+        In ``[0, 2**64)``; needed when ``dropout > 0``. Each mask value is a pure
+        function of (seed, layer, step, global row, unit):
+        :func:`fastrnn.params.dropout_mask`.
+    row_offset : int
+        Global index of the first row of ``X`` in a larger batch (data-parallel
+        callers holding rows ``row_offset..``), so every row gets its own mask.
 
     Returns
     -------
@@ -624,23 +762,66 @@ def loss_and_grad(params, X, Y, h0=None, *, nonlinearity: str = "tanh", num_thre
         Mean cross-entropy over the ``B*T`` predictions (perplexity is ``exp(loss)``).
     grads : dict
         ``d loss / d param`` with the keys, shapes and dtype of ``params``, plus
-        ``"h0"``: ``d loss / d h0``, shape (B, H).
-    h_T : ndarray (B, H)
-        The final hidden state (to carry into the next segment, detached).
+        ``"h0"`` (and ``"c0"`` for LSTM): the gradient with respect to the initial
+        state, in the form of the state (see :func:`forward`).
+    state : ndarray or tuple
+        The final state (to carry into the next segment, detached), as in
+        :func:`forward`.
+
+    Raises
+    ------
+    ValueError, TypeError
+        As :func:`forward`, and for a bad ``Y``, ``dropout``, ``seed``, ``row_offset``
+        or ``out``.
 
     Other Parameters
     ----------------
     out : dict, optional
         Preallocated C-contiguous gradient arrays (same keys as ``params``, and
-        optionally ``"h0"``) to write into instead of allocating, e.g. views into one
-        flat gradient buffer. Returned as ``grads``.
+        optionally ``"h0"``/``"c0"``) to write into instead of allocating, e.g. views
+        into one flat gradient buffer. Returned as ``grads``.
+
+    Examples
+    --------
+    >>> import fastrnn
+    >>> p = fastrnn.init_params(5, 4, cell="gru", num_layers=2, seed=0)
+    >>> X = [[0, 1, 2, 3]]
+    >>> Y = [[1, 2, 3, 4]]
+    >>> loss, grads, h = fastrnn.loss_and_grad(p, X, Y, cell="gru", dropout=0.2, seed=7)
+    >>> grads["W_hh_l1"].shape, grads["h0"].shape, h.shape
+    ((4, 12), (2, 1, 4), (2, 1, 4))
     """
-    p = check_params(params)
-    nonlinearity = check_nonlinearity(nonlinearity)
+    p, cell, nonlinearity, L, nt = _check_call(params, cell, nonlinearity, num_threads)
     if Y is None:
         raise TypeError("Y must be an integer array of target ids (B, T), got None")
-    X_ids, X_dense, h, Yt, B, T = check_inputs(p, X, h0, Y)
-    nt = resolve_num_threads(num_threads)
+    p_drop, seed, row_offset = reference._dropout_args(L, dropout, seed, row_offset)
+    X_ids, X_dense, B, T = _check_x(p, X)
+    Yt = _check_y(p, Y, B, T)
+    D, H, V, _ = _params.infer_config(p, cell)
+    h, c, form = check_state(h0, cell, L, B, H, p["W_hh"].dtype)
+    if cell == "rnn" and L == 1:
+        if form == "LBH" and isinstance(out, Mapping) and "h0" in out:
+            o = out["h0"]
+            out = dict(out, h0=o.reshape(B, H) if isinstance(o, np.ndarray)
+                       and o.shape == (1, B, H) else o)
+        loss, g, hT = _rnn_loss_and_grad(p, X, X_ids, X_dense, h[0], Yt, B, T,
+                                         nonlinearity, nt, out)
+        if form == "LBH":
+            g["h0"] = g["h0"].reshape(1, B, H)
+            hT = hT[None]
+        return loss, g, hT
+    names = _params.param_names(cell, L)
+    state_shape = (B, H) if form == "BH" else (L, B, H)
+    state_shapes = {"h0": state_shape} if c is None else {"h0": state_shape,
+                                                          "c0": state_shape}
+    g = _grad_buffers(p, B, out, names, state_shapes)
+    loss, hT, cT = _stack(p, cell, L, nonlinearity, X_ids, X_dense, B, T, h, c, Yt,
+                          p_drop, seed, row_offset, nt, g)
+    return loss, g, reference._state_out(hT, cT, form)
+
+
+def _rnn_loss_and_grad(p, X, X_ids, X_dense, h, Yt, B, T, nonlinearity, nt, out):
+    """cell="rnn", one layer: the 0.1 kernels (fastrnn._rnn)."""
     if _rnn is None:
         Xr = np.asarray(X) if X_ids.size else X_dense.reshape(T, B, -1).transpose(1, 0, 2)
         return reference.loss_and_grad(p, Xr, Yt.reshape(T, B).T, h,
@@ -654,3 +835,150 @@ def loss_and_grad(params, X, Y, h0=None, *, nonlinearity: str = "tanh", num_thre
                       g["W_xh"], g["W_hh"], g["b_h"], g["W_hq"], g["b_q"], g["h0"],
                       nonlinearity, nt)
     return loss_sum / (B * T), g, Hs[T].copy()
+
+
+# ---------------------------------------------------------------------------
+# the layer stack: every configuration but cell="rnn" with one layer
+
+def _layer_forward(cell, nonlin, XW, W_hh, b_hn, h0, c0, nt):
+    """One layer's time loop: (Hs (T, B, H), Cs or None, Gs: the gate cache)."""
+    if _layers is None:
+        return reference.layer_forward(cell, XW, W_hh, b_hn, h0, c0, nonlinearity=nonlin)
+    T, B, _ = XW.shape
+    H = W_hh.shape[0]
+    cid = _layer_cell_id(cell)
+    Hs = np.empty((T, B, H), XW.dtype)
+    Cs = np.empty((T, B, H), XW.dtype) if cell == "lstm" else None
+    w = _layers.gate_cache_width(cid, H)
+    Gs = np.empty((T, B, w), XW.dtype) if w else None
+    _layers.layer_forward(cid, _layer_nonlin_id(nonlin), XW, W_hh, b_hn, h0, c0, Hs, Cs,
+                          Gs, nt)
+    return Hs, Cs, Gs
+
+
+def _layer_backward(cell, nonlin, dHs, Hs, Cs, Gs, h0, c0, W_hh, nt):
+    """One layer's BPTT: (dA (T, B, G*H), dAn_rec (T, B, H): GRU's dL/dhn else None,
+    dh0, dc0 or None). dHs may be overwritten."""
+    H = W_hh.shape[0]
+    if _layers is None:
+        dA, dA_rec, dh0, dc0 = reference.layer_backward(cell, dHs, Hs, Cs, Gs, h0, c0, W_hh,
+                                                        nonlinearity=nonlin)
+        return dA, (dA_rec[:, :, 2 * H:] if cell == "gru" else None), dh0, dc0
+    T, B, _ = dHs.shape
+    dA = np.empty((T, B, W_hh.shape[1]), dHs.dtype)
+    dAn = np.empty((T, B, H), dHs.dtype) if cell == "gru" else None
+    dh0 = np.empty((B, H), dHs.dtype)
+    dc0 = np.empty((B, H), dHs.dtype) if cell == "lstm" else None
+    _layers.layer_backward(_layer_cell_id(cell), _layer_nonlin_id(nonlin), dHs, Hs, Cs, Gs,
+                           h0, c0, W_hh, dA, dAn, dh0, dc0, nt)
+    return dA, dAn, dh0, dc0
+
+
+def _layer_cell_id(cell):
+    return {"rnn": _layers.CELL_RNN, "gru": _layers.CELL_GRU, "lstm": _layers.CELL_LSTM}[cell]
+
+
+def _layer_nonlin_id(nonlin):
+    return {"tanh": _layers.NONLIN_TANH, "relu": _layers.NONLIN_RELU}[nonlin]
+
+
+def _stack(p, cell, L, nonlin, X_ids, X_dense, B, T, h, c, Yt, p_drop, seed, row_offset,
+           nt, g):
+    """Run the stack on checked input. h, c: (L, B, H) (c: LSTM, else None).
+
+    Without targets (Yt None): returns (logits (B, T, V), h_T, c_T). With targets:
+    fills the gradient dict g (keys of params, "h0", "c0" in the state's form) and
+    returns (loss, h_T, c_T). h_T, c_T are (L, B, H).
+    """
+    dtype = p["W_hh"].dtype
+    H = p["W_hh"].shape[0]
+    V = p["W_hq"].shape[1]
+    N = T * B
+    hT = np.empty((L, B, H), dtype)
+    cT = np.empty((L, B, H), dtype) if c is not None else None
+    inputs, caches, masks = [], [], []
+    inp = None                                  # (N, H): the input of layer k >= 1
+    for k in range(L):
+        s = "" if k == 0 else f"_l{k}"
+        W_xh, W_hh, b_h = p["W_xh" + s], p["W_hh" + s], p["b_h" + s]
+        # the input projection of every step, hoisted out of the time loop
+        if k == 0 and X_ids.size:
+            XW = np.take(W_xh, X_ids, axis=0)   # (T, B, G*H): a row gather
+        else:
+            x = X_dense if k == 0 else inp
+            XW = (x @ W_xh).reshape(T, B, -1)
+        XW += b_h
+        inputs.append(X_ids if (k == 0 and X_ids.size) else (X_dense if k == 0 else inp))
+        ck = c[k] if c is not None else None
+        Hs, Cs, Gs = _layer_forward(cell, nonlin, XW, W_hh, p.get("b_hn" + s), h[k], ck, nt)
+        del XW
+        caches.append((Hs, Cs, Gs))
+        hT[k] = Hs[T - 1]
+        if cT is not None:
+            cT[k] = Cs[T - 1]
+        inp = Hs.reshape(N, H)
+        if p_drop > 0 and k < L - 1:            # inverted dropout between layers
+            masks.append(_params.dropout_mask(seed, k, T, row_offset, B, H, p_drop, dtype)
+                         .reshape(N, H))
+            inp = inp * masks[k]
+    O = inp @ p["W_hq"]
+    O += p["b_q"]                               # logits, time-major (N, V)
+    if Yt is None:
+        return O.reshape(T, B, V).transpose(1, 0, 2).copy(), hT, cT
+    # softmax cross-entropy, averaged over the N predictions
+    O -= O.max(axis=1, keepdims=True)
+    np.exp(O, out=O)
+    O /= O.sum(axis=1, keepdims=True)           # softmax probabilities P
+    rows = np.arange(N)
+    Yi = Yt.astype(np.intp)
+    loss = -float(np.log(O[rows, Yi].astype(np.float64)).mean())
+    dO = O
+    dO[rows, Yi] -= 1                           # dL/dO = P - onehot ...
+    dO /= N                                     # ... averaged
+    np.matmul(inp.T, dO, out=g["W_hq"])
+    g["b_q"][...] = dO.sum(axis=0)
+    dInp = (dO @ p["W_hq"].T).reshape(T, B, H)  # dL/dH_t of the top layer
+    del dO, O
+    dh0 = np.empty((L, B, H), dtype)
+    dc0 = np.empty((L, B, H), dtype) if c is not None else None
+    for k in reversed(range(L)):
+        s = "" if k == 0 else f"_l{k}"
+        W_xh, W_hh = p["W_xh" + s], p["W_hh" + s]
+        Hs, Cs, Gs = caches[k]
+        ck = c[k] if c is not None else None
+        dA, dAn, dh0[k], dck = _layer_backward(cell, nonlin, dInp, Hs, Cs, Gs, h[k], ck,
+                                               W_hh, nt)
+        if dc0 is not None:
+            dc0[k] = dck
+        GH = dA.shape[2]
+        dA2 = dA.reshape(N, GH)
+        # whole-sequence weight gradients: dW_hh = H_prev^T dA_rec
+        Hprev = np.empty((T, B, H), dtype)
+        Hprev[0] = h[k]
+        Hprev[1:] = Hs[:-1]
+        Hprev = Hprev.reshape(N, H)
+        if dAn is None:
+            np.matmul(Hprev.T, dA2, out=g["W_hh" + s])
+        else:                                   # GRU: the n block reads dL/dhn
+            g["W_hh" + s][:, :2 * H] = Hprev.T @ dA2[:, :2 * H]
+            g["W_hh" + s][:, 2 * H:] = Hprev.T @ dAn.reshape(N, H)
+            g["b_hn" + s][...] = dAn.reshape(N, H).sum(axis=0)
+        del Hprev
+        g["b_h" + s][...] = dA2.sum(axis=0)
+        x = inputs[k]
+        if x.ndim == 2 and x.dtype == np.int32:  # token ids (T, B): scatter-add rows
+            g["W_xh" + s][...] = 0
+            np.add.at(g["W_xh" + s], x.reshape(N), dA2)
+        else:
+            np.matmul(x.T, dA2, out=g["W_xh" + s])
+        caches[k] = None
+        if k > 0:
+            dInp = (dA2 @ W_xh.T)               # dL/d(input of layer k), (N, H)
+            if masks:
+                dInp *= masks[k - 1]            # through the dropout below
+            dInp = dInp.reshape(T, B, H)
+    if "h0" in g:
+        g["h0"][...] = dh0.reshape(g["h0"].shape)
+    if dc0 is not None:
+        g["c0"][...] = dc0.reshape(g["c0"].shape)
+    return loss, hT, cT

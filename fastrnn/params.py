@@ -160,6 +160,28 @@ def flat_size(lay) -> int:
     return offset + math.prod(shape)
 
 
+def _num_layers(params, cell) -> int:
+    """L read from the names (W_xh_l{k}); rejects names that do not fit ``cell``."""
+    _check_cell(cell)
+    if not isinstance(params, Mapping):
+        raise TypeError(f"params must be a mapping of named arrays, got {type(params).__name__}")
+    layers = {0}
+    for key in params:
+        m = _LAYER_NAME.match(key) if isinstance(key, str) else None
+        if m is None:
+            continue
+        if m.group(1) == "b_hn" and cell != "gru":
+            raise ValueError(f"params has {key!r}, which only cell='gru' uses; "
+                             f"got cell={cell!r}")
+        if m.group(2) is not None:
+            k = int(m.group(2))
+            if k == 0 or m.group(2) != str(k):
+                raise ValueError(f"params has {key!r}: layer 0 has no suffix, layer k >= 1 "
+                                 "is spelled _l{k}")
+            layers.add(k)
+    return max(layers) + 1
+
+
 def infer_config(params: Mapping, cell: str = "rnn") -> tuple[int, int, int, int]:
     """Read ``(D, H, V, num_layers)`` from named parameters and check their shapes.
 
@@ -198,28 +220,24 @@ def infer_config(params: Mapping, cell: str = "rnn") -> tuple[int, int, int, int
     ...
     ValueError: params is missing 'b_hn' (cell='gru', num_layers=1)
     """
-    cell = _check_cell(cell)
-    if not isinstance(params, Mapping):
-        raise TypeError(f"params must be a mapping of named arrays, got {type(params).__name__}")
-    layers = {0}
-    for key in params:
-        m = _LAYER_NAME.match(key) if isinstance(key, str) else None
-        if m is None:
-            continue
-        if m.group(1) == "b_hn" and cell != "gru":
-            raise ValueError(f"params has {key!r}, which only cell='gru' uses; "
-                             f"got cell={cell!r}")
-        if m.group(2) is not None:
-            k = int(m.group(2))
-            if k == 0 or m.group(2) != str(k):
-                raise ValueError(f"params has {key!r}: layer 0 has no suffix, layer k >= 1 "
-                                 "is spelled _l{k}")
-            layers.add(k)
-    L = max(layers) + 1
+    L = _num_layers(params, cell)
     missing = [n for n in param_names(cell, L) if n not in params]
     if missing:
+        # parameters of another cell (LSTM's given as GRU's lack b_hn): the shapes say so
+        present = {n: params[n] for n in param_names(cell, L) if n in params}
+        if all(n in present for n in ("W_xh", "W_hh", "W_hq")):
+            try:
+                _check_shapes(present, cell, L)
+            except ValueError as exc:
+                if "has shape" in str(exc):
+                    raise
         raise ValueError(f"params is missing {', '.join(map(repr, missing))} "
                          f"(cell={cell!r}, num_layers={L})")
+    return _check_shapes(params, cell, L)
+
+
+def _check_shapes(params, cell, L):
+    """(D, H, V, L) after checking the shapes of the names of ``cell`` in params."""
 
     def shape_of(name):
         try:
@@ -228,7 +246,8 @@ def infer_config(params: Mapping, cell: str = "rnn") -> tuple[int, int, int, int
             raise TypeError(f"params[{name!r}] has no shape: {exc}") from None
 
     ndims = {"W": 2, "b": 1}
-    for name in param_names(cell, L):
+    names = [n for n in param_names(cell, L) if n in params]
+    for name in names:
         if len(shape_of(name)) != ndims[name[0]]:
             raise ValueError(f"params[{name!r}] must be {ndims[name[0]]}-D, "
                              f"got shape {shape_of(name)}")
@@ -238,11 +257,14 @@ def infer_config(params: Mapping, cell: str = "rnn") -> tuple[int, int, int, int
         if n < 1:
             raise ValueError(f"{what} must be >= 1, got {n}")
     for name, expected in _shapes(cell, D, H, V, L).items():
+        if name not in params:
+            continue
         got = shape_of(name)
         if got != expected:
             raise ValueError(f"params[{name!r}] has shape {got}, expected {expected} for "
                              f"cell={cell!r} (G={CELLS[cell]}) with D={D}, H={H}, V={V}, "
-                             f"num_layers={L}")
+                             f"num_layers={L} (D, H, V read from W_xh.shape[0], "
+                             "W_hh.shape[0], W_hq.shape[1])")
     return D, H, V, L
 
 

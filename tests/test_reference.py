@@ -1,4 +1,6 @@
 """Central-difference gradient check of the NumPy reference, in float64."""
+import zlib
+
 import numpy as np
 import pytest
 
@@ -80,7 +82,7 @@ STACK_CASES = [(cell, L, dense, drop)
                          ids=[f"{c}-L{L}-{'dense' if d else 'ids'}-p{p}"
                               for c, L, d, p in STACK_CASES])
 def test_stack_gradients_match_finite_differences(cell, L, dense, dropout):
-    rng = np.random.default_rng(hash((cell, L, dense, dropout)) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(repr((cell, L, dense, dropout)).encode()))
     B, T, D, H, V = 2, 4, 3, 3, 4
     form = "BH" if L == 1 and not dense else "LBH"
     _, p, X, Y, h0 = make_stack_problem(rng, cell, L, B, T, D, H, V, dense=dense, h0=form)

@@ -43,7 +43,8 @@ done
 PY=${PYTHON:-python}
 root=${FASTRNN_SAN_DIR:-/tmp/fastrnn-san}
 tests=(tests/test_kernels.py tests/test_validation.py tests/test_properties.py
-       tests/test_hostile.py tests/test_lm_kernels.py tests/test_generate.py)
+       tests/test_hostile.py tests/test_lm_kernels.py tests/test_generate.py
+       tests/test_layers.py)
 mkdir -p "$root"
 
 # copy_tree DEST and build DEST ENV... (shared with the other build-copy tool)

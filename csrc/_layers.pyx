@@ -1,0 +1,768 @@
+# cython: language_level=3
+"""Compiled recurrent time loops of one layer, for every cell (csrc/_cells.h).
+
+The layer stack driver (fastrnn, Python) does the whole-sequence products: the
+input projection XW = X W_xh + b_h before the loop, the weight gradients
+dW_hh = H_prev^T dA_rec, dW_xh = X^T dA, the biases and the input gradient
+dX = dA W_xh^T after it. Only the recurrent product and the cell's elementwise
+step run here, in the serial time loop::
+
+    forward   A_t = XW_t + h_{t-1} W_hh (GRU: n block kept as xn and hn apart)
+              h_t, c_t, gate cache = cell(A_t, h_{t-1}, c_{t-1})
+    backward  dA_t = cell'(dL/dh_t, dL/dc_t, cache)
+              dL/dh_{t-1} = dA_rec_t W_hh^T (+ dh_t z_t for GRU)
+
+Buffers are time-major, C-contiguous, float32 or float64 (all the same), allocated
+by the caller (shapes: SPEC.md, and the docstrings below). Parallelism: the batch is
+cut into one chunk of rows per thread and each chunk's whole time loop runs in one
+prange iteration (no barrier per step). The recurrent product is the packed gemm of
+csrc/_pgemm.h with W_hh (forward) or W_hh^T (backward) packed once per call; its
+sums are in a fixed order for any row count, and the cell step is elementwise, so
+every result is bitwise the same for any thread count. No BLAS is called here, so
+the caller need not limit BLAS's threads for these kernels. Every thread flushes
+subnormals for its work and restores the caller's floating-point mode. Nothing is
+allocated per step (the packed weights and a work area, once per call).
+
+Generation: generate_stack runs the whole sampling loop for any cell and depth
+(see its docstring).
+"""
+import numpy as np
+
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.string cimport memcpy, memset
+from libc.stdlib cimport malloc, free
+from libc.stdint cimport int32_t, uint64_t, uintptr_t
+
+from _omp cimport FASTRNN_OMP_ENABLED
+from _fpmode cimport fastrnn_fpmode_t, fastrnn_ftz_on, fastrnn_fp_restore
+from _rowops cimport (_pack_width, _packed_size, _pack, _pgemm, _vecmat, _vecmatT,
+                     fastrnn_pgemm_level)
+
+
+cdef extern from "_cells.h" nogil:
+    enum:
+        FASTRNN_CELL_RNN
+        FASTRNN_CELL_GRU
+        FASTRNN_CELL_LSTM
+        FASTRNN_NONLIN_TANH
+        FASTRNN_NONLIN_RELU
+    Py_ssize_t fastrnn_cell_gates(int cell) noexcept
+    Py_ssize_t fastrnn_cell_cache_width(int cell, Py_ssize_t H) noexcept
+    void fastrnn_cell_fwd_f32(int cell, int nonlin, Py_ssize_t H, float* a, const float* hn,
+                              const float* hp, const float* cp, float* h, float* c, float* g,
+                              float* wk) noexcept
+    void fastrnn_cell_fwd_f64(int cell, int nonlin, Py_ssize_t H, double* a, const double* hn,
+                              const double* hp, const double* cp, double* h, double* c,
+                              double* g, double* wk) noexcept
+    void fastrnn_cell_bwd_f32(int cell, int nonlin, Py_ssize_t H, const float* dh,
+                              const float* h, const float* hp, const float* c, const float* cp,
+                              const float* g, float* dc, float* da, float* dan, float* dhp,
+                              float* wk) noexcept
+    void fastrnn_cell_bwd_f64(int cell, int nonlin, Py_ssize_t H, const double* dh,
+                              const double* h, const double* hp, const double* c,
+                              const double* cp, const double* g, double* dc, double* da,
+                              double* dan, double* dhp, double* wk) noexcept
+
+
+# the kernel variant (and tanh's) is chosen once, at import, before any thread runs
+cdef int _LEVEL = fastrnn_pgemm_level()
+
+CELL_RNN = FASTRNN_CELL_RNN
+CELL_GRU = FASTRNN_CELL_GRU
+CELL_LSTM = FASTRNN_CELL_LSTM
+NONLIN_TANH = FASTRNN_NONLIN_TANH
+NONLIN_RELU = FASTRNN_NONLIN_RELU
+
+
+def gate_count(int cell):
+    """Gates G of a cell (rnn 1, gru 3, lstm 4)."""
+    _check_cell(cell, FASTRNN_NONLIN_TANH)
+    return fastrnn_cell_gates(cell)
+
+
+def gate_cache_width(int cell, Py_ssize_t H):
+    """Values per (t, b) row of layer_forward's gate cache Gs: rnn 0 (pass Gs=None),
+    gru 4H (r, z, n, hn), lstm 4H (i, f, g, o)."""
+    _check_cell(cell, FASTRNN_NONLIN_TANH)
+    if H < 0:
+        raise ValueError(f"H must be >= 0, got {H}")
+    return fastrnn_cell_cache_width(cell, H)
+
+
+# ---------------------------------------------------------------------------
+# cell step wrappers (fused float/double)
+
+cdef inline void _cell_fwd(int cell, int nonlin, Py_ssize_t H, floating* a, const floating* hn,
+                           const floating* hp, const floating* cp, floating* h, floating* c,
+                           floating* g, floating* wk) noexcept nogil:
+    if floating is float:
+        fastrnn_cell_fwd_f32(cell, nonlin, H, a, hn, hp, cp, h, c, g, wk)
+    else:
+        fastrnn_cell_fwd_f64(cell, nonlin, H, a, hn, hp, cp, h, c, g, wk)
+
+
+cdef inline void _cell_bwd(int cell, int nonlin, Py_ssize_t H, const floating* dh,
+                           const floating* h, const floating* hp, const floating* c,
+                           const floating* cp, const floating* g, floating* dc, floating* da,
+                           floating* dan, floating* dhp, floating* wk) noexcept nogil:
+    if floating is float:
+        fastrnn_cell_bwd_f32(cell, nonlin, H, dh, h, hp, c, cp, g, dc, da, dan, dhp, wk)
+    else:
+        fastrnn_cell_bwd_f64(cell, nonlin, H, dh, h, hp, c, cp, g, dc, da, dan, dhp, wk)
+
+
+# ---------------------------------------------------------------------------
+# forward time loop of one batch chunk
+
+cdef void _forward_chunk(
+        int cell, int nonlin,
+        const floating* XW,        # IN  (T, B, G*H)
+        const floating* W_hh,      # IN  (H, G*H), read in place when B == 1
+        const floating* Wp,        # IN  W_hh (GRU: its r, z columns) packed by _pack,
+                                   #     or NULL when B == 1
+        const floating* Wpn,       # IN  GRU: W_hh's n columns packed, else NULL
+        const floating* b_hn,      # IN  (H,) GRU, else NULL
+        const floating* h0,        # IN  (B, H)
+        const floating* c0,        # IN  (B, H) LSTM, else NULL
+        floating* Hs,              # OUT (T, B, H)
+        floating* Cs,              # OUT (T, B, H) LSTM, else NULL
+        floating* Gs,              # OUT (T, B, 4H) gate cache (GRU, LSTM), or NULL
+        floating* wa,              # WORK (B, G*H) pre-activations of a step
+        floating* whn,             # WORK (B, H) GRU hn when Gs is NULL
+        floating* wk,              # WORK (4H,) this thread's
+        Py_ssize_t T, Py_ssize_t B, Py_ssize_t H,
+        Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
+    """Steps 0..T-1 of batch rows [b0, b1): the recurrent product for the rows, then
+    each row's cell step while it is in cache. One sequence (B = 1, Wp NULL) takes
+    the one-row product _vecmat on W_hh in place, as generate_stack does (the packed
+    kernel would compute a whole tile of rows for it); the choice depends on B only,
+    not on the thread count."""
+    cdef Py_ssize_t t, r, nb = b1 - b0, G = fastrnn_cell_gates(cell), GH = G * H
+    cdef Py_ssize_t CW = fastrnn_cell_cache_width(cell, H), ldhn
+    cdef const floating* hp
+    cdef const floating* cp
+    cdef floating* a = wa + b0 * GH
+    cdef floating* hn = NULL
+    cdef floating* g
+    cdef fastrnn_fpmode_t mode
+    if nb <= 0:
+        return
+    mode = fastrnn_ftz_on()
+    for t in range(T):
+        hp = (Hs + ((t - 1) * B + b0) * H) if t > 0 else (h0 + b0 * H)
+        cp = NULL
+        if cell == FASTRNN_CELL_LSTM:
+            cp = (Cs + ((t - 1) * B + b0) * H) if t > 0 else (c0 + b0 * H)
+        memcpy(a, XW + (t * B + b0) * GH, nb * GH * sizeof(floating))
+        if cell == FASTRNN_CELL_GRU:
+            # r, z: A += h W_hh[:, :2H];  hn = b_hn + h W_hh[:, 2H:] (kept apart)
+            if Gs != NULL:
+                hn = Gs + (t * B + b0) * CW + 3 * H
+                ldhn = CW
+            else:
+                hn = whn + b0 * H
+                ldhn = H
+            if Wp == NULL:
+                _vecmat(hp, W_hh, GH, a, H, 2 * H, 1)
+                memcpy(hn, b_hn, H * sizeof(floating))
+                _vecmat(hp, W_hh + 2 * H, GH, hn, H, H, 1)
+            else:
+                _pgemm(nb, 2 * H, H, hp, H, Wp, a, GH, 1, NULL)
+                _pgemm(nb, H, H, hp, H, Wpn, hn, ldhn, 0, b_hn)
+        else:
+            if Wp == NULL:
+                _vecmat(hp, W_hh, GH, a, H, GH, 1)
+            else:
+                _pgemm(nb, GH, H, hp, H, Wp, a, GH, 1, NULL)
+            ldhn = 0
+        for r in range(nb):
+            g = (Gs + (t * B + b0 + r) * CW) if Gs != NULL else NULL
+            _cell_fwd(cell, nonlin, H, a + r * GH, (hn + r * ldhn) if hn != NULL else NULL,
+                      hp + r * H, (cp + r * H) if cp != NULL else NULL,
+                      Hs + (t * B + b0 + r) * H,
+                      (Cs + (t * B + b0 + r) * H) if Cs != NULL else NULL, g, wk)
+    fastrnn_fp_restore(mode)
+
+
+# ---------------------------------------------------------------------------
+# backward time loop of one batch chunk
+
+cdef void _backward_chunk(
+        int cell, int nonlin,
+        floating* dHs,             # IN/WORK (T, B, H) dL/dh_t from above; overwritten
+        const floating* Hs,        # IN  (T, B, H)
+        const floating* Cs,        # IN  (T, B, H) LSTM, else NULL
+        const floating* Gs,        # IN  (T, B, 4H) gate cache (GRU, LSTM), else NULL
+        const floating* h0,        # IN  (B, H)
+        const floating* c0,        # IN  (B, H) LSTM, else NULL
+        const floating* W_hh,      # IN  (H, G*H), read in place when B == 1
+        const floating* WpT,       # IN  W_hh^T (GRU: of its r, z columns) packed, or
+                                   #     NULL when B == 1
+        const floating* WpTn,      # IN  GRU: W_hh[:, 2H:]^T packed, else NULL
+        floating* dA,              # OUT (T, B, G*H)
+        floating* dAn,             # OUT (T, B, H) GRU dL/dhn, else NULL
+        floating* dh0,             # OUT (B, H): the carried dL/dh_{t-1}, dL/dh0 at the end
+        floating* dc0,             # OUT (B, H): LSTM's carried dL/dc_{t-1}, else NULL
+        floating* wk,              # WORK (G*H + 2H,) this thread's
+        Py_ssize_t T, Py_ssize_t B, Py_ssize_t H,
+        Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
+    """Steps T-1 down to 0 of BPTT for batch rows [b0, b1) (B = 1: the one-row
+    product _vecmatT on W_hh in place, as in forward)."""
+    cdef Py_ssize_t t, r, i, nb = b1 - b0, G = fastrnn_cell_gates(cell), GH = G * H
+    cdef Py_ssize_t CW = fastrnn_cell_cache_width(cell, H)
+    cdef floating* dhc = dh0 + b0 * H
+    cdef floating* dcc = (dc0 + b0 * H) if dc0 != NULL else NULL
+    cdef floating* dh
+    cdef floating* da
+    cdef const floating* hp
+    cdef const floating* cp
+    cdef fastrnn_fpmode_t mode
+    if nb <= 0:
+        return
+    mode = fastrnn_ftz_on()
+    memset(dhc, 0, nb * H * sizeof(floating))
+    if dcc != NULL:
+        memset(dcc, 0, nb * H * sizeof(floating))
+    t = T - 1
+    while t >= 0:
+        dh = dHs + (t * B + b0) * H
+        da = dA + (t * B + b0) * GH
+        for i in range(nb * H):             # all of dL/dh_t
+            dh[i] = dh[i] + dhc[i]
+        hp = (Hs + ((t - 1) * B + b0) * H) if t > 0 else (h0 + b0 * H)
+        cp = NULL
+        if cell == FASTRNN_CELL_LSTM:
+            cp = (Cs + ((t - 1) * B + b0) * H) if t > 0 else (c0 + b0 * H)
+        for r in range(nb):
+            _cell_bwd(cell, nonlin, H, dh + r * H, Hs + (t * B + b0 + r) * H, hp + r * H,
+                      (Cs + (t * B + b0 + r) * H) if Cs != NULL else NULL,
+                      (cp + r * H) if cp != NULL else NULL,
+                      (Gs + (t * B + b0 + r) * CW) if Gs != NULL else NULL,
+                      (dcc + r * H) if dcc != NULL else NULL, da + r * GH,
+                      (dAn + (t * B + b0 + r) * H) if dAn != NULL else NULL,
+                      dhc + r * H, wk)
+        # dL/dh_{t-1} = dA_rec_t W_hh^T (+ dh_t * z_t for GRU, left in dhc above)
+        if WpT == NULL and cell == FASTRNN_CELL_GRU:
+            memcpy(wk + H, da, 2 * H * sizeof(floating))        # dA_rec = [r, z, hn]
+            memcpy(wk + 3 * H, dAn + t * H, H * sizeof(floating))
+            _vecmatT(wk + H, W_hh, wk + 4 * H, H, GH)
+            for i in range(H):
+                dhc[i] = dhc[i] + wk[4 * H + i]
+        elif WpT == NULL:
+            _vecmatT(da, W_hh, dhc, H, GH)
+        elif cell == FASTRNN_CELL_GRU:
+            _pgemm(nb, H, 2 * H, da, GH, WpT, dhc, H, 1, NULL)
+            _pgemm(nb, H, H, dAn + (t * B + b0) * H, H, WpTn, dhc, H, 1, NULL)
+        else:
+            _pgemm(nb, H, GH, da, GH, WpT, dhc, H, 0, NULL)
+        t -= 1
+    fastrnn_fp_restore(mode)
+
+
+# ---------------------------------------------------------------------------
+# argument checking (the Python driver validates first; this keeps C safe)
+
+cdef int _check_cell(int cell, int nonlin) except -1:
+    if cell != FASTRNN_CELL_RNN and cell != FASTRNN_CELL_GRU and cell != FASTRNN_CELL_LSTM:
+        raise ValueError(f"cell must be CELL_RNN (0), CELL_GRU (1) or CELL_LSTM (2), got {cell}")
+    if nonlin != FASTRNN_NONLIN_TANH and nonlin != FASTRNN_NONLIN_RELU:
+        raise ValueError(f"nonlin must be NONLIN_TANH (0) or NONLIN_RELU (1), got {nonlin}")
+    if cell != FASTRNN_CELL_RNN and nonlin != FASTRNN_NONLIN_TANH:
+        raise ValueError("nonlin applies to CELL_RNN only; gated cells take NONLIN_TANH")
+    return 0
+
+
+cdef object _arr(str name, object a, object dtype, tuple shape, bint out, list seen):
+    """a checked as a C-contiguous, aligned ndarray of dtype and shape (writable when
+    out); outputs must not overlap any other buffer. Returns a."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
+    if a.dtype != dtype:
+        raise ValueError(f"{name} must have dtype {np.dtype(dtype).name}, got {a.dtype}")
+    if a.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {a.shape}")
+    if not a.flags.c_contiguous or not a.flags.aligned:
+        raise ValueError(f"{name} must be C-contiguous and aligned")
+    if out and not a.flags.writeable:
+        raise ValueError(f"{name} must be writable")
+    for other_name, other, other_out in seen:
+        if (out or other_out) and np.may_share_memory(a, other):
+            raise ValueError(f"{name} must not overlap {other_name}")
+    seen.append((name, a, out))
+    return a
+
+
+cdef object _opt(str name, object a, bint needed, str when, object dtype, tuple shape,
+                 bint out, list seen):
+    """An argument that is given exactly when needed (else None)."""
+    if needed:
+        if a is None:
+            raise ValueError(f"{name} is required {when}")
+        return _arr(name, a, dtype, shape, out, seen)
+    if a is not None:
+        raise ValueError(f"{name} must be None except {when}")
+    return None
+
+
+cdef inline uintptr_t _addr(object a):
+    """Data pointer of a checked ndarray (0 for None or an empty array)."""
+    if a is None or a.size == 0:
+        return 0
+    return <uintptr_t>a.__array_interface__["data"][0]
+
+
+cdef floating* _alloc(Py_ssize_t n, floating dummy) except NULL:
+    cdef floating* p = <floating*>malloc((n if n > 0 else 1) * sizeof(floating))
+    if p == NULL:
+        raise MemoryError(f"cannot allocate {n * sizeof(floating)} bytes of kernel workspace")
+    return p
+
+
+cdef inline int _nchunks(int num_threads, Py_ssize_t B) noexcept nogil:
+    """One chunk of rows per thread (results do not depend on this)."""
+    cdef int n = num_threads if FASTRNN_OMP_ENABLED else 1
+    if n > B:
+        n = <int>B
+    return n if n >= 1 else 1
+
+
+# ---------------------------------------------------------------------------
+# Python entry points
+
+def layer_forward(int cell, int nonlin, XW, W_hh, b_hn, h0, c0, Hs, Cs, Gs,
+                  int num_threads):
+    """Recurrent time loop of one layer: fills Hs (and Cs, Gs).
+
+    Parameters (T steps, B rows, H units, G gates; all arrays C-contiguous, one
+    float dtype)::
+
+        cell, nonlin  CELL_RNN | CELL_GRU | CELL_LSTM; NONLIN_TANH | NONLIN_RELU (rnn)
+        XW    (T, B, G*H)  IN   x_t W_xh + b_h for every step
+        W_hh  (H, G*H)     IN
+        b_hn  (H,)         IN   GRU only, else None
+        h0    (B, H)       IN
+        c0    (B, H)       IN   LSTM only, else None
+        Hs    (T, B, H)    OUT  h_t
+        Cs    (T, B, H)    OUT  LSTM c_t, else None
+        Gs    (T, B, gate_cache_width(cell, H))  OUT  what layer_backward needs
+                           (GRU r, z, n, hn; LSTM i, f, g, o); None for rnn, and
+                           may be None for GRU/LSTM when no backward follows
+        num_threads        >= 1; the results do not depend on it
+    """
+    _check_cell(cell, nonlin)
+    if num_threads < 1:
+        raise ValueError(f"num_threads must be >= 1, got {num_threads}")
+    if not isinstance(XW, np.ndarray) or XW.ndim != 3:
+        raise ValueError("XW must be a (T, B, G*H) numpy.ndarray")
+    if XW.dtype != np.float32 and XW.dtype != np.float64:
+        raise ValueError(f"XW must be float32 or float64, got {XW.dtype}")
+    if not isinstance(W_hh, np.ndarray) or W_hh.ndim != 2:
+        raise ValueError("W_hh must be a (H, G*H) numpy.ndarray")
+    dt = XW.dtype
+    cdef Py_ssize_t G = fastrnn_cell_gates(cell)
+    cdef Py_ssize_t T = XW.shape[0], B = XW.shape[1], H = W_hh.shape[0]
+    gru, lstm = cell == FASTRNN_CELL_GRU, cell == FASTRNN_CELL_LSTM
+    seen = []
+    _arr("XW", XW, dt, (T, B, G * H), False, seen)
+    _arr("W_hh", W_hh, dt, (H, G * H), False, seen)
+    _opt("b_hn", b_hn, gru, "with CELL_GRU", dt, (H,), False, seen)
+    _arr("h0", h0, dt, (B, H), False, seen)
+    _opt("c0", c0, lstm, "with CELL_LSTM", dt, (B, H), False, seen)
+    _arr("Hs", Hs, dt, (T, B, H), True, seen)
+    _opt("Cs", Cs, lstm, "with CELL_LSTM", dt, (T, B, H), True, seen)
+    if Gs is not None or cell == FASTRNN_CELL_RNN:
+        _opt("Gs", Gs, cell != FASTRNN_CELL_RNN, "with CELL_GRU or CELL_LSTM", dt,
+             (T, B, fastrnn_cell_cache_width(cell, H)), True, seen)
+    if T == 0 or B == 0 or H == 0:
+        return
+    if dt == np.float32:
+        _forward_run(cell, nonlin, <float*>_addr(XW), <float*>_addr(W_hh),
+                     <float*>_addr(b_hn), <float*>_addr(h0), <float*>_addr(c0),
+                     <float*>_addr(Hs), <float*>_addr(Cs), <float*>_addr(Gs),
+                     T, B, H, num_threads)
+    else:
+        _forward_run(cell, nonlin, <double*>_addr(XW), <double*>_addr(W_hh),
+                     <double*>_addr(b_hn), <double*>_addr(h0), <double*>_addr(c0),
+                     <double*>_addr(Hs), <double*>_addr(Cs), <double*>_addr(Gs),
+                     T, B, H, num_threads)
+
+
+cdef int _forward_run(int cell, int nonlin, const floating* XW, const floating* W_hh,
+                      const floating* b_hn, const floating* h0, const floating* c0,
+                      floating* Hs, floating* Cs, floating* Gs,
+                      Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, int num_threads) except -1:
+    cdef Py_ssize_t G = fastrnn_cell_gates(cell), GH = G * H
+    cdef Py_ssize_t nr = _pack_width(<floating>0)
+    cdef Py_ssize_t Gr = 2 if cell == FASTRNN_CELL_GRU else G    # gates in the first pack
+    cdef Py_ssize_t n1 = _packed_size(H, Gr * H, <floating>0)
+    cdef Py_ssize_t n2 = _packed_size(H, H, <floating>0) if cell == FASTRNN_CELL_GRU else 0
+    cdef int nc = _nchunks(num_threads, B), c
+    # one buffer: packed W_hh (first Gr gates, then GRU's n columns), the step's
+    # pre-activations (B, G*H), GRU's hn (B, H), and each thread's 4H work row
+    cdef bint one = B == 1              # one sequence: W_hh read in place, not packed
+    if one:
+        n1 = n2 = 0
+    cdef Py_ssize_t total = n1 + n2 + B * GH + B * H + nc * 4 * H
+    cdef floating* buf = _alloc(total, <floating>0)
+    cdef floating* Wp = buf if not one else NULL
+    cdef floating* Wpn = buf + n1 if not one and cell == FASTRNN_CELL_GRU else NULL
+    cdef floating* wa = buf + n1 + n2
+    cdef floating* whn = wa + B * GH
+    cdef floating* wk = whn + B * H
+    try:
+        with nogil:
+            if Wp != NULL:
+                _pack(W_hh, GH, 0, H, Gr * H, nr, Wp)
+            if Wpn != NULL:
+                _pack(W_hh + 2 * H, GH, 0, H, H, nr, Wpn)
+            for c in prange(nc, num_threads=nc, schedule='static'):
+                _forward_chunk(cell, nonlin, XW, W_hh, Wp, Wpn, b_hn, h0, c0,
+                               Hs, Cs, Gs, wa, whn, wk + c * 4 * H, T, B, H,
+                               (B * c) // nc, (B * (c + 1)) // nc)
+    finally:
+        free(buf)
+    return 0
+
+
+def layer_backward(int cell, int nonlin, dHs, Hs, Cs, Gs, h0, c0, W_hh, dA, dAn_rec,
+                   dh0, dc0, int num_threads):
+    """Backpropagation through the time loop of one layer: fills dA (and dAn_rec,
+    dh0, dc0).
+
+    Parameters (as layer_forward's; Hs, Cs, Gs are its outputs)::
+
+        dHs      (T, B, H)    IN   dL/dh_t from above (head or next layer); overwritten
+        Hs       (T, B, H)    IN
+        Cs       (T, B, H)    IN   LSTM only, else None
+        Gs       (T, B, gate_cache_width(cell, H))  IN  GRU/LSTM, else None
+        h0, c0   (B, H)       IN   (c0 LSTM only, else None)
+        W_hh     (H, G*H)     IN
+        dA       (T, B, G*H)  OUT  dL/d(pre-activation) of every gate = dL/dXW
+        dAn_rec  (T, B, H)    OUT  GRU only: dL/dhn (= dA_n * r), else None
+        dh0      (B, H)       OUT
+        dc0      (B, H)       OUT  LSTM only, else None
+
+    The caller forms the weight gradients: dW_hh = H_prev^T dA_rec with dA_rec = dA
+    (GRU: its n block replaced by dAn_rec), db_hn = sum dAn_rec, and from dA those
+    of W_xh, b_h and the layer input.
+    """
+    _check_cell(cell, nonlin)
+    if num_threads < 1:
+        raise ValueError(f"num_threads must be >= 1, got {num_threads}")
+    if not isinstance(dHs, np.ndarray) or dHs.ndim != 3:
+        raise ValueError("dHs must be a (T, B, H) numpy.ndarray")
+    if dHs.dtype != np.float32 and dHs.dtype != np.float64:
+        raise ValueError(f"dHs must be float32 or float64, got {dHs.dtype}")
+    dt = dHs.dtype
+    cdef Py_ssize_t G = fastrnn_cell_gates(cell)
+    cdef Py_ssize_t T = dHs.shape[0], B = dHs.shape[1], H = dHs.shape[2]
+    gru, lstm = cell == FASTRNN_CELL_GRU, cell == FASTRNN_CELL_LSTM
+    seen = []
+    _arr("dHs", dHs, dt, (T, B, H), True, seen)
+    _arr("Hs", Hs, dt, (T, B, H), False, seen)
+    _opt("Cs", Cs, lstm, "with CELL_LSTM", dt, (T, B, H), False, seen)
+    _opt("Gs", Gs, cell != FASTRNN_CELL_RNN, "with CELL_GRU or CELL_LSTM", dt,
+         (T, B, fastrnn_cell_cache_width(cell, H)), False, seen)
+    _arr("h0", h0, dt, (B, H), False, seen)
+    _opt("c0", c0, lstm, "with CELL_LSTM", dt, (B, H), False, seen)
+    _arr("W_hh", W_hh, dt, (H, G * H), False, seen)
+    _arr("dA", dA, dt, (T, B, G * H), True, seen)
+    _opt("dAn_rec", dAn_rec, gru, "with CELL_GRU", dt, (T, B, H), True, seen)
+    _arr("dh0", dh0, dt, (B, H), True, seen)
+    _opt("dc0", dc0, lstm, "with CELL_LSTM", dt, (B, H), True, seen)
+    if B == 0 or H == 0:
+        return
+    if T == 0:
+        dh0[...] = 0
+        if dc0 is not None:
+            dc0[...] = 0
+        return
+    if dt == np.float32:
+        _backward_run(cell, nonlin, <float*>_addr(dHs), <float*>_addr(Hs), <float*>_addr(Cs),
+                      <float*>_addr(Gs), <float*>_addr(h0), <float*>_addr(c0),
+                      <float*>_addr(W_hh), <float*>_addr(dA), <float*>_addr(dAn_rec),
+                      <float*>_addr(dh0), <float*>_addr(dc0), T, B, H, num_threads)
+    else:
+        _backward_run(cell, nonlin, <double*>_addr(dHs), <double*>_addr(Hs),
+                      <double*>_addr(Cs), <double*>_addr(Gs), <double*>_addr(h0),
+                      <double*>_addr(c0), <double*>_addr(W_hh), <double*>_addr(dA),
+                      <double*>_addr(dAn_rec), <double*>_addr(dh0), <double*>_addr(dc0),
+                      T, B, H, num_threads)
+
+
+cdef int _backward_run(int cell, int nonlin, floating* dHs, const floating* Hs,
+                       const floating* Cs, const floating* Gs, const floating* h0,
+                       const floating* c0, const floating* W_hh, floating* dA, floating* dAn,
+                       floating* dh0, floating* dc0, Py_ssize_t T, Py_ssize_t B,
+                       Py_ssize_t H, int num_threads) except -1:
+    cdef Py_ssize_t G = fastrnn_cell_gates(cell), GH = G * H
+    cdef Py_ssize_t nr = _pack_width(<floating>0)
+    cdef Py_ssize_t Gr = 2 if cell == FASTRNN_CELL_GRU else G
+    cdef Py_ssize_t n1 = _packed_size(Gr * H, H, <floating>0)
+    cdef Py_ssize_t n2 = _packed_size(H, H, <floating>0) if cell == FASTRNN_CELL_GRU else 0
+    cdef int nc = _nchunks(num_threads, B), c
+    cdef bint one = B == 1              # one sequence: W_hh read in place, not packed
+    if one:
+        n1 = n2 = 0
+    cdef Py_ssize_t nw = GH + 2 * H     # a thread's work row
+    cdef floating* buf = _alloc(n1 + n2 + nc * nw, <floating>0)
+    cdef floating* WpT = buf if not one else NULL
+    cdef floating* WpTn = buf + n1 if not one and cell == FASTRNN_CELL_GRU else NULL
+    cdef floating* wk = buf + n1 + n2
+    try:
+        with nogil:
+            # W_hh^T (the first Gr gates' columns as rows), GRU: then the n columns'
+            if WpT != NULL:
+                _pack(W_hh, GH, 1, Gr * H, H, nr, WpT)
+            if WpTn != NULL:
+                _pack(W_hh + 2 * H, GH, 1, H, H, nr, WpTn)
+            for c in prange(nc, num_threads=nc, schedule='static'):
+                _backward_chunk(cell, nonlin, dHs, Hs, Cs, Gs, h0, c0, W_hh, WpT, WpTn, dA,
+                                dAn, dh0, dc0, wk + c * nw, T, B, H, (B * c) // nc,
+                                (B * (c + 1)) // nc)
+    finally:
+        free(buf)
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# generation over a stack of layers
+
+from _sampling cimport _xoshiro_next, _draw, _partial_logits
+from _steps cimport fastrnn_split_point
+
+
+cdef void _gen_layer_step(
+        int cell, int nonlin,
+        const floating* W_xh,      # IN  (D, G*H) layer 0 (row gather), (H, G*H) above
+        const floating* W_hh,      # IN  (H, G*H)
+        const floating* b_h,       # IN  (G*H,)
+        const floating* b_hn,      # IN  (H,) GRU, else NULL
+        int32_t x_id,              # IN  the token (layer 0), when x is NULL
+        const floating* x,         # IN  (H,) the layer below's new state, or NULL
+        floating* h,               # IN/OUT (H,) this layer's state
+        floating* c,               # IN/OUT (H,) LSTM cell state, else NULL
+        floating* a,               # WORK (G*H,)
+        floating* hn,              # WORK (H,)
+        floating* hnew,            # WORK (H,)
+        floating* wk,              # WORK (4H,)
+        Py_ssize_t H) noexcept nogil:
+    """One step of one layer for one sequence: W_hh is read once (GRU: its r, z
+    columns into A, its n columns into hn). For the Elman cell this is _lm's
+    _step_part operation for operation (same sums, same tanh)."""
+    cdef Py_ssize_t j, GH = fastrnn_cell_gates(cell) * H
+    cdef const floating* w
+    if x == NULL:
+        w = W_xh + <Py_ssize_t>x_id * GH
+        for j in range(GH):
+            a[j] = w[j] + b_h[j]
+    else:
+        memcpy(a, b_h, GH * sizeof(floating))
+        _vecmat(x, W_xh, GH, a, H, GH, 1)
+    if cell == FASTRNN_CELL_GRU:
+        _vecmat(h, W_hh, GH, a, H, 2 * H, 1)
+        memcpy(hn, b_hn, H * sizeof(floating))
+        _vecmat(h, W_hh + 2 * H, GH, hn, H, H, 1)
+    else:
+        _vecmat(h, W_hh, GH, a, H, GH, 1)
+    _cell_fwd(cell, nonlin, H, a, hn, h, c, hnew, c, NULL, wk)
+    memcpy(h, hnew, H * sizeof(floating))
+
+
+cdef void _gen_run(
+        int cell, int nonlin, Py_ssize_t nL,
+        const uintptr_t* lp,       # IN  (nL, 4) addresses of W_xh, W_hh, b_h, b_hn per layer
+        const floating* Wq,        # IN  (H, Vp) W_hq zero-padded to Vp columns
+        const floating* bq,        # IN  (Vp,)
+        const int32_t* feed, Py_ssize_t P,
+        int32_t* out, Py_ssize_t n,
+        floating* hs,              # IN/OUT (nL, H)
+        floating* cs,              # IN/OUT (nL, H) LSTM, else NULL
+        floating* logits,          # OUT (n, V) or NULL
+        floating* fw,              # WORK floats (see generate_stack)
+        double* ex, double* srt,   # WORK (V,) each
+        uint64_t* rng,
+        Py_ssize_t H, Py_ssize_t V, Py_ssize_t Vp, Py_ssize_t Lp,
+        double inv_temp, Py_ssize_t top_k, double top_p, bint greedy) noexcept nogil:
+    cdef Py_ssize_t i, k, s, GH = fastrnn_cell_gates(cell) * H
+    cdef Py_ssize_t cut = fastrnn_split_point(H)
+    cdef int32_t x
+    cdef floating* a = fw
+    cdef floating* hn = a + GH
+    cdef floating* hnew = hn + H
+    cdef floating* wk = hnew + H
+    cdef floating* op = wk + 4 * H
+    cdef floating* sel = op + Vp
+    cdef floating* lpart = sel + V          # (2, Lp) the two shares of the logits
+    cdef fastrnn_fpmode_t mode = fastrnn_ftz_on()
+    for s in range(P + n):
+        # step s feeds feed[s], or (s >= P) the draw s - P after making it
+        if s < P:
+            x = feed[s]
+        else:
+            i = s - P
+            _partial_logits(hs + (nL - 1) * H, Wq, lpart, 0, cut, Vp)
+            _partial_logits(hs + (nL - 1) * H, Wq, lpart + Lp, cut, H, Vp)
+            out[i] = _draw(lpart, lpart + Lp, bq, op, sel, ex, srt, V, Vp, inv_temp, top_k,
+                           top_p, greedy, rng)
+            if logits != NULL:
+                memcpy(logits + i * V, op, V * sizeof(floating))
+            if i == n - 1:
+                break                       # the last draw is not fed
+            x = out[i]
+        for k in range(nL):
+            _gen_layer_step(cell, nonlin, <const floating*>lp[4 * k],
+                            <const floating*>lp[4 * k + 1], <const floating*>lp[4 * k + 2],
+                            <const floating*>lp[4 * k + 3], x,
+                            (hs + (k - 1) * H) if k > 0 else NULL, hs + k * H,
+                            (cs + k * H) if cs != NULL else NULL, a, hn, hnew, wk, H)
+    fastrnn_fp_restore(mode)
+
+
+def generate_stack(int cell, int nonlin, layers, W_hq, b_q, feed, out, h, c, rng,
+                   double temperature, Py_ssize_t top_k, double top_p, bint greedy,
+                   int num_threads=1, logits=None):
+    """Feed ``feed`` through a stack of layers, then generate ``len(out)`` ids.
+
+    Parameters (L layers, H units, G gates, V classes; arrays C-contiguous, one
+    float dtype)::
+
+        cell, nonlin  as layer_forward
+        layers   sequence of L tuples (W_xh, W_hh, b_h, b_hn): layer 0's W_xh (D, G*H)
+                 is gathered by token id (D >= V), layer k >= 1's is (H, G*H);
+                 W_hh (H, G*H), b_h (G*H,), b_hn (H,) for GRU, else None
+        W_hq (H, V), b_q (V,)  IN  the head on the top layer
+        feed     (P >= 1,) int32  IN   ids fed before the first draw, in [0, D)
+        out      (n,) int32       OUT  the generated ids
+        h        (L, H)           IN/OUT  the state of every layer
+        c        (L, H)           IN/OUT  LSTM cell states, else None
+        rng      (4,) uint64      IN/OUT  xoshiro256** state (fastrnn._lm.rng_seed)
+        temperature  > 0 (ignored when greedy)
+        top_k    0 = all ids, else the top_k largest logits (ties kept)
+        top_p    in (0, 1]: nucleus sampling after top_k; 1 = off
+        greedy   argmax instead of a draw
+        num_threads  accepted for the model's signature; generation runs on the
+                 calling thread (the ids never depend on it)
+        logits   (n, V) OUT or None: the logits each draw was made from
+
+    Each generated id is fed back before the next draw, except the last, so a
+    continuation is ``generate_stack(..., feed=out[-1:], h=h, c=c, rng=rng)``
+    and pieces give the same ids as one call. With cell=CELL_RNN and one layer the
+    ids, the state and the sampler's state are those of fastrnn._lm.generate.
+    """
+    _check_cell(cell, nonlin)
+    if num_threads < 1:
+        raise ValueError(f"num_threads must be >= 1, got {num_threads}")
+    if not greedy and not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if not (0.0 < top_p <= 1.0):
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if top_k < 0:
+        raise ValueError(f"top_k must be >= 0, got {top_k}")
+    if not isinstance(W_hq, np.ndarray) or W_hq.ndim != 2:
+        raise ValueError("W_hq must be a (H, V) numpy.ndarray")
+    if W_hq.dtype != np.float32 and W_hq.dtype != np.float64:
+        raise ValueError(f"W_hq must be float32 or float64, got {W_hq.dtype}")
+    dt = W_hq.dtype
+    cdef Py_ssize_t H = W_hq.shape[0], V = W_hq.shape[1], G = fastrnn_cell_gates(cell)
+    cdef Py_ssize_t nL, k, D, P, n
+    layers = list(layers)
+    nL = len(layers)
+    if nL < 1:
+        raise ValueError("layers must hold at least one layer")
+    if H < 1 or V < 1:
+        raise ValueError(f"W_hq must have H >= 1 and V >= 1, got shape {W_hq.shape}")
+    seen = []
+    _arr("W_hq", W_hq, dt, (H, V), False, seen)
+    _arr("b_q", b_q, dt, (V,), False, seen)
+    addrs = np.zeros((nL, 4), np.uintp)
+    gru = cell == FASTRNN_CELL_GRU
+    for k in range(nL):
+        lay = layers[k]
+        if not isinstance(lay, (tuple, list)) or len(lay) != 4:
+            raise ValueError(f"layers[{k}] must be a tuple (W_xh, W_hh, b_h, b_hn)")
+        W_xh = lay[0]
+        if k == 0:
+            if not isinstance(W_xh, np.ndarray) or W_xh.ndim != 2:
+                raise ValueError("layers[0]: W_xh must be a (D, G*H) numpy.ndarray")
+            D = W_xh.shape[0]
+            if D < V:
+                raise ValueError(f"layers[0]: W_xh has {D} rows, fewer than V = {V} "
+                                 "(generated ids are fed back as its rows)")
+        _arr(f"layers[{k}] W_xh", W_xh, dt, (D if k == 0 else H, G * H), False, seen)
+        _arr(f"layers[{k}] W_hh", lay[1], dt, (H, G * H), False, seen)
+        _arr(f"layers[{k}] b_h", lay[2], dt, (G * H,), False, seen)
+        _opt(f"layers[{k}] b_hn", lay[3], gru, "with CELL_GRU", dt, (H,), False, seen)
+        addrs[k, 0] = _addr(W_xh)
+        addrs[k, 1] = _addr(lay[1])
+        addrs[k, 2] = _addr(lay[2])
+        addrs[k, 3] = _addr(lay[3])
+    if not isinstance(feed, np.ndarray) or feed.ndim != 1 or feed.shape[0] < 1:
+        raise ValueError("feed must be a 1-d numpy.ndarray of at least one id")
+    P = feed.shape[0]
+    _arr("feed", feed, np.int32, (P,), False, seen)
+    if feed.min() < 0 or feed.max() >= D:
+        raise ValueError(f"feed ids must be in [0, {D}), got [{feed.min()}, {feed.max()}]")
+    if not isinstance(out, np.ndarray) or out.ndim != 1:
+        raise ValueError("out must be a 1-d int32 numpy.ndarray")
+    n = out.shape[0]
+    _arr("out", out, np.int32, (n,), True, seen)
+    _arr("h", h, dt, (nL, H), True, seen)
+    _opt("c", c, cell == FASTRNN_CELL_LSTM, "with CELL_LSTM", dt, (nL, H), True, seen)
+    _arr("rng", rng, np.uint64, (4,), True, seen)
+    if logits is not None:
+        _arr("logits", logits, dt, (n, V), True, seen)
+    if n == 0:
+        return
+    if P + n >= (1 << 62):
+        raise ValueError("too many steps")
+    if dt == np.float32:
+        _gen_call(cell, nonlin, addrs, W_hq, b_q, feed, out, h, c, rng, logits,
+                  <float*>_addr(W_hq), <float*>_addr(b_q), <float*>_addr(h), <float*>_addr(c),
+                  <float*>_addr(logits), H, V, temperature, top_k, top_p, greedy)
+    else:
+        _gen_call(cell, nonlin, addrs, W_hq, b_q, feed, out, h, c, rng, logits,
+                  <double*>_addr(W_hq), <double*>_addr(b_q), <double*>_addr(h),
+                  <double*>_addr(c), <double*>_addr(logits), H, V, temperature, top_k,
+                  top_p, greedy)
+
+
+cdef int _gen_call(int cell, int nonlin, object addrs, object W_hq, object b_q, object feed,
+                   object out, object h, object c, object rng, object logits,
+                   const floating* Whq, const floating* b_qp, floating* hp, floating* cp,
+                   floating* lg, Py_ssize_t H, Py_ssize_t V, double temperature,
+                   Py_ssize_t top_k, double top_p, bint greedy) except -1:
+    cdef Py_ssize_t G = fastrnn_cell_gates(cell), GH = G * H
+    cdef Py_ssize_t nL = addrs.shape[0], P = feed.shape[0], n = out.shape[0]
+    cdef Py_ssize_t Vp = (V + 15) // 16 * 16, fs = sizeof(floating), k, v
+    cdef Py_ssize_t Lp = (Vp * fs + 63) // 64 * 64 // fs
+    cdef double inv_temp = 1.0 / temperature if not greedy else 1.0
+    # W_hq and b_q zero-padded to Vp columns (as _lm.generate), the layer work
+    # (a, hn, hnew, wk), the logits (op, sel, two shares), and the doubles ex, srt
+    cdef Py_ssize_t nfl = H * Vp + Vp + GH + 2 * H + 4 * H + Vp + V + 2 * Lp
+    cdef char* mem = <char*>malloc(nfl * fs + 2 * V * sizeof(double) + 128)
+    if mem == NULL:
+        raise MemoryError("cannot allocate the sampler's work buffers")
+    cdef char* base = mem + (64 - (<size_t>mem) % 64) % 64
+    cdef double* ex = <double*>base
+    cdef double* srt = ex + V
+    cdef floating* Wq = <floating*>(base + (2 * V * sizeof(double) + 63) // 64 * 64)
+    cdef floating* bq = Wq + H * Vp
+    cdef floating* fw = bq + Vp
+    cdef uintptr_t[:, ::1] av = addrs
+    cdef int32_t[::1] fv = feed
+    cdef int32_t[::1] ov = out
+    cdef uint64_t[::1] rv = rng
+    try:
+        with nogil:
+            for k in range(H):
+                for v in range(Vp):
+                    Wq[k * Vp + v] = Whq[k * V + v] if v < V else 0
+            for v in range(Vp):
+                bq[v] = b_qp[v] if v < V else 0
+            _gen_run(cell, nonlin, nL, &av[0, 0], Wq, bq, &fv[0], P, &ov[0], n, hp, cp, lg,
+                     fw, ex, srt, &rv[0], H, V, Vp, Lp, inv_temp, top_k, top_p, greedy)
+    finally:
+        free(mem)
+    return 0
