@@ -658,6 +658,12 @@ def export_onnx(params: Mapping[str, np.ndarray], vocab_chars: Sequence[str],
         raise ValueError(f"unk {unk!r} is not among the vocabulary's tokens")
     if isinstance(opset, bool) or not isinstance(opset, (int, np.integer)):
         raise TypeError(f"opset must be an int, got {type(opset).__name__}")
+    if dt == np.float64:
+        big = float(np.finfo(np.float32).max)
+        for n, a in params.items():
+            if a.size and np.abs(a).max() > big:
+                raise ValueError(f"params[{n!r}] has values beyond float32's range; the ONNX "
+                                 f"model is float32")
     onnx = _import_onnx()[0]
     newest = onnx.defs.onnx_opset_version()
     if not _MIN_OPSET <= opset <= newest:

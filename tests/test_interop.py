@@ -767,6 +767,10 @@ def test_onnx_export_bad_arguments(rng, tmp_path):
         ex.export_onnx(p, list("abcdefghijk"), tmp_path / "m.onnx", unk="<unk>")
     with pytest.raises(ValueError, match="cell"):
         ex.export_onnx(p, list("abcdefghijk"), tmp_path / "m.onnx", cell="lstm")
+    big = make_params(rng, "rnn", 1)
+    big["W_hh"][0, 0] = 1e39
+    with pytest.raises(ValueError, match="W_hh.*float32"):
+        ex.export_onnx(big, list("abcdefghijk"), tmp_path / "m.onnx")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         ex.export_onnx(p, list("abcdefghijk"), tmp_path / "nodir" / "m.onnx")
     assert not list(tmp_path.iterdir())
