@@ -70,85 +70,93 @@ static void fastrnn_sigmoid_##SFX(T *a, T *sg, ptrdiff_t n) {                   
     for (ptrdiff_t j = 0; j < n; j++) sg[j] = (T)0.5 + (T)0.5 * sg[j];                   \
 }                                                                                        \
                                                                                          \
-/* Forward step of one row.                                                              \
- *   a    (G*H) IN/WORK pre-activations (GRU: the n block holds xn only); clobbered      \
- *   hn   (H)   IN  GRU: h W_hn + b_hn (else unused); may point into g's hn block       \
- *   hp   (H)   IN  h_{t-1};  cp (H) IN LSTM c_{t-1}                                     \
- *   h    (H)   OUT h_t (not aliasing hp);  c (H) OUT LSTM c_t (may alias cp)           \
- *   g    (4H)  OUT gate cache, or NULL                                                  \
- *   wk   (4H)  WORK */                                                                  \
+/* Forward step of n units of one row. Gate k of unit j is at [k * ld + j] in a, g and   \
+ * wk (ld = H for a whole row; a part of a row passes its first unit and ld = H);        \
+ * the per-unit vectors are indexed 0..n-1.                                              \
+ *   a    (G blocks) IN/WORK pre-activations (GRU: the n block holds xn only); clobbered \
+ *   hn   (n)   IN  GRU: h W_hn + b_hn (else unused); may point into g's hn block       \
+ *   hp   (n)   IN  h_{t-1};  cp (n) IN LSTM c_{t-1}                                     \
+ *   h    (n)   OUT h_t (may alias hp);  c (n) OUT LSTM c_t (may alias cp)              \
+ *   g    (4 blocks) OUT gate cache, or NULL                                             \
+ *   wk   (4 blocks) WORK                                                                \
+ * Transcendentals run per gate block, each from the part's first unit, so a unit takes  \
+ * the same path whether its row is done whole or in parts cut on multiples of 64. */    \
 FASTRNN_CLONES                                                                           \
-static void fastrnn_cell_fwd_##SFX(int cell, int nonlin, ptrdiff_t H, T *a, const T *hn, \
-                                   const T *hp, const T *cp, T *h, T *c, T *g, T *wk) { \
+static void fastrnn_cell_fwd_##SFX(int cell, int nonlin, ptrdiff_t n, ptrdiff_t ld,     \
+                                   T *a, const T *hn, const T *hp, const T *cp, T *h,    \
+                                   T *c, T *g, T *wk) {                                  \
     ptrdiff_t j;                                                                         \
     if (cell == FASTRNN_CELL_RNN) {                                                      \
         if (nonlin == FASTRNN_NONLIN_TANH)                                               \
-            TANH(a, h, H);                                                               \
+            TANH(a, h, n);                                                               \
         else                                                                             \
-            for (j = 0; j < H; j++) h[j] = a[j] > 0 ? a[j] : (T)0;                       \
+            for (j = 0; j < n; j++) h[j] = a[j] > 0 ? a[j] : (T)0;                       \
     } else if (cell == FASTRNN_CELL_GRU) {                                               \
         T *s = g ? g : wk;                     /* r, z, n */                             \
-        fastrnn_sigmoid_##SFX(a, s, 2 * H);                                              \
-        const T *r = s, *z = s + H;                                                      \
-        T *xn = a + 2 * H, *n = s + 2 * H;                                               \
-        for (j = 0; j < H; j++) xn[j] = xn[j] + r[j] * hn[j];                            \
-        TANH(xn, n, H);                                                                  \
-        for (j = 0; j < H; j++) h[j] = ((T)1 - z[j]) * n[j] + z[j] * hp[j];              \
-        if (g && hn != g + 3 * H) memcpy(g + 3 * H, hn, (size_t)H * sizeof(T));          \
+        fastrnn_sigmoid_##SFX(a, s, n);                                                  \
+        fastrnn_sigmoid_##SFX(a + ld, s + ld, n);                                        \
+        const T *r = s, *z = s + ld;                                                     \
+        T *xn = a + 2 * ld, *nn = s + 2 * ld;                                            \
+        for (j = 0; j < n; j++) xn[j] = xn[j] + r[j] * hn[j];                            \
+        TANH(xn, nn, n);                                                                 \
+        for (j = 0; j < n; j++) h[j] = ((T)1 - z[j]) * nn[j] + z[j] * hp[j];             \
+        if (g && hn != g + 3 * ld) memcpy(g + 3 * ld, hn, (size_t)n * sizeof(T));        \
     } else {                                                                             \
         T *s = g ? g : wk;                     /* i, f, g, o */                          \
-        fastrnn_sigmoid_##SFX(a, s, 2 * H);                                              \
-        TANH(a + 2 * H, s + 2 * H, H);                                                   \
-        fastrnn_sigmoid_##SFX(a + 3 * H, s + 3 * H, H);                                  \
-        const T *i_ = s, *f_ = s + H, *g_ = s + 2 * H, *o_ = s + 3 * H;                  \
-        for (j = 0; j < H; j++) c[j] = f_[j] * cp[j] + i_[j] * g_[j];                    \
-        TANH(c, a, H);                         /* tanh(c'), a is free now */             \
-        for (j = 0; j < H; j++) h[j] = o_[j] * a[j];                                     \
+        fastrnn_sigmoid_##SFX(a, s, n);                                                  \
+        fastrnn_sigmoid_##SFX(a + ld, s + ld, n);                                        \
+        TANH(a + 2 * ld, s + 2 * ld, n);                                                 \
+        fastrnn_sigmoid_##SFX(a + 3 * ld, s + 3 * ld, n);                                \
+        const T *i_ = s, *f_ = s + ld, *g_ = s + 2 * ld, *o_ = s + 3 * ld;               \
+        for (j = 0; j < n; j++) c[j] = f_[j] * cp[j] + i_[j] * g_[j];                    \
+        TANH(c, a, n);                         /* tanh(c'), a is free now */             \
+        for (j = 0; j < n; j++) h[j] = o_[j] * a[j];                                     \
     }                                                                                    \
 }                                                                                        \
                                                                                          \
-/* Backward step of one row.                                                             \
- *   dh   (H)   IN  dL/dh_t, all of it (from above and from step t+1)                    \
- *   h    (H)   IN  h_t;  hp (H) IN h_{t-1} (GRU)                                        \
- *   c    (H)   IN  LSTM c_t;  cp (H) IN LSTM c_{t-1}                                    \
- *   g    (4H)  IN  the gate cache of step t (GRU, LSTM)                                 \
- *   dc   (H)   IN/OUT LSTM: dL/dc_t from step t+1 on entry, dL/dc_{t-1} on exit         \
- *   da   (G*H) OUT dL/dA (GRU n block: dL/d(xn))                                        \
- *   dan  (H)   OUT GRU: dL/d(hn) = da_n * r                                             \
- *   dhp  (H)   OUT GRU: dL/dh_{t-1} through z (dh * z), before the product W_hh^T       \
- *   wk   (H)   WORK */                                                                  \
+/* Backward step of n units of one row (layout as forward).                              \
+ *   dh   (n)   IN  dL/dh_t, all of it (from above and from step t+1)                    \
+ *   h    (n)   IN  h_t;  hp (n) IN h_{t-1} (GRU)                                        \
+ *   c    (n)   IN  LSTM c_t;  cp (n) IN LSTM c_{t-1}                                    \
+ *   g    (4 blocks) IN  the gate cache of step t (GRU, LSTM)                            \
+ *   dc   (n)   IN/OUT LSTM: dL/dc_t from step t+1 on entry, dL/dc_{t-1} on exit         \
+ *   da   (G blocks) OUT dL/dA (GRU n block: dL/d(xn))                                   \
+ *   dan  (n)   OUT GRU: dL/d(hn) = da_n * r                                             \
+ *   dhp  (n)   OUT GRU: dL/dh_{t-1} through z (dh * z), before the product W_hh^T       \
+ *   wk   (n)   WORK */                                                                  \
 FASTRNN_CLONES                                                                           \
-static void fastrnn_cell_bwd_##SFX(int cell, int nonlin, ptrdiff_t H, const T *dh,      \
-                                   const T *h, const T *hp, const T *c, const T *cp,     \
-                                   const T *g, T *dc, T *da, T *dan, T *dhp, T *wk) {    \
+static void fastrnn_cell_bwd_##SFX(int cell, int nonlin, ptrdiff_t n, ptrdiff_t ld,     \
+                                   const T *dh, const T *h, const T *hp, const T *c,     \
+                                   const T *cp, const T *g, T *dc, T *da, T *dan,        \
+                                   T *dhp, T *wk) {                                      \
     ptrdiff_t j;                                                                         \
     if (cell == FASTRNN_CELL_RNN) {                                                      \
         if (nonlin == FASTRNN_NONLIN_TANH)                                               \
-            for (j = 0; j < H; j++) da[j] = dh[j] * ((T)1 - h[j] * h[j]);                \
+            for (j = 0; j < n; j++) da[j] = dh[j] * ((T)1 - h[j] * h[j]);                \
         else                                                                             \
-            for (j = 0; j < H; j++) da[j] = h[j] > 0 ? dh[j] : (T)0;                     \
+            for (j = 0; j < n; j++) da[j] = h[j] > 0 ? dh[j] : (T)0;                     \
     } else if (cell == FASTRNN_CELL_GRU) {                                               \
-        const T *r = g, *z = g + H, *n = g + 2 * H, *hn = g + 3 * H;                     \
-        for (j = 0; j < H; j++) {                                                        \
+        const T *r = g, *z = g + ld, *nn = g + 2 * ld, *hn = g + 3 * ld;                 \
+        for (j = 0; j < n; j++) {                                                        \
             T dn = dh[j] * ((T)1 - z[j]);                                                \
-            T dz = dh[j] * (hp[j] - n[j]);                                               \
-            T dxn = dn * ((T)1 - n[j] * n[j]);                                           \
-            da[2 * H + j] = dxn;                                                         \
+            T dz = dh[j] * (hp[j] - nn[j]);                                              \
+            T dxn = dn * ((T)1 - nn[j] * nn[j]);                                         \
+            da[2 * ld + j] = dxn;                                                        \
             dan[j] = dxn * r[j];                                                         \
             da[j] = dxn * hn[j] * (r[j] * ((T)1 - r[j]));                                \
-            da[H + j] = dz * (z[j] * ((T)1 - z[j]));                                     \
+            da[ld + j] = dz * (z[j] * ((T)1 - z[j]));                                    \
             dhp[j] = dh[j] * z[j];                                                       \
         }                                                                                \
     } else {                                                                             \
-        const T *i_ = g, *f_ = g + H, *g_ = g + 2 * H, *o_ = g + 3 * H;                  \
-        TANH(c, wk, H);                        /* tanh(c_t), as in forward */           \
-        for (j = 0; j < H; j++) {                                                        \
+        const T *i_ = g, *f_ = g + ld, *g_ = g + 2 * ld, *o_ = g + 3 * ld;               \
+        TANH(c, wk, n);                        /* tanh(c_t), as in forward */           \
+        for (j = 0; j < n; j++) {                                                        \
             T tc = wk[j];                                                                \
             T dct = dc[j] + dh[j] * o_[j] * ((T)1 - tc * tc);                            \
             da[j] = dct * g_[j] * (i_[j] * ((T)1 - i_[j]));                              \
-            da[H + j] = dct * cp[j] * (f_[j] * ((T)1 - f_[j]));                          \
-            da[2 * H + j] = dct * i_[j] * ((T)1 - g_[j] * g_[j]);                        \
-            da[3 * H + j] = dh[j] * tc * (o_[j] * ((T)1 - o_[j]));                       \
+            da[ld + j] = dct * cp[j] * (f_[j] * ((T)1 - f_[j]));                         \
+            da[2 * ld + j] = dct * i_[j] * ((T)1 - g_[j] * g_[j]);                       \
+            da[3 * ld + j] = dh[j] * tc * (o_[j] * ((T)1 - o_[j]));                      \
             dc[j] = dct * f_[j];                                                         \
         }                                                                                \
     }                                                                                    \

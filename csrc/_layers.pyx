@@ -17,8 +17,12 @@ by the caller (shapes: SPEC.md, and the docstrings below). Parallelism: the batc
 cut into one chunk of rows per thread and each chunk's whole time loop runs in one
 prange iteration (no barrier per step). The recurrent product is the packed gemm of
 csrc/_pgemm.h with W_hh (forward) or W_hh^T (backward) packed once per call; its
-sums are in a fixed order for any row count, and the cell step is elementwise, so
-every result is bitwise the same for any thread count. No BLAS is called here, so
+sums are in a fixed order for any row count, and the cell step is elementwise. One
+sequence (B = 1) takes the one-row products of csrc/_vecmat.h on W_hh in place (the
+packed kernel computes a tile of 6 rows for one), and with two threads each step's
+hidden units are cut in two parts (on a multiple of 64) that the threads claim
+(csrc/_steps.h, as fastrnn._rnn does for the Elman cell). Every result is bitwise
+the same for any thread count. No BLAS is called here, so
 the caller need not limit BLAS's threads for these kernels. Every thread flushes
 subnormals for its work and restores the caller's floating-point mode. Nothing is
 allocated per step (the packed weights and a work area, once per call).
@@ -28,14 +32,19 @@ Generation: generate_stack runs the whole sampling loop for any cell and depth
 """
 import numpy as np
 
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_C_CONTIGUOUS
 from cython cimport floating
-from cython.parallel cimport prange
+from cython.parallel cimport prange, parallel
 from libc.string cimport memcpy, memset
 from libc.stdlib cimport malloc, free
 from libc.stdint cimport int32_t, uint64_t, uintptr_t
 
 from _omp cimport FASTRNN_OMP_ENABLED
 from _fpmode cimport fastrnn_fpmode_t, fastrnn_ftz_on, fastrnn_fp_restore
+from _omp cimport fastrnn_omp_thread_id
+from _steps cimport (fastrnn_steps_t, fastrnn_steps_init, fastrnn_steps_claim,
+                    fastrnn_steps_done, fastrnn_steps_next, fastrnn_steps_wait,
+                    fastrnn_split_point)
 from _rowops cimport (_pack_width, _packed_size, _pack, _pgemm, _vecmat, _vecmatT,
                      fastrnn_pgemm_level)
 
@@ -49,24 +58,27 @@ cdef extern from "_cells.h" nogil:
         FASTRNN_NONLIN_RELU
     Py_ssize_t fastrnn_cell_gates(int cell) noexcept
     Py_ssize_t fastrnn_cell_cache_width(int cell, Py_ssize_t H) noexcept
-    void fastrnn_cell_fwd_f32(int cell, int nonlin, Py_ssize_t H, float* a, const float* hn,
-                              const float* hp, const float* cp, float* h, float* c, float* g,
-                              float* wk) noexcept
-    void fastrnn_cell_fwd_f64(int cell, int nonlin, Py_ssize_t H, double* a, const double* hn,
-                              const double* hp, const double* cp, double* h, double* c,
-                              double* g, double* wk) noexcept
-    void fastrnn_cell_bwd_f32(int cell, int nonlin, Py_ssize_t H, const float* dh,
-                              const float* h, const float* hp, const float* c, const float* cp,
-                              const float* g, float* dc, float* da, float* dan, float* dhp,
-                              float* wk) noexcept
-    void fastrnn_cell_bwd_f64(int cell, int nonlin, Py_ssize_t H, const double* dh,
-                              const double* h, const double* hp, const double* c,
-                              const double* cp, const double* g, double* dc, double* da,
-                              double* dan, double* dhp, double* wk) noexcept
+    void fastrnn_cell_fwd_f32(int cell, int nonlin, Py_ssize_t n, Py_ssize_t ld, float* a,
+                              const float* hn, const float* hp, const float* cp, float* h,
+                              float* c, float* g, float* wk) noexcept
+    void fastrnn_cell_fwd_f64(int cell, int nonlin, Py_ssize_t n, Py_ssize_t ld, double* a,
+                              const double* hn, const double* hp, const double* cp, double* h,
+                              double* c, double* g, double* wk) noexcept
+    void fastrnn_cell_bwd_f32(int cell, int nonlin, Py_ssize_t n, Py_ssize_t ld,
+                              const float* dh, const float* h, const float* hp, const float* c,
+                              const float* cp, const float* g, float* dc, float* da,
+                              float* dan, float* dhp, float* wk) noexcept
+    void fastrnn_cell_bwd_f64(int cell, int nonlin, Py_ssize_t n, Py_ssize_t ld,
+                              const double* dh, const double* h, const double* hp,
+                              const double* c, const double* cp, const double* g, double* dc,
+                              double* da, double* dan, double* dhp, double* wk) noexcept
 
 
 # the kernel variant (and tanh's) is chosen once, at import, before any thread runs
 cdef int _LEVEL = fastrnn_pgemm_level()
+
+_I32 = np.dtype(np.int32)
+_U64 = np.dtype(np.uint64)
 
 CELL_RNN = FASTRNN_CELL_RNN
 CELL_GRU = FASTRNN_CELL_GRU
@@ -93,23 +105,26 @@ def gate_cache_width(int cell, Py_ssize_t H):
 # ---------------------------------------------------------------------------
 # cell step wrappers (fused float/double)
 
-cdef inline void _cell_fwd(int cell, int nonlin, Py_ssize_t H, floating* a, const floating* hn,
-                           const floating* hp, const floating* cp, floating* h, floating* c,
-                           floating* g, floating* wk) noexcept nogil:
+cdef inline void _cell_fwd(int cell, int nonlin, Py_ssize_t n, Py_ssize_t ld, floating* a,
+                           const floating* hn, const floating* hp, const floating* cp,
+                           floating* h, floating* c, floating* g, floating* wk) noexcept nogil:
+    """Forward cell step of n units (gate blocks ld apart); csrc/_cells.h."""
     if floating is float:
-        fastrnn_cell_fwd_f32(cell, nonlin, H, a, hn, hp, cp, h, c, g, wk)
+        fastrnn_cell_fwd_f32(cell, nonlin, n, ld, a, hn, hp, cp, h, c, g, wk)
     else:
-        fastrnn_cell_fwd_f64(cell, nonlin, H, a, hn, hp, cp, h, c, g, wk)
+        fastrnn_cell_fwd_f64(cell, nonlin, n, ld, a, hn, hp, cp, h, c, g, wk)
 
 
-cdef inline void _cell_bwd(int cell, int nonlin, Py_ssize_t H, const floating* dh,
-                           const floating* h, const floating* hp, const floating* c,
-                           const floating* cp, const floating* g, floating* dc, floating* da,
-                           floating* dan, floating* dhp, floating* wk) noexcept nogil:
+cdef inline void _cell_bwd(int cell, int nonlin, Py_ssize_t n, Py_ssize_t ld,
+                           const floating* dh, const floating* h, const floating* hp,
+                           const floating* c, const floating* cp, const floating* g,
+                           floating* dc, floating* da, floating* dan, floating* dhp,
+                           floating* wk) noexcept nogil:
+    """Backward cell step of n units (gate blocks ld apart); csrc/_cells.h."""
     if floating is float:
-        fastrnn_cell_bwd_f32(cell, nonlin, H, dh, h, hp, c, cp, g, dc, da, dan, dhp, wk)
+        fastrnn_cell_bwd_f32(cell, nonlin, n, ld, dh, h, hp, c, cp, g, dc, da, dan, dhp, wk)
     else:
-        fastrnn_cell_bwd_f64(cell, nonlin, H, dh, h, hp, c, cp, g, dc, da, dan, dhp, wk)
+        fastrnn_cell_bwd_f64(cell, nonlin, n, ld, dh, h, hp, c, cp, g, dc, da, dan, dhp, wk)
 
 
 # ---------------------------------------------------------------------------
@@ -118,9 +133,7 @@ cdef inline void _cell_bwd(int cell, int nonlin, Py_ssize_t H, const floating* d
 cdef void _forward_chunk(
         int cell, int nonlin,
         const floating* XW,        # IN  (T, B, G*H)
-        const floating* W_hh,      # IN  (H, G*H), read in place when B == 1
-        const floating* Wp,        # IN  W_hh (GRU: its r, z columns) packed by _pack,
-                                   #     or NULL when B == 1
+        const floating* Wp,        # IN  W_hh (GRU: its r, z columns) packed by _pack
         const floating* Wpn,       # IN  GRU: W_hh's n columns packed, else NULL
         const floating* b_hn,      # IN  (H,) GRU, else NULL
         const floating* h0,        # IN  (B, H)
@@ -134,10 +147,7 @@ cdef void _forward_chunk(
         Py_ssize_t T, Py_ssize_t B, Py_ssize_t H,
         Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
     """Steps 0..T-1 of batch rows [b0, b1): the recurrent product for the rows, then
-    each row's cell step while it is in cache. One sequence (B = 1, Wp NULL) takes
-    the one-row product _vecmat on W_hh in place, as generate_stack does (the packed
-    kernel would compute a whole tile of rows for it); the choice depends on B only,
-    not on the thread count."""
+    each row's cell step while it is in cache (B >= 2; one sequence: _forward_part)."""
     cdef Py_ssize_t t, r, nb = b1 - b0, G = fastrnn_cell_gates(cell), GH = G * H
     cdef Py_ssize_t CW = fastrnn_cell_cache_width(cell, H), ldhn
     cdef const floating* hp
@@ -150,10 +160,14 @@ cdef void _forward_chunk(
         return
     mode = fastrnn_ftz_on()
     for t in range(T):
-        hp = (Hs + ((t - 1) * B + b0) * H) if t > 0 else (h0 + b0 * H)
+        hp = h0 + b0 * H
+        if t > 0:
+            hp = Hs + ((t - 1) * B + b0) * H
         cp = NULL
         if cell == FASTRNN_CELL_LSTM:
-            cp = (Cs + ((t - 1) * B + b0) * H) if t > 0 else (c0 + b0 * H)
+            cp = c0 + b0 * H
+            if t > 0:
+                cp = Cs + ((t - 1) * B + b0) * H
         memcpy(a, XW + (t * B + b0) * GH, nb * GH * sizeof(floating))
         if cell == FASTRNN_CELL_GRU:
             # r, z: A += h W_hh[:, :2H];  hn = b_hn + h W_hh[:, 2H:] (kept apart)
@@ -163,22 +177,14 @@ cdef void _forward_chunk(
             else:
                 hn = whn + b0 * H
                 ldhn = H
-            if Wp == NULL:
-                _vecmat(hp, W_hh, GH, a, H, 2 * H, 1)
-                memcpy(hn, b_hn, H * sizeof(floating))
-                _vecmat(hp, W_hh + 2 * H, GH, hn, H, H, 1)
-            else:
-                _pgemm(nb, 2 * H, H, hp, H, Wp, a, GH, 1, NULL)
-                _pgemm(nb, H, H, hp, H, Wpn, hn, ldhn, 0, b_hn)
+            _pgemm(nb, 2 * H, H, hp, H, Wp, a, GH, 1, NULL)
+            _pgemm(nb, H, H, hp, H, Wpn, hn, ldhn, 0, b_hn)
         else:
-            if Wp == NULL:
-                _vecmat(hp, W_hh, GH, a, H, GH, 1)
-            else:
-                _pgemm(nb, GH, H, hp, H, Wp, a, GH, 1, NULL)
+            _pgemm(nb, GH, H, hp, H, Wp, a, GH, 1, NULL)
             ldhn = 0
         for r in range(nb):
             g = (Gs + (t * B + b0 + r) * CW) if Gs != NULL else NULL
-            _cell_fwd(cell, nonlin, H, a + r * GH, (hn + r * ldhn) if hn != NULL else NULL,
+            _cell_fwd(cell, nonlin, H, H, a + r * GH, (hn + r * ldhn) if hn != NULL else NULL,
                       hp + r * H, (cp + r * H) if cp != NULL else NULL,
                       Hs + (t * B + b0 + r) * H,
                       (Cs + (t * B + b0 + r) * H) if Cs != NULL else NULL, g, wk)
@@ -196,19 +202,17 @@ cdef void _backward_chunk(
         const floating* Gs,        # IN  (T, B, 4H) gate cache (GRU, LSTM), else NULL
         const floating* h0,        # IN  (B, H)
         const floating* c0,        # IN  (B, H) LSTM, else NULL
-        const floating* W_hh,      # IN  (H, G*H), read in place when B == 1
-        const floating* WpT,       # IN  W_hh^T (GRU: of its r, z columns) packed, or
-                                   #     NULL when B == 1
+        const floating* WpT,       # IN  W_hh^T (GRU: of its r, z columns) packed
         const floating* WpTn,      # IN  GRU: W_hh[:, 2H:]^T packed, else NULL
         floating* dA,              # OUT (T, B, G*H)
         floating* dAn,             # OUT (T, B, H) GRU dL/dhn, else NULL
         floating* dh0,             # OUT (B, H): the carried dL/dh_{t-1}, dL/dh0 at the end
         floating* dc0,             # OUT (B, H): LSTM's carried dL/dc_{t-1}, else NULL
-        floating* wk,              # WORK (G*H + 2H,) this thread's
+        floating* wk,              # WORK (H,) this thread's
         Py_ssize_t T, Py_ssize_t B, Py_ssize_t H,
         Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
-    """Steps T-1 down to 0 of BPTT for batch rows [b0, b1) (B = 1: the one-row
-    product _vecmatT on W_hh in place, as in forward)."""
+    """Steps T-1 down to 0 of BPTT for batch rows [b0, b1) (B >= 2; one sequence:
+    _backward_part)."""
     cdef Py_ssize_t t, r, i, nb = b1 - b0, G = fastrnn_cell_gates(cell), GH = G * H
     cdef Py_ssize_t CW = fastrnn_cell_cache_width(cell, H)
     cdef floating* dhc = dh0 + b0 * H
@@ -230,12 +234,16 @@ cdef void _backward_chunk(
         da = dA + (t * B + b0) * GH
         for i in range(nb * H):             # all of dL/dh_t
             dh[i] = dh[i] + dhc[i]
-        hp = (Hs + ((t - 1) * B + b0) * H) if t > 0 else (h0 + b0 * H)
+        hp = h0 + b0 * H
+        if t > 0:
+            hp = Hs + ((t - 1) * B + b0) * H
         cp = NULL
         if cell == FASTRNN_CELL_LSTM:
-            cp = (Cs + ((t - 1) * B + b0) * H) if t > 0 else (c0 + b0 * H)
+            cp = c0 + b0 * H
+            if t > 0:
+                cp = Cs + ((t - 1) * B + b0) * H
         for r in range(nb):
-            _cell_bwd(cell, nonlin, H, dh + r * H, Hs + (t * B + b0 + r) * H, hp + r * H,
+            _cell_bwd(cell, nonlin, H, H, dh + r * H, Hs + (t * B + b0 + r) * H, hp + r * H,
                       (Cs + (t * B + b0 + r) * H) if Cs != NULL else NULL,
                       (cp + r * H) if cp != NULL else NULL,
                       (Gs + (t * B + b0 + r) * CW) if Gs != NULL else NULL,
@@ -243,21 +251,208 @@ cdef void _backward_chunk(
                       (dAn + (t * B + b0 + r) * H) if dAn != NULL else NULL,
                       dhc + r * H, wk)
         # dL/dh_{t-1} = dA_rec_t W_hh^T (+ dh_t * z_t for GRU, left in dhc above)
-        if WpT == NULL and cell == FASTRNN_CELL_GRU:
-            memcpy(wk + H, da, 2 * H * sizeof(floating))        # dA_rec = [r, z, hn]
-            memcpy(wk + 3 * H, dAn + t * H, H * sizeof(floating))
-            _vecmatT(wk + H, W_hh, wk + 4 * H, H, GH)
-            for i in range(H):
-                dhc[i] = dhc[i] + wk[4 * H + i]
-        elif WpT == NULL:
-            _vecmatT(da, W_hh, dhc, H, GH)
-        elif cell == FASTRNN_CELL_GRU:
+        if cell == FASTRNN_CELL_GRU:
             _pgemm(nb, H, 2 * H, da, GH, WpT, dhc, H, 1, NULL)
             _pgemm(nb, H, H, dAn + (t * B + b0) * H, H, WpTn, dhc, H, 1, NULL)
         else:
             _pgemm(nb, H, GH, da, GH, WpT, dhc, H, 0, NULL)
         t -= 1
     fastrnn_fp_restore(mode)
+
+
+# ---------------------------------------------------------------------------
+# one sequence (B = 1): one-row products on W_hh in place, each step's hidden units
+# in two parts that two threads claim (csrc/_steps.h), as fastrnn._rnn does for the
+# Elman cell. The packed kernel would compute a whole tile of rows for one row.
+
+cdef inline void _rec_part(int cell, const floating* hp, const floating* W_hh, floating* a,
+                           floating* hn, Py_ssize_t H, Py_ssize_t j0,
+                           Py_ssize_t j1) noexcept nogil:
+    """Units [j0, j1) of every gate: a += hp W_hh (GRU: its n gate into hn instead),
+    gate by gate, each from the part's first unit (_vecmat's blocks of 64 columns then
+    fall alike whether the row is cut in parts on a multiple of 64 or not)."""
+    cdef Py_ssize_t g, G = fastrnn_cell_gates(cell), GH = G * H, nj = j1 - j0
+    for g in range(G):
+        if cell == FASTRNN_CELL_GRU and g == 2:
+            _vecmat(hp, W_hh + 2 * H + j0, GH, hn + j0, H, nj, 1)
+        else:
+            _vecmat(hp, W_hh + g * H + j0, GH, a + g * H + j0, H, nj, 1)
+
+
+cdef void _forward_part(
+        int cell, int nonlin,
+        const floating* XW,        # IN  (T, G*H)
+        const floating* W_hh,      # IN  (H, G*H)
+        const floating* b_hn,      # IN  (H,) GRU, else NULL
+        const floating* h0,        # IN  (H,)
+        const floating* c0,        # IN  (H,) LSTM, else NULL
+        floating* Hs,              # OUT (T, H)
+        floating* Cs,              # OUT (T, H) LSTM, else NULL
+        floating* Gs,              # OUT (T, 4H) or NULL
+        floating* wa,              # WORK (G*H,) shared by the parts (disjoint units)
+        floating* whn,             # WORK (H,) GRU hn when Gs is NULL
+        floating* wk,              # WORK (4H,) this thread's
+        Py_ssize_t t, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1) noexcept nogil:
+    """Hidden units [j0, j1) of step t of one sequence."""
+    cdef Py_ssize_t g, G = fastrnn_cell_gates(cell), GH = G * H, nj = j1 - j0
+    cdef Py_ssize_t CW = fastrnn_cell_cache_width(cell, H)
+    cdef const floating* hp = h0
+    cdef const floating* cp = NULL
+    cdef floating* gc = (Gs + t * CW) if Gs != NULL else NULL
+    cdef floating* hn = NULL
+    if nj <= 0:
+        return
+    if t > 0:
+        hp = Hs + (t - 1) * H
+    if cell == FASTRNN_CELL_LSTM:
+        cp = c0
+        if t > 0:
+            cp = Cs + (t - 1) * H
+    for g in range(G):
+        memcpy(wa + g * H + j0, XW + t * GH + g * H + j0, nj * sizeof(floating))
+    if cell == FASTRNN_CELL_GRU:
+        hn = (gc + 3 * H) if gc != NULL else whn
+        memcpy(hn + j0, b_hn + j0, nj * sizeof(floating))
+    _rec_part(cell, hp, W_hh, wa, hn, H, j0, j1)
+    _cell_fwd(cell, nonlin, nj, H, wa + j0, (hn + j0) if hn != NULL else NULL, hp + j0,
+              (cp + j0) if cp != NULL else NULL, Hs + t * H + j0,
+              (Cs + t * H + j0) if Cs != NULL else NULL, (gc + j0) if gc != NULL else NULL,
+              wk + j0)
+
+
+cdef void _forward_split(
+        int cell, int nonlin, const floating* XW, const floating* W_hh,
+        const floating* b_hn, const floating* h0, const floating* c0, floating* Hs,
+        floating* Cs, floating* Gs, floating* wa, floating* whn,
+        floating* wk,              # WORK (4H,) this thread's
+        Py_ssize_t T, Py_ssize_t H, Py_ssize_t cut,
+        int me,                    # this thread's own part (0 or 1)
+        fastrnn_steps_t* steps) noexcept nogil:
+    """One sequence on two threads: each step's units [0, cut) and [cut, H) are
+    computed by whichever thread claims them (its own part first); a thread running
+    alone computes every step. cut is 0 or H for a serial run."""
+    cdef int t = 0, i, k
+    cdef fastrnn_fpmode_t mode = fastrnn_ftz_on()
+    while True:
+        t = fastrnn_steps_next(steps, t)
+        if t >= T:
+            break
+        if t > 0:
+            fastrnn_steps_wait(steps, t - 1)    # h_{t-1} complete
+        for i in range(2):
+            k = me ^ i
+            if fastrnn_steps_claim(steps, k, t):
+                _forward_part(cell, nonlin, XW, W_hh, b_hn, h0, c0, Hs, Cs, Gs, wa, whn, wk,
+                              t, H, cut if k else 0, H if k else cut)
+                fastrnn_steps_done(steps, k, t)
+        t += 1
+    fastrnn_fp_restore(mode)
+
+
+cdef void _backward_part(
+        int cell, int nonlin,
+        floating* dHs,             # IN/WORK (T, H)
+        const floating* Hs, const floating* Cs, const floating* Gs,
+        const floating* h0, const floating* c0,
+        const floating* W_hh,      # IN  (H, G*H)
+        floating* dA,              # OUT (T, G*H)
+        floating* dAn,             # OUT (T, H) GRU, else NULL
+        floating* dh,              # OUT (H,) carried dL/dh_t; dL/dh0 after stage T
+        floating* dc,              # OUT (H,) LSTM carried dL/dc_t; dL/dc0 at the end
+        floating* wrec,            # WORK (2, G*H) GRU: dA_rec of the last two stages
+        floating* wk,              # WORK (2H,) this thread's
+        Py_ssize_t s, Py_ssize_t T, Py_ssize_t H, Py_ssize_t i0,
+        Py_ssize_t i1) noexcept nogil:
+    """Units [i0, i1) of stage s of one sequence's BPTT: stage s takes t = T-1-s,
+    forms dL/dh_t[i0:i1] (the recurrent part: W_hh[i0:i1] dA_rec_{t+1}, which needs
+    every unit of stage s-1), then dA_t of those units. Stage T leaves dL/dh0."""
+    cdef Py_ssize_t i, G = fastrnn_cell_gates(cell), GH = G * H, ni = i1 - i0
+    cdef Py_ssize_t t = T - 1 - s, CW = fastrnn_cell_cache_width(cell, H)
+    cdef const floating* hp
+    cdef const floating* cp = NULL
+    cdef floating* d
+    cdef floating* x
+    if ni <= 0:
+        return
+    if s == 0:
+        memset(dh + i0, 0, ni * sizeof(floating))
+        if dc != NULL:
+            memset(dc + i0, 0, ni * sizeof(floating))
+    elif cell == FASTRNN_CELL_GRU:       # dh holds dh_{t+1} z_{t+1} (stage s-1)
+        _vecmatT(wrec + ((s - 1) % 2) * GH, W_hh + i0 * GH, wk + H + i0, ni, GH)
+        for i in range(i0, i1):
+            dh[i] = dh[i] + wk[H + i]
+    else:
+        _vecmatT(dA + (t + 1) * GH, W_hh + i0 * GH, dh + i0, ni, GH)
+    if s == T:
+        return
+    d = dHs + t * H
+    for i in range(i0, i1):
+        d[i] = d[i] + dh[i]
+    hp = h0
+    if t > 0:
+        hp = Hs + (t - 1) * H
+    if cell == FASTRNN_CELL_LSTM:
+        cp = c0
+        if t > 0:
+            cp = Cs + (t - 1) * H
+    _cell_bwd(cell, nonlin, ni, H, d + i0, Hs + t * H + i0, hp + i0,
+              (Cs + t * H + i0) if Cs != NULL else NULL, (cp + i0) if cp != NULL else NULL,
+              (Gs + t * CW + i0) if Gs != NULL else NULL, (dc + i0) if dc != NULL else NULL,
+              dA + t * GH + i0, (dAn + t * H + i0) if dAn != NULL else NULL, dh + i0,
+              wk + i0)
+    if cell == FASTRNN_CELL_GRU:         # dA_rec_t = [dA_r, dA_z, dAn] for stage s+1
+        x = wrec + (s % 2) * GH
+        memcpy(x + i0, dA + t * GH + i0, ni * sizeof(floating))
+        memcpy(x + H + i0, dA + t * GH + H + i0, ni * sizeof(floating))
+        memcpy(x + 2 * H + i0, dAn + t * H + i0, ni * sizeof(floating))
+
+
+cdef void _backward_split(
+        int cell, int nonlin, floating* dHs, const floating* Hs, const floating* Cs,
+        const floating* Gs, const floating* h0, const floating* c0, const floating* W_hh,
+        floating* dA, floating* dAn, floating* dh, floating* dc, floating* wrec,
+        floating* wk,              # WORK (2H,) this thread's
+        Py_ssize_t T, Py_ssize_t H, Py_ssize_t cut, int me,
+        fastrnn_steps_t* steps) noexcept nogil:
+    """One sequence's T + 1 stages on two threads, parts claimed as in forward."""
+    cdef int s = 0, i, k
+    cdef fastrnn_fpmode_t mode = fastrnn_ftz_on()
+    while True:
+        s = fastrnn_steps_next(steps, s)
+        if s > T:
+            break
+        if s > 0:
+            fastrnn_steps_wait(steps, s - 1)    # dA_{t+1} complete
+        for i in range(2):
+            k = me ^ i
+            if fastrnn_steps_claim(steps, k, s):
+                _backward_part(cell, nonlin, dHs, Hs, Cs, Gs, h0, c0, W_hh, dA, dAn, dh, dc,
+                               wrec, wk, s, T, H, cut if k else 0, H if k else cut)
+                fastrnn_steps_done(steps, k, s)
+        s += 1
+    fastrnn_fp_restore(mode)
+
+
+# One sequence splits each step across two threads when a step has at least this much
+# work (G * H * H multiply-adds; _rnn's rule for the Elman cell is H >= 125).
+cdef Py_ssize_t SPLIT_MIN_WORK = 15625
+
+
+def set_split_min_work(Py_ssize_t work):
+    """Set the per-step work (G*H*H) from which one sequence (B = 1) is split across
+    two threads; returns the old value (tests set 0 to split every size). Results
+    do not depend on it."""
+    global SPLIT_MIN_WORK
+    old = SPLIT_MIN_WORK
+    SPLIT_MIN_WORK = work
+    return old
+
+
+cdef inline bint _split(int cell, Py_ssize_t T, Py_ssize_t B, Py_ssize_t H,
+                        int num_threads) noexcept nogil:
+    return (FASTRNN_OMP_ENABLED and B == 1 and num_threads >= 2 and T < 2147483647
+            and fastrnn_cell_gates(cell) * H * H >= SPLIT_MIN_WORK)
 
 
 # ---------------------------------------------------------------------------
@@ -273,43 +468,78 @@ cdef int _check_cell(int cell, int nonlin) except -1:
     return 0
 
 
-cdef object _arr(str name, object a, object dtype, tuple shape, bint out, list seen):
-    """a checked as a C-contiguous, aligned ndarray of dtype and shape (writable when
-    out); outputs must not overlap any other buffer. Returns a."""
+cdef str _nm(object name):
+    """An argument's name: a str, or (k, name) for layer k's parameter (formatted only
+    for an error message)."""
+    return name if isinstance(name, str) else f"layers[{name[0]}] {name[1]}"
+
+
+cdef object _arr(object name, object a, object dtype, tuple shape, bint out, list seen):
+    """a checked as a C-contiguous, aligned ndarray of dtype (a numpy.dtype) and shape
+    (writable when out); outputs must not overlap any other buffer (checked by
+    _no_overlap once every argument is in seen). Returns a."""
+    cdef uintptr_t lo
+    if not (isinstance(a, np.ndarray) and a.dtype == dtype and a.shape == shape
+            and a.flags.c_contiguous and a.flags.aligned and (a.flags.writeable or not out)):
+        _arr_error(_nm(name), a, dtype, shape, out)
+    lo = _addr(a)
+    seen.append((name, lo, lo + <uintptr_t>a.nbytes, out))
+    return a
+
+
+cdef int _arr_error(str name, object a, object dtype, tuple shape, bint out) except -1:
     if not isinstance(a, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
     if a.dtype != dtype:
-        raise ValueError(f"{name} must have dtype {np.dtype(dtype).name}, got {a.dtype}")
+        raise ValueError(f"{name} must have dtype {dtype.name}, got {a.dtype}")
     if a.shape != shape:
         raise ValueError(f"{name} must have shape {shape}, got {a.shape}")
     if not a.flags.c_contiguous or not a.flags.aligned:
         raise ValueError(f"{name} must be C-contiguous and aligned")
-    if out and not a.flags.writeable:
-        raise ValueError(f"{name} must be writable")
-    for other_name, other, other_out in seen:
-        if (out or other_out) and np.may_share_memory(a, other):
-            raise ValueError(f"{name} must not overlap {other_name}")
-    seen.append((name, a, out))
-    return a
+    raise ValueError(f"{name} must be writable")
 
 
-cdef object _opt(str name, object a, bint needed, str when, object dtype, tuple shape,
+cdef int _no_overlap(list seen) except -1:
+    """No output buffer shares a byte with another buffer (inputs may overlap each
+    other: they can all be views of one flat parameter vector)."""
+    cdef Py_ssize_t i, j, n = len(seen)
+    cdef uintptr_t lo1, hi1, lo2, hi2
+    cdef bint o1, o2
+    for i in range(n):
+        _, lo1, hi1, o1 = seen[i]
+        if not o1 or lo1 == hi1:
+            continue
+        for j in range(n):
+            _, lo2, hi2, o2 = seen[j]
+            if j != i and lo2 < hi1 and lo1 < hi2 and (j > i or not o2):
+                raise ValueError(f"{_nm(seen[i][0])} must not overlap {_nm(seen[j][0])}")
+    return 0
+
+
+cdef object _opt(object name, object a, bint needed, str when, object dtype, tuple shape,
                  bint out, list seen):
     """An argument that is given exactly when needed (else None)."""
     if needed:
         if a is None:
-            raise ValueError(f"{name} is required {when}")
+            raise ValueError(f"{_nm(name)} is required {when}")
         return _arr(name, a, dtype, shape, out, seen)
     if a is not None:
-        raise ValueError(f"{name} must be None except {when}")
+        raise ValueError(f"{_nm(name)} must be None except {when}")
     return None
 
 
-cdef inline uintptr_t _addr(object a):
-    """Data pointer of a checked ndarray (0 for None or an empty array)."""
-    if a is None or a.size == 0:
+cdef uintptr_t _addr(object a) except? 0:
+    """Data pointer of a checked C-contiguous ndarray (0 for None or an empty one),
+    through the buffer protocol (numpy's __array_interface__ builds a dict: several
+    microseconds, per array, per call)."""
+    cdef Py_buffer view
+    cdef uintptr_t p
+    if a is None:
         return 0
-    return <uintptr_t>a.__array_interface__["data"][0]
+    PyObject_GetBuffer(a, &view, PyBUF_C_CONTIGUOUS)
+    p = <uintptr_t>view.buf if view.len > 0 else 0
+    PyBuffer_Release(&view)   # the caller's array keeps the memory alive
+    return p
 
 
 cdef floating* _alloc(Py_ssize_t n, floating dummy) except NULL:
@@ -374,6 +604,7 @@ def layer_forward(int cell, int nonlin, XW, W_hh, b_hn, h0, c0, Hs, Cs, Gs,
     if Gs is not None or cell == FASTRNN_CELL_RNN:
         _opt("Gs", Gs, cell != FASTRNN_CELL_RNN, "with CELL_GRU or CELL_LSTM", dt,
              (T, B, fastrnn_cell_cache_width(cell, H)), True, seen)
+    _no_overlap(seen)
     if T == 0 or B == 0 or H == 0:
         return
     if dt == np.float32:
@@ -397,29 +628,47 @@ cdef int _forward_run(int cell, int nonlin, const floating* XW, const floating* 
     cdef Py_ssize_t Gr = 2 if cell == FASTRNN_CELL_GRU else G    # gates in the first pack
     cdef Py_ssize_t n1 = _packed_size(H, Gr * H, <floating>0)
     cdef Py_ssize_t n2 = _packed_size(H, H, <floating>0) if cell == FASTRNN_CELL_GRU else 0
-    cdef int nc = _nchunks(num_threads, B), c
-    # one buffer: packed W_hh (first Gr gates, then GRU's n columns), the step's
-    # pre-activations (B, G*H), GRU's hn (B, H), and each thread's 4H work row
+    cdef int nc = _nchunks(num_threads, B), c, tid = 0
     cdef bint one = B == 1              # one sequence: W_hh read in place, not packed
+    cdef bint split = _split(cell, T, B, H, num_threads)
+    cdef Py_ssize_t cut = fastrnn_split_point(H) if split else H
+    cdef fastrnn_steps_t steps
+    cdef fastrnn_fpmode_t mode
     if one:
         n1 = n2 = 0
+        nc = 2                          # two threads' work rows
+    # one buffer: packed W_hh (first Gr gates, then GRU's n columns), the step's
+    # pre-activations (B, G*H), GRU's hn (B, H), and each thread's 4H work row
     cdef Py_ssize_t total = n1 + n2 + B * GH + B * H + nc * 4 * H
     cdef floating* buf = _alloc(total, <floating>0)
-    cdef floating* Wp = buf if not one else NULL
-    cdef floating* Wpn = buf + n1 if not one and cell == FASTRNN_CELL_GRU else NULL
+    cdef floating* Wp = buf
+    cdef floating* Wpn = buf + n1
     cdef floating* wa = buf + n1 + n2
     cdef floating* whn = wa + B * GH
     cdef floating* wk = whn + B * H
     try:
         with nogil:
-            if Wp != NULL:
+            if split:
+                fastrnn_steps_init(&steps)
+                with parallel(num_threads=2):
+                    tid = fastrnn_omp_thread_id() & 1
+                    _forward_split(cell, nonlin, XW, W_hh, b_hn, h0, c0, Hs, Cs, Gs, wa, whn,
+                                   wk + tid * 4 * H, T, H, cut, tid, &steps)
+            elif one:
+                mode = fastrnn_ftz_on()
+                for c in range(T):
+                    _forward_part(cell, nonlin, XW, W_hh, b_hn, h0, c0, Hs, Cs, Gs, wa, whn,
+                                  wk, c, H, 0, H)
+                fastrnn_fp_restore(mode)
+            else:
                 _pack(W_hh, GH, 0, H, Gr * H, nr, Wp)
-            if Wpn != NULL:
-                _pack(W_hh + 2 * H, GH, 0, H, H, nr, Wpn)
-            for c in prange(nc, num_threads=nc, schedule='static'):
-                _forward_chunk(cell, nonlin, XW, W_hh, Wp, Wpn, b_hn, h0, c0,
-                               Hs, Cs, Gs, wa, whn, wk + c * 4 * H, T, B, H,
-                               (B * c) // nc, (B * (c + 1)) // nc)
+                if cell == FASTRNN_CELL_GRU:
+                    _pack(W_hh + 2 * H, GH, 0, H, H, nr, Wpn)
+                for c in prange(nc, num_threads=nc, schedule='static'):
+                    _forward_chunk(cell, nonlin, XW, Wp,
+                                   Wpn if cell == FASTRNN_CELL_GRU else NULL, b_hn, h0, c0,
+                                   Hs, Cs, Gs, wa, whn, wk + c * 4 * H, T, B, H,
+                                   (B * c) // nc, (B * (c + 1)) // nc)
     finally:
         free(buf)
     return 0
@@ -471,6 +720,7 @@ def layer_backward(int cell, int nonlin, dHs, Hs, Cs, Gs, h0, c0, W_hh, dA, dAn_
     _opt("dAn_rec", dAn_rec, gru, "with CELL_GRU", dt, (T, B, H), True, seen)
     _arr("dh0", dh0, dt, (B, H), True, seen)
     _opt("dc0", dc0, lstm, "with CELL_LSTM", dt, (B, H), True, seen)
+    _no_overlap(seen)
     if B == 0 or H == 0:
         return
     if T == 0:
@@ -501,26 +751,45 @@ cdef int _backward_run(int cell, int nonlin, floating* dHs, const floating* Hs,
     cdef Py_ssize_t Gr = 2 if cell == FASTRNN_CELL_GRU else G
     cdef Py_ssize_t n1 = _packed_size(Gr * H, H, <floating>0)
     cdef Py_ssize_t n2 = _packed_size(H, H, <floating>0) if cell == FASTRNN_CELL_GRU else 0
-    cdef int nc = _nchunks(num_threads, B), c
+    cdef int nc = _nchunks(num_threads, B), c, tid = 0
     cdef bint one = B == 1              # one sequence: W_hh read in place, not packed
+    cdef bint split = _split(cell, T, B, H, num_threads)
+    cdef Py_ssize_t cut = fastrnn_split_point(H) if split else H
+    cdef fastrnn_steps_t steps
+    cdef fastrnn_fpmode_t mode
     if one:
         n1 = n2 = 0
-    cdef Py_ssize_t nw = GH + 2 * H     # a thread's work row
-    cdef floating* buf = _alloc(n1 + n2 + nc * nw, <floating>0)
-    cdef floating* WpT = buf if not one else NULL
-    cdef floating* WpTn = buf + n1 if not one and cell == FASTRNN_CELL_GRU else NULL
+        nc = 2                          # two threads' work rows
+    # packed W_hh^T, each thread's 2H work row, GRU's two dA_rec rows (one sequence)
+    cdef floating* buf = _alloc(n1 + n2 + nc * 2 * H + 2 * GH, <floating>0)
+    cdef floating* WpT = buf
+    cdef floating* WpTn = buf + n1
     cdef floating* wk = buf + n1 + n2
+    cdef floating* wrec = wk + nc * 2 * H
     try:
         with nogil:
-            # W_hh^T (the first Gr gates' columns as rows), GRU: then the n columns'
-            if WpT != NULL:
+            if split:
+                fastrnn_steps_init(&steps)
+                with parallel(num_threads=2):
+                    tid = fastrnn_omp_thread_id() & 1
+                    _backward_split(cell, nonlin, dHs, Hs, Cs, Gs, h0, c0, W_hh, dA, dAn, dh0,
+                                    dc0, wrec, wk + tid * 2 * H, T, H, cut, tid, &steps)
+            elif one:
+                mode = fastrnn_ftz_on()
+                for c in range(T + 1):
+                    _backward_part(cell, nonlin, dHs, Hs, Cs, Gs, h0, c0, W_hh, dA, dAn, dh0,
+                                   dc0, wrec, wk, c, T, H, 0, H)
+                fastrnn_fp_restore(mode)
+            else:
+                # W_hh^T (the first Gr gates' columns as rows), GRU: then the n columns'
                 _pack(W_hh, GH, 1, Gr * H, H, nr, WpT)
-            if WpTn != NULL:
-                _pack(W_hh + 2 * H, GH, 1, H, H, nr, WpTn)
-            for c in prange(nc, num_threads=nc, schedule='static'):
-                _backward_chunk(cell, nonlin, dHs, Hs, Cs, Gs, h0, c0, W_hh, WpT, WpTn, dA,
-                                dAn, dh0, dc0, wk + c * nw, T, B, H, (B * c) // nc,
-                                (B * (c + 1)) // nc)
+                if cell == FASTRNN_CELL_GRU:
+                    _pack(W_hh + 2 * H, GH, 1, H, H, nr, WpTn)
+                for c in prange(nc, num_threads=nc, schedule='static'):
+                    _backward_chunk(cell, nonlin, dHs, Hs, Cs, Gs, h0, c0, WpT,
+                                    WpTn if cell == FASTRNN_CELL_GRU else NULL, dA, dAn, dh0,
+                                    dc0, wk + c * 2 * H, T, B, H, (B * c) // nc,
+                                    (B * (c + 1)) // nc)
     finally:
         free(buf)
     return 0
@@ -530,7 +799,6 @@ cdef int _backward_run(int cell, int nonlin, floating* dHs, const floating* Hs,
 # generation over a stack of layers
 
 from _sampling cimport _xoshiro_next, _draw, _partial_logits
-from _steps cimport fastrnn_split_point
 
 
 cdef void _gen_layer_step(
@@ -561,12 +829,9 @@ cdef void _gen_layer_step(
         memcpy(a, b_h, GH * sizeof(floating))
         _vecmat(x, W_xh, GH, a, H, GH, 1)
     if cell == FASTRNN_CELL_GRU:
-        _vecmat(h, W_hh, GH, a, H, 2 * H, 1)
         memcpy(hn, b_hn, H * sizeof(floating))
-        _vecmat(h, W_hh + 2 * H, GH, hn, H, H, 1)
-    else:
-        _vecmat(h, W_hh, GH, a, H, GH, 1)
-    _cell_fwd(cell, nonlin, H, a, hn, h, c, hnew, c, NULL, wk)
+    _rec_part(cell, h, W_hh, a, hn, H, 0, H)       # as layer_forward's one sequence
+    _cell_fwd(cell, nonlin, H, H, a, hn, h, c, hnew, c, NULL, wk)
     memcpy(h, hnew, H * sizeof(floating))
 
 
@@ -690,10 +955,10 @@ def generate_stack(int cell, int nonlin, layers, W_hq, b_q, feed, out, h, c, rng
             if D < V:
                 raise ValueError(f"layers[0]: W_xh has {D} rows, fewer than V = {V} "
                                  "(generated ids are fed back as its rows)")
-        _arr(f"layers[{k}] W_xh", W_xh, dt, (D if k == 0 else H, G * H), False, seen)
-        _arr(f"layers[{k}] W_hh", lay[1], dt, (H, G * H), False, seen)
-        _arr(f"layers[{k}] b_h", lay[2], dt, (G * H,), False, seen)
-        _opt(f"layers[{k}] b_hn", lay[3], gru, "with CELL_GRU", dt, (H,), False, seen)
+        _arr((k, "W_xh"), W_xh, dt, (D if k == 0 else H, G * H), False, seen)
+        _arr((k, "W_hh"), lay[1], dt, (H, G * H), False, seen)
+        _arr((k, "b_h"), lay[2], dt, (G * H,), False, seen)
+        _opt((k, "b_hn"), lay[3], gru, "with CELL_GRU", dt, (H,), False, seen)
         addrs[k, 0] = _addr(W_xh)
         addrs[k, 1] = _addr(lay[1])
         addrs[k, 2] = _addr(lay[2])
@@ -701,18 +966,21 @@ def generate_stack(int cell, int nonlin, layers, W_hq, b_q, feed, out, h, c, rng
     if not isinstance(feed, np.ndarray) or feed.ndim != 1 or feed.shape[0] < 1:
         raise ValueError("feed must be a 1-d numpy.ndarray of at least one id")
     P = feed.shape[0]
-    _arr("feed", feed, np.int32, (P,), False, seen)
-    if feed.min() < 0 or feed.max() >= D:
-        raise ValueError(f"feed ids must be in [0, {D}), got [{feed.min()}, {feed.max()}]")
+    _arr("feed", feed, _I32, (P,), False, seen)
+    cdef const int32_t[::1] fd = feed
+    for k in range(P):
+        if fd[k] < 0 or fd[k] >= D:
+            raise ValueError(f"feed ids must be in [0, {D}), got {fd[k]} at {k}")
     if not isinstance(out, np.ndarray) or out.ndim != 1:
         raise ValueError("out must be a 1-d int32 numpy.ndarray")
     n = out.shape[0]
-    _arr("out", out, np.int32, (n,), True, seen)
+    _arr("out", out, _I32, (n,), True, seen)
     _arr("h", h, dt, (nL, H), True, seen)
     _opt("c", c, cell == FASTRNN_CELL_LSTM, "with CELL_LSTM", dt, (nL, H), True, seen)
-    _arr("rng", rng, np.uint64, (4,), True, seen)
+    _arr("rng", rng, _U64, (4,), True, seen)
     if logits is not None:
         _arr("logits", logits, dt, (n, V), True, seen)
+    _no_overlap(seen)
     if n == 0:
         return
     if P + n >= (1 << 62):

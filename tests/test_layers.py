@@ -23,7 +23,17 @@ CELLS = {"rnn": L.CELL_RNN, "gru": L.CELL_GRU, "lstm": L.CELL_LSTM}
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 NONLIN = {"tanh": L.NONLIN_TANH, "relu": L.NONLIN_RELU}
 CONFIGS = [("rnn", "tanh"), ("rnn", "relu"), ("gru", "tanh"), ("lstm", "tanh")]
-SHAPES = [(1, 1, 1), (3, 5, 7), (5, 2, 1), (1, 6, 9), (7, 4, 33)]   # (B, T, H)
+# (B, T, H); B = 1 with H = 130, 200 splits each step's units at 64, 128
+SHAPES = [(1, 1, 1), (3, 5, 7), (5, 2, 1), (1, 6, 9), (7, 4, 33), (1, 5, 130), (1, 3, 200)]
+
+
+@pytest.fixture(autouse=True)
+def split_every_one_sequence():
+    """One sequence (B = 1) with several threads splits each step's units across two
+    threads from a work threshold; tests split every size."""
+    old = L.set_split_min_work(0)
+    yield
+    L.set_split_min_work(old)
 
 
 def sigmoid(x):
@@ -614,3 +624,36 @@ def test_every_kernel_variant(level):
                           "and not nucleus"],
                          env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+
+
+# ---------------------------------------------------------------------------
+# property: any shape, any thread count
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=int(os.environ.get("FASTRNN_HYPOTHESIS_EXAMPLES", "40")), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.sampled_from(CONFIGS), st.integers(1, 9), st.integers(1, 6), st.integers(1, 70),
+       st.integers(2, 5), st.sampled_from([np.float32, np.float64]), st.integers(0, 2**31))
+def test_property_any_shape_matches_oracle_bitwise_across_threads(config, B, T, H, nt, dtype,
+                                                                 seed):
+    cell, nonlin = config
+    p = make_layer(np.random.default_rng(seed), cell, B, T, H, dtype)
+    p64 = {k: f64(v) for k, v in p.items()}
+    Hs_r, Cs_r, gates = oracle_forward(cell, nonlin, p64["XW"], p64["W_hh"], p64["b_hn"],
+                                       p64["h0"], p64["c0"])
+    dA_r, _, dh0_r, _ = oracle_backward(cell, nonlin, p64["dHs"], Hs_r, Cs_r, gates, p64["h0"],
+                                        p64["c0"], p64["W_hh"])
+    one = run_forward(cell, nonlin, p, 1)
+    many = run_forward(cell, nonlin, p, nt)
+    g1 = run_backward(cell, nonlin, p, *one, 1)
+    gn = run_backward(cell, nonlin, p, *many, nt)
+    tol = tolerances(dtype)
+    np.testing.assert_allclose(one[0], Hs_r, err_msg="Hs", **tol)
+    np.testing.assert_allclose(g1[0], dA_r, err_msg="dA", **tol)
+    np.testing.assert_allclose(g1[2], dh0_r, err_msg="dh0", **tol)
+    for a, b in zip(one + g1, many + gn):
+        if a is not None:
+            np.testing.assert_array_equal(a, b)
