@@ -3,6 +3,12 @@
     python benches/compare.py              # all configurations, about 5 minutes on 2 cores
     python benches/compare.py --quick      # under a minute
     python benches/compare.py --json out.json --threads 2
+    python benches/compare.py --configs generation --no-torch   # + the onnxruntime section
+
+When onnx and onnxruntime are installed (``pip install 'fastrnn[onnx]'``), a last
+section runs the same model exported with :func:`fastrnn.export.export_onnx` in ONNX
+Runtime: the batched forward (logits of B x T ids) and generation (one ``sess.run``
+per character, as ``examples/onnx_sample.py`` samples); ``--no-onnx`` skips it.
 
 For each configuration the training step (forward, mean cross-entropy, BPTT,
 global-norm clip, SGD update; float32; token-id inputs) or the generation loop
@@ -41,6 +47,11 @@ try:
     import torch
 except ImportError:  # PyTorch is an optional peer
     torch = None
+try:  # ONNX Runtime: what a user deploys an exported model with (optional section)
+    import onnx  # noqa: F401 - fastrnn.export needs it to write the file
+    import onnxruntime as ort
+except ImportError:
+    ort = None
 
 CONFIGS = {  # name: (V, H, B, T); T is None for generation
     "d2l": (28, 32, 1024, 32),
@@ -314,6 +325,81 @@ def run_gen_config(V, H, threads, quick, torch_ok):
     return {k: GEN_CHARS / v for k, v in med.items()}, med, rounds, 2 * H * H + 2 * H * V
 
 
+# ---------------------------------------------------------------------------
+# optional: the same model in ONNX Runtime (fastrnn.export.export_onnx)
+
+ONNX_FORWARD = (28, 256, 64, 64)   # V, H, B, T of the batched forward
+
+
+def _ort_session(path, threads):
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+
+
+def run_onnx_section(threads, quick, tmpdir):
+    """fastrnn vs onnxruntime on one exported model: batched forward (logits and final
+    state of B sequences of T ids) and generation (one sess.run per character, the
+    loop examples/onnx_sample.py runs). Outputs are compared before timing."""
+    import inspect
+    from fastrnn import export
+    rows = []
+    V, H, B, T = ONNX_FORWARD
+    rng = np.random.default_rng(0)
+    X = rng.integers(0, V, (B, T))
+    cells = ["rnn", "gru", "lstm"] if "cell" in inspect.signature(fastrnn.forward).parameters \
+        else ["rnn"]  # the compiled API's cells on this branch
+    for cell in cells:
+        kw = {} if cell == "rnn" else {"cell": cell}
+        p = fastrnn.init_params(V, H, dtype="float32", seed=0, init="uniform", **kw)
+        path = os.path.join(tmpdir, f"{cell}.onnx")
+        export.export_onnx(p, [chr(97 + i) for i in range(V)], path, cell=cell)
+        sess = _ort_session(path, threads)
+        feeds = {"ids": X.astype(np.int64), "h0": np.zeros((1, B, H), np.float32)}
+        if cell == "lstm":
+            feeds["c0"] = feeds["h0"]
+        want = fastrnn.forward(p, X, num_threads=threads, **kw)[0]
+        got = sess.run(None, feeds)[0]
+        err = np.abs(got - want).max() / np.abs(want).max()
+        if err > 1e-5:
+            raise SystemExit(f"onnx forward ({cell}): onnxruntime differs from fastrnn by "
+                             f"{err:.2e}")
+        fns = {"fastrnn": lambda: fastrnn.forward(p, X, num_threads=threads, **kw),
+               "onnxruntime": lambda: sess.run(None, feeds)}
+        med, rounds = interleaved(fns, rounds=2 if quick else 4, min_time=2 if quick else 8)
+        rows.append((f"fwd-{cell}", V, H, B, T, {k: B * T / v for k, v in med.items()}, med,
+                     rounds))
+    # generation (rnn: CharLM.generate's compiled sampler vs a sess.run per character)
+    p = fastrnn.init_params(V, H, dtype="float32", seed=0, init="uniform")
+    vocab = _vocab28()
+    path = os.path.join(tmpdir, "gen.onnx")
+    export.export_onnx(p, vocab.tokens, path, cell="rnn")
+    sess = _ort_session(path, threads)
+
+    def gen_ort():
+        r = np.random.default_rng(1)
+        o, h = sess.run(None, {"ids": vocab.encode("the time traveller ")[None].astype(
+            np.int64), "h0": np.zeros((1, 1, H), np.float32)})
+        out = []
+        for _ in range(GEN_CHARS):
+            z = o[0, -1].astype(np.float64) / TEMPERATURE
+            e = np.exp(z - z.max())
+            c = np.cumsum(e)
+            tok = int(np.searchsorted(c, r.random() * c[-1], side="right"))
+            out.append(tok)
+            o, h = sess.run(None, {"ids": np.array([[tok]], np.int64), "h0": h})
+        return vocab.decode(out)
+    fns = {"fastrnn": gen_fastrnn(p, threads), "onnxruntime": gen_ort}
+    for k, f in fns.items():
+        if len(f()) < GEN_CHARS:
+            raise SystemExit(f"onnx generation: {k} produced too few characters")
+    med, rounds = interleaved(fns, rounds=2 if quick else 3, min_time=2 if quick else 8)
+    rows.append(("gen-rnn", V, H, 1, None, {k: GEN_CHARS / v for k, v in med.items()}, med,
+                 rounds))
+    return rows
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="short run (under a minute)")
@@ -322,6 +408,8 @@ def main(argv=None):
     ap.add_argument("--configs", default=",".join(CONFIGS),
                     help=f"comma-separated subset of {','.join(CONFIGS)}")
     ap.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
+    ap.add_argument("--no-onnx", action="store_true",
+                    help="skip the ONNX Runtime section even if onnxruntime is installed")
     ap.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = ap.parse_args(argv)
     threads = args.threads or fastrnn.default_num_threads()
@@ -361,10 +449,30 @@ def main(argv=None):
                             "gflops": gf, "pct_gemm": 100 * gf / peak,
                             "vs_numpy": vs_np, "vs_torch": vs_t})
         sys.stdout.flush()
+    onnx_ok = ort is not None and not args.no_onnx
+    if onnx_ok:
+        import tempfile
+        print(f"\nthe same model in onnxruntime {ort.__version__} ({threads} intra-op threads; "
+              f"fwd: logits of B x T ids; gen: characters/s, one sess.run per character)")
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, V, H, B, T, rate, med, rounds in run_onnx_section(threads, args.quick,
+                                                                         tmp):
+                for k, r in rate.items():
+                    vs = rate["fastrnn"] / rate["onnxruntime"] if k == "fastrnn" else None
+                    print(f"{name:<11}{V:>4}{H:>6}{B:>6}{T if T else '-':>4} | {k:<16}"
+                          f"{r:>12,.0f}" + (f" | {vs:.2f}x onnxruntime's" if vs else ""))
+                    results.append({"config": name, "V": V, "H": H, "B": B, "T": T,
+                                    "impl": k, "tokens_per_s": r, "seconds_per_call": med[k],
+                                    "rounds": rounds, "vs_onnxruntime": vs})
+                sys.stdout.flush()
+    else:
+        print("\n(onnxruntime section skipped: "
+              + ("--no-onnx)" if ort is not None else "onnx/onnxruntime not installed)"))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"threads": threads, "gemm_gflops": peak, "build_info": info,
                        "torch": torch.__version__ if torch_ok else None,
+                       "onnxruntime": ort.__version__ if onnx_ok else None,
                        "results": results}, f, indent=1, default=str)
     return 0
 

@@ -1,9 +1,13 @@
 """fastrnn: fast recurrent character-level language models on the CPU.
 
-The model is the RNN of the d2l.ai chapter "Recurrent Neural Networks"::
+The models are the recurrent networks of the d2l.ai chapters "Recurrent Neural
+Networks" and "Modern Recurrent Neural Networks": the Elman RNN (``cell="rnn"``)::
 
     H_t = phi(X_t W_xh + H_{t-1} W_hh + b_h)
     O_t = H_t W_hq + b_q
+
+GRU (``cell="gru"``) and LSTM (``cell="lstm"``), in stacks of ``num_layers``
+layers with dropout between them. :mod:`fastrnn.params` is the parameter table.
 
 Functional API: :func:`init_params`, :func:`forward`, :func:`loss_and_grad`
 (compiled Cython/OpenMP kernels); :mod:`fastrnn.reference` has the same
@@ -17,6 +21,7 @@ from . import datasets
 from .vocab import Vocab
 from .config import ModelConfig, TrainConfig
 from .model import CharLM, TrainingDiverged, TrainingInterrupted
+from .export import from_torch_state_dict, to_torch_state_dict  # no torch import
 
 
 def build_info() -> dict:
@@ -27,7 +32,9 @@ def build_info() -> dict:
     flushing supported), ``kernels`` (which hand-written matrix-product kernels run:
     ``"avx512"``, ``"avx2"``, or ``"blas"`` when BLAS does all the products; see
     ``FASTRNN_KERNEL_LEVEL``), ``blas`` (the BLAS behind the kernels, from
-    threadpoolctl), and ``import_error`` when the kernels could not be loaded.
+    threadpoolctl), ``layers_compiled`` (the compiled layer loops of every cell,
+    fastrnn._layers, are in use; else the layer stack runs NumPy's loops), and
+    ``import_error`` when the kernels could not be loaded.
     """
     from . import _core
     info = {
@@ -39,6 +46,7 @@ def build_info() -> dict:
         "kernels": ({2: "avx512", 1: "avx2"}.get(_core._rnn.packed_gemm_level(), "blas")
                     if _core._rnn is not None else None),
         "blas": None,
+        "layers_compiled": _core._layers is not None,
     }
     if _core._rnn is None:
         info["import_error"] = str(_core._IMPORT_ERROR)
@@ -60,3 +68,4 @@ def build_info() -> dict:
 __all__ = ["__version__", "build_info", "default_num_threads", "forward", "init_params",
            "loss_and_grad", "params", "reference", "datasets", "Vocab", "CharLM",
            "ModelConfig", "TrainConfig", "TrainingDiverged", "TrainingInterrupted"]
+__all__ += ["to_torch_state_dict", "from_torch_state_dict"]

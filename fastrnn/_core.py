@@ -10,7 +10,7 @@ import math
 import threading
 import warnings
 from contextlib import contextmanager, nullcontext
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -242,22 +242,59 @@ def check_params(params, *, cell: str = "rnn", check_finite: bool = True) -> dic
     The layers are read from the names (:func:`fastrnn.params.infer_config`); the
     result holds exactly the names of :func:`fastrnn.params.param_names`, in flat order.
     """
-    cell = check_cell(cell)
+    return _check_params(params, check_cell(cell), check_finite)[0]
+
+
+def _is_elman(params, cell) -> bool:
+    """cell="rnn" and no name of a layer k >= 1 or of GRU: 0.1's parameters."""
+    return cell == "rnn" and not any(type(k) is not str or "_l" in k or k == "b_hn"
+                                     for k in params)
+
+
+def _check_params(params, cell, check_finite=True):
+    """(checked params, (D, H, V, L)); cell already checked."""
     if not isinstance(params, Mapping):
         raise TypeError(f"params must be a mapping of arrays with keys {PARAM_NAMES}, "
                         f"got {type(params).__name__}")
+    if _is_elman(params, cell):                  # 0.1's checks: a few us per call
+        return _check_elman_params(params, check_finite)
     names = _params.param_names(cell, _params._num_layers(params, cell))
     if any(k not in params for k in names):
         _params.infer_config(params, cell)       # the missing names, or a shape that says
     dtype = _dtype_of(params, names)             # these are another cell's parameters
-    _params.infer_config(params, cell)           # names and shapes fit the cell
+    config = _params.infer_config(params, cell)
     p = {k: _c_aligned(params[k]) for k in names}
     if check_finite:
         for k in names:
             if not _all_finite(p[k]):
                 raise ValueError(f"params[{k!r}] contains NaN or inf")
     assert dtype == p["W_hh"].dtype
-    return p
+    return p, config
+
+
+def _check_elman_params(params, check_finite):
+    dtype = _dtype_of(params)
+    p = {k: _c_aligned(params[k]) for k in PARAM_NAMES}
+    for k, nd in zip(PARAM_NAMES, (2, 2, 1, 2, 1)):
+        if p[k].ndim != nd:
+            raise ValueError(f"params[{k!r}] must be {nd}-D, got shape {p[k].shape}")
+    D, H = p["W_xh"].shape
+    V = p["W_hq"].shape[1]
+    expect = {"W_xh": (D, H), "W_hh": (H, H), "b_h": (H,), "W_hq": (H, V), "b_q": (V,)}
+    for k in PARAM_NAMES:
+        if p[k].shape != expect[k]:
+            raise ValueError(f"params[{k!r}] has shape {p[k].shape}, expected {expect[k]} "
+                             f"(D={D}, H={H}, V={V} from W_xh {(D, H)} and W_hq "
+                             f"{p['W_hq'].shape})")
+    for name, n in (("D (input size)", D), ("H (hidden size)", H), ("V (output size)", V)):
+        if n < 1:
+            raise ValueError(f"{name} must be >= 1, got {n}")
+    if check_finite:
+        for k in PARAM_NAMES:
+            if not _all_finite(p[k]):
+                raise ValueError(f"params[{k!r}] contains NaN or inf")
+    assert dtype == p["W_hh"].dtype
+    return p, (D, H, V, 1)
 
 
 def _int_ids(a, name, upper, what):
@@ -599,18 +636,19 @@ def _run_forward(p, X_ids, X_dense, h, Yt, B, T, nonlinearity, nt, keep_logits,
 
 
 def _check_call(params, cell, nonlinearity, num_threads, return_states=False):
-    """Checks shared by forward and loss_and_grad: (p, cell, nonlinearity, L, nt)."""
+    """Checks shared by forward and loss_and_grad: (p, cell, nonlinearity, (D, H, V, L),
+    nt)."""
     cell = check_cell(cell)
     nonlinearity = check_nonlinearity(nonlinearity)
     if cell != "rnn" and nonlinearity != "tanh":
         raise ValueError(f"nonlinearity applies to cell='rnn' only; got "
                          f"nonlinearity={nonlinearity!r} with cell={cell!r}")
-    p = check_params(params, cell=cell)
-    L = _params._num_layers(p, cell)
+    p, config = _check_params(params, cell)
+    L = config[3]
     if return_states and (cell != "rnn" or L != 1):
         raise ValueError(f"return_states is available for cell='rnn' with one layer only, "
                          f"got cell={cell!r}, num_layers={L}")
-    return p, cell, nonlinearity, L, resolve_num_threads(num_threads)
+    return p, cell, nonlinearity, config, resolve_num_threads(num_threads)
 
 
 def forward(params, X, h0=None, *, cell: str = "rnn", nonlinearity: str = "tanh",
@@ -662,18 +700,17 @@ def forward(params, X, h0=None, *, cell: str = "rnn", nonlinearity: str = "tanh"
     >>> logits.shape, h.shape, c.shape
     ((1, 3, 5), (2, 1, 4), (2, 1, 4))
     """
-    p, cell, nonlinearity, L, nt = _check_call(params, cell, nonlinearity, num_threads,
-                                               return_states)
+    p, cell, nonlinearity, (D, H, V, L), nt = _check_call(params, cell, nonlinearity,
+                                                          num_threads, return_states)
     if cell == "rnn" and L == 1:
         X_ids, X_dense, B, T = _check_x(p, X)
-        h, _, form = check_state(h0, cell, 1, B, p["W_hh"].shape[0], p["W_hh"].dtype)
+        h, _, form = check_state(h0, cell, 1, B, H, p["W_hh"].dtype)
         result = _rnn_forward(p, X, X_ids, X_dense, h[0], B, T, nonlinearity, nt,
                               return_states)
         if form == "LBH":
             result = (result[0], result[1][None]) + tuple(result[2:])
         return result
     X_ids, X_dense, B, T = _check_x(p, X)
-    D, H, V, _ = _params.infer_config(p, cell)
     h, c, form = check_state(h0, cell, L, B, H, p["W_hh"].dtype)
     logits, hT, cT = _stack(p, cell, L, nonlinearity, X_ids, X_dense, B, T, h, c, None,
                             0.0, 0, 0, nt, None)
@@ -791,13 +828,13 @@ def loss_and_grad(params, X, Y, h0=None, *, cell: str = "rnn", nonlinearity: str
     >>> grads["W_hh_l1"].shape, grads["h0"].shape, h.shape
     ((4, 12), (2, 1, 4), (2, 1, 4))
     """
-    p, cell, nonlinearity, L, nt = _check_call(params, cell, nonlinearity, num_threads)
+    p, cell, nonlinearity, (D, H, V, L), nt = _check_call(params, cell, nonlinearity,
+                                                          num_threads)
     if Y is None:
         raise TypeError("Y must be an integer array of target ids (B, T), got None")
     p_drop, seed, row_offset = reference._dropout_args(L, dropout, seed, row_offset)
     X_ids, X_dense, B, T = _check_x(p, X)
     Yt = _check_y(p, Y, B, T)
-    D, H, V, _ = _params.infer_config(p, cell)
     h, c, form = check_state(h0, cell, L, B, H, p["W_hh"].dtype)
     if cell == "rnn" and L == 1:
         if form == "LBH" and isinstance(out, Mapping) and "h0" in out:

@@ -289,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "slightly different value (default: 1, exact)")
     e.add_argument("--threads", type=_positive_int, default=None, metavar="N",
                    help="OpenMP threads (default: all cores)")
+    _add_export_parser(sub, fmt)
     return p
 
 
@@ -553,6 +554,43 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+def _add_export_parser(sub, fmt) -> None:
+    """``fastrnn export MODEL.npz MODEL.onnx``."""
+    from .export import DEFAULT_OPSET
+
+    x = sub.add_parser(
+        "export", formatter_class=fmt, help="write a model as an ONNX file",
+        description="Write MODEL as a standard ONNX model (ONNX RNN/GRU/LSTM operators, "
+                    "no custom operators) that ONNX Runtime runs. Inputs: ids (batch, time) "
+                    "int64 and h0 (layers, batch, hidden) float32, zeros to start (and c0 "
+                    "for LSTM); outputs: logits (batch, time, vocab) and hT (and cT). The "
+                    "vocabulary is in the metadata key fastrnn.vocab. float64 models are "
+                    "exported as float32. Needs the onnx package: "
+                    "pip install 'fastrnn[onnx]'.",
+        epilog="examples:\n  fastrnn export model.npz model.onnx\n"
+               "  python examples/onnx_sample.py model.onnx --prefix 'The '")
+    x.add_argument("model", metavar="MODEL", help="a model file saved by 'fastrnn train'")
+    x.add_argument("out", metavar="OUT.onnx", help="the ONNX file to write")
+    x.add_argument("--opset", type=_positive_int, default=DEFAULT_OPSET, metavar="N",
+                   help=f"ONNX opset (default: {DEFAULT_OPSET}, which ONNX Runtime 1.12 "
+                        f"and later run)")
+
+
+def _cmd_export(args) -> int:
+    from .model import CharLM
+
+    lm = CharLM.load(args.model)
+    try:
+        path = lm.export_onnx(args.out, opset=args.opset)
+    except ImportError as exc:
+        raise CLIError(str(exc)) from None
+    cell = getattr(lm, "cell", "rnn")
+    note = " (float64 parameters written as float32)" if lm.dtype == "float64" else ""
+    print(f"wrote {path}: {cell}, hidden size {lm.hidden_size}, vocabulary "
+          f"{lm.vocab_size}, opset {args.opset}{note}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fastrnn`` command; returns the exit status."""
     from .checkpoint import CheckpointError
@@ -561,6 +599,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handlers = {"train": _cmd_train, "generate": _cmd_generate, "eval": _cmd_eval}
+    handlers["export"] = _cmd_export
     try:
         return handlers[args.command](args)
     except (CLIError, CheckpointError, DatasetUnavailableError, ChecksumMismatchError,

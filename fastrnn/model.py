@@ -778,3 +778,53 @@ class CharLM:
             self._opt = {k: np.ascontiguousarray(arrays[k])
                          for k in _optim.state_names(st.config.optimizer)}
         return self
+
+    # -- other frameworks (fastrnn.export) ---------------------------------------------------
+    def to_torch(self):
+        """This model as a ready ``torch.nn.Module`` (needs PyTorch).
+
+        A :class:`fastrnn.export.TorchCharLM` (one-hot ids -> ``nn.RNN``/``nn.GRU``/
+        ``nn.LSTM`` -> ``nn.Linear``, keys ``rnn.*`` and ``head.*``) holding a copy of
+        the parameters in the model's dtype; ``forward(ids, state=None)`` returns
+        ``(logits, state)`` as :func:`fastrnn.forward` does.
+        """
+        from . import export
+        with self._param_lock:
+            params = {k: v.copy() for k, v in self.params.items()}
+        return export.to_torch_module(params, cell=getattr(self, "cell", "rnn"),
+                                      nonlinearity=self.nonlinearity)
+
+    @classmethod
+    def from_torch(cls, module, vocab, *, cell: str | None = None,
+                   nonlinearity: str | None = None, dtype=None) -> "CharLM":
+        """A model holding a PyTorch char-LM's weights.
+
+        ``module``: a ``torch.nn.Module`` with one ``nn.RNN``/``nn.GRU``/``nn.LSTM``
+        (its cell and nonlinearity are read from it), an ``nn.Linear`` head and
+        optionally an ``nn.Embedding`` (folded in exactly), or its state dict (then
+        pass ``cell`` and ``nonlinearity``); the accepted key names are listed in
+        :mod:`fastrnn.export`. ``vocab``: a :class:`Vocab`, or the tokens in the
+        module's id order (a list, or a str of the characters). ``dtype``: None keeps
+        float64 weights as float64, anything else becomes float32.
+        """
+        from . import export
+        return export.charlm_from_torch(cls, module, vocab, cell=cell,
+                                        nonlinearity=nonlinearity, dtype=dtype)
+
+    def export_onnx(self, path: str | os.PathLike, *, opset: int | None = None) -> Path:
+        """Write the model as a standard ONNX file for ONNX Runtime (needs ``onnx``).
+
+        ``opset`` defaults to :data:`fastrnn.export.DEFAULT_OPSET` (17). A float64
+        model is exported as float32. Inputs ``ids`` (B, T) int64 and ``h0``
+        (L, B, H) float32 (``c0`` too for LSTM), outputs ``logits`` (B, T, V) and
+        ``hT`` (``cT``); the vocabulary is in the metadata (``fastrnn.vocab``). See
+        :func:`fastrnn.export.export_onnx`.
+        """
+        from . import export
+        with self._param_lock:
+            params = {k: v.copy() for k, v in self.params.items()}
+        return export.export_onnx(
+            params, self.vocab.tokens, path, cell=getattr(self, "cell", "rnn"),
+            nonlinearity=self.nonlinearity, unk=self.vocab.unk,
+            opset=export.DEFAULT_OPSET if opset is None else opset)
+

@@ -215,10 +215,14 @@ def infer_config(params: Mapping, cell: str = "rnn") -> tuple[int, int, int, int
     ...      "W_hq": np.zeros((3, 5)), "b_q": np.zeros(5)}
     >>> infer_config(p, "lstm")
     (5, 3, 5, 1)
-    >>> infer_config(p, "gru")
+    >>> infer_config(p, "gru")            # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    ValueError: params is missing 'b_hn' (cell='gru', num_layers=1)
+    ValueError: params['W_xh'] has shape (5, 12), expected (5, 9) for cell='gru' (G=3) ...
+    >>> del p["b_q"]; infer_config(p, "lstm")
+    Traceback (most recent call last):
+    ...
+    ValueError: params is missing 'b_q' (cell='lstm', num_layers=1)
     """
     L = _num_layers(params, cell)
     missing = [n for n in param_names(cell, L) if n not in params]

@@ -384,3 +384,11 @@ def test_matches_torch(cell, L, rng):
     np.testing.assert_allclose(ours, logits, rtol=1e-10, atol=1e-12)
     for a, b in zip(states(our_state, cell), states(state, cell)):
         np.testing.assert_allclose(a, b.detach().numpy(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("module", ["fastrnn.params", "fastrnn.reference", "fastrnn._core"])
+def test_docstring_examples_run(module):
+    import doctest
+    import importlib
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0 and result.attempted > 0, result
