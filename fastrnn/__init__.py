@@ -20,12 +20,40 @@ from .model import CharLM, TrainingDiverged, TrainingInterrupted
 def build_info() -> dict:
     """How this fastrnn was built and what it runs with.
 
-    Keys: ``version``, ``compiled`` (the compiled kernels are in use),
-    ``openmp`` (OpenMP compiled in), ``default_num_threads``, ``ftz`` (subnormal
-    flushing supported), ``kernels`` (which hand-written matrix-product kernels run:
-    ``"avx512"``, ``"avx2"``, or ``"blas"`` when BLAS does all the products; see
-    ``FASTRNN_KERNEL_LEVEL``), ``blas`` (the BLAS behind the kernels, from
-    threadpoolctl), and ``import_error`` when the kernels could not be loaded.
+    Returns
+    -------
+    dict
+        ``version``
+            The package version.
+        ``compiled``
+            True when the compiled kernels are in use (False: the NumPy fallback,
+            with the reason in ``import_error``).
+        ``openmp``
+            True when OpenMP was compiled in.
+        ``default_num_threads``
+            Threads used when ``num_threads=None`` (see :func:`default_num_threads`).
+        ``ftz``
+            True when the kernels can flush subnormal floats.
+        ``kernels``
+            Which hand-written matrix-product kernels run: ``"avx512"``, ``"avx2"``,
+            or ``"blas"`` when BLAS does all the products (``FASTRNN_KERNEL_LEVEL``
+            forces a lower level); None without the compiled kernels.
+        ``blas``
+            The BLAS behind the kernels, as threadpoolctl reports it (a dict), or a
+            string saying why it is unknown.
+        ``import_error``
+            Only when the kernels could not be loaded: why.
+
+    Examples
+    --------
+    >>> import fastrnn
+    >>> info = fastrnn.build_info()
+    >>> info["version"] == fastrnn.__version__
+    True
+    >>> info["kernels"] in ("avx512", "avx2", "blas", None)
+    True
+    >>> info["compiled"], info["openmp"]      # doctest: +SKIP
+    (True, True)
     """
     from . import _core
     info = {
