@@ -94,7 +94,9 @@ html_theme_options = {
     "footer_start": ["copyright"],
     "footer_end": ["sphinx-version"],
 }
-html_sidebars = {"index": [], "changelog": []}
+# The user-guide pages are top-level sections of their own (the navbar links them):
+# no empty "Section Navigation" sidebar there; the API and gallery pages keep theirs.
+html_sidebars = {"*": []}
 html_context = {"default_mode": "light"}
 
 

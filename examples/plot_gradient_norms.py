@@ -11,9 +11,10 @@ earlier? The chapter's answer is a product of :math:`d` Jacobians,
     \\operatorname{diag}\\big(\\phi'(Z_k)\\big)\\, W_{hh}^\\top ,
 
 whose norm shrinks or grows roughly geometrically with :math:`d`: vanishing and
-exploding gradients. This example measures :math:`\\lVert \\partial L_d / \\partial H_0
-\\rVert`, the gradient of the loss at step :math:`d` alone with respect to the state
-:math:`d` steps before it, for distances up to 80 steps.
+exploding gradients. This example measures :math:`\\lVert \\partial \\ell_d / \\partial
+H_0 \\rVert`, the gradient of the loss :math:`\\ell_d` at step :math:`d` alone with
+respect to the state :math:`d` steps before it, for distances up to 80 steps, with the
+Elman cell and both nonlinearities.
 
 :func:`fastrnn.loss_and_grad` returns :math:`\\partial L / \\partial H_0` of the *mean*
 loss over all steps. For the same inputs cut to :math:`d` and :math:`d - 1` steps, the
