@@ -3,8 +3,8 @@ Tiny Shakespeare
 ================
 
 Karpathy's char-rnn corpus: 1.1 million characters of Shakespeare's plays. This example
-trains a 256-unit tanh RNN with Adam on the first 300,000 characters for 4 epochs (a
-few seconds on two cores), then samples at three temperatures. For a real run, use the
+trains a 256-unit tanh RNN with Adam on the first 300,000 characters for 4 epochs,
+then samples at three temperatures. For a real run, use the
 whole file, ``hidden_size=512`` and 30 epochs or more::
 
     fastrnn train --corpus tinyshakespeare.txt --hidden 512 --epochs 30 --out shakespeare.npz
@@ -20,6 +20,7 @@ import os
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
 import fastrnn
 from fastrnn import datasets
@@ -58,6 +59,7 @@ ax.plot([r["epoch"] for r in history], [r["train_ppl"] for r in history], "o-",
 ax.plot([r["epoch"] for r in history], [r["val_ppl"] for r in history], "o-",
         label="validation")
 ax.set_xlabel("epoch")
+ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 ax.set_ylabel("perplexity")
 ax.set_title(f"H = 256, Adam, on {name.split(' (')[0]}")
 ax.legend()
@@ -70,3 +72,4 @@ prefix = "ROMEO:" if name == "tiny Shakespeare" else "The "
 for temperature in (0.5, 0.8, 1.0):
     print(f"--- temperature {temperature}")
     print(lm.generate(prefix, 240, temperature=temperature, seed=1))
+    print()
