@@ -51,7 +51,7 @@ history = lm.fit(train, val_text=val, epochs=4, batch_size=32, num_steps=64,
                  optimizer="adam", lr=3e-3, clip=1.0, progress=False, seed=0)
 for r in history:
     print(f"epoch {r['epoch']}: train perplexity {r['train_ppl']:.2f}, "
-          f"validation perplexity {r['val_ppl']:.2f}, {r['tokens_per_s']:,.0f} tokens/s")
+          f"validation perplexity {r['val_ppl']:.2f}")
 
 fig, ax = plt.subplots(figsize=(6, 4))
 ax.plot([r["epoch"] for r in history], [r["train_ppl"] for r in history], "o-",
