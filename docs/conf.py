@@ -70,10 +70,11 @@ sphinx_gallery_conf = {
     "ignore_pattern": r"__init__\.py",
     "download_all_examples": False,
     "remove_config_comments": True,
-    "within_subsection_order": "FileNameSortKey",
+    "within_subsection_order": "ExampleTitleSortKey",
     "matplotlib_animations": False,
     "image_scrapers": ("matplotlib",),
     "show_memory": False,
+    "min_reported_time": 10**9,       # no build-machine timings on the pages
     "abort_on_example_error": True,
     "write_computation_times": False,
     "reset_modules": ("matplotlib",),
