@@ -1,5 +1,11 @@
 #!/usr/bin/env python
-"""Reproduce d2l.ai's two published char-RNN runs on H. G. Wells' *The Time Machine*.
+"""
+d2l's two char-RNN runs, in full
+================================
+
+Reproduce d2l.ai's two published char-RNN runs on H. G. Wells' *The Time Machine*
+(this script is not run when the documentation is built; the first run, with fewer
+epochs, is the example "d2l's char-RNN on *The Time Machine*").
 
 1. ``current``: the current edition (d2l.ai, "Recurrent Neural Network
    Implementation from Scratch"): d2l's preprocessing (every run of non-letters
@@ -105,7 +111,7 @@ def run_classic(raw, *, epochs, threads, seed, progress):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[1],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", choices=("current", "classic", "both"), default="both")
     ap.add_argument("--data-dir", default=None,

@@ -27,14 +27,43 @@ from .export import from_torch_state_dict, to_torch_state_dict  # no torch impor
 def build_info() -> dict:
     """How this fastrnn was built and what it runs with.
 
-    Keys: ``version``, ``compiled`` (the compiled kernels are in use),
-    ``openmp`` (OpenMP compiled in), ``default_num_threads``, ``ftz`` (subnormal
-    flushing supported), ``kernels`` (which hand-written matrix-product kernels run:
-    ``"avx512"``, ``"avx2"``, or ``"blas"`` when BLAS does all the products; see
-    ``FASTRNN_KERNEL_LEVEL``), ``blas`` (the BLAS behind the kernels, from
-    threadpoolctl), ``layers_compiled`` (the compiled layer loops of every cell,
-    fastrnn._layers, are in use; else the layer stack runs NumPy's loops), and
-    ``import_error`` when the kernels could not be loaded.
+    Returns
+    -------
+    dict
+        ``version``
+            The package version.
+        ``compiled``
+            True when the compiled kernels are in use (False: the NumPy fallback,
+            with the reason in ``import_error``).
+        ``openmp``
+            True when OpenMP was compiled in.
+        ``default_num_threads``
+            Threads used when ``num_threads=None`` (see :func:`default_num_threads`).
+        ``ftz``
+            True when the kernels can flush subnormal floats.
+        ``kernels``
+            Which hand-written matrix-product kernels run: ``"avx512"``, ``"avx2"``,
+            or ``"blas"`` when BLAS does all the products (``FASTRNN_KERNEL_LEVEL``
+            forces a lower level); None without the compiled kernels.
+        ``blas``
+            The BLAS behind the kernels, as threadpoolctl reports it (a dict), or a
+            string saying why it is unknown.
+        ``layers_compiled``
+            True when the compiled layer loops of every cell (``fastrnn._layers``)
+            are in use; False: the layer stack runs NumPy's loops.
+        ``import_error``
+            Only when the kernels could not be loaded: why.
+
+    Examples
+    --------
+    >>> import fastrnn
+    >>> info = fastrnn.build_info()
+    >>> info["version"] == fastrnn.__version__
+    True
+    >>> info["kernels"] in ("avx512", "avx2", "blas", None)
+    True
+    >>> info["compiled"], info["openmp"]      # doctest: +SKIP
+    (True, True)
     """
     from . import _core
     info = {

@@ -130,6 +130,16 @@ def _named(exc: OSError, path: Path) -> OSError:
 def check_writable(path: str | os.PathLike) -> Path:
     """Fail early, naming ``path``, if a model cannot be written there; return its directory.
 
+    Parameters
+    ----------
+    path : str or path-like
+        Where a model is about to be saved.
+
+    Returns
+    -------
+    pathlib.Path
+        The directory that will hold the file.
+
     Raises
     ------
     FileNotFoundError
@@ -138,6 +148,15 @@ def check_writable(path: str | os.PathLike) -> Path:
         ``path`` is a directory.
     PermissionError
         The directory is not writable.
+
+    Examples
+    --------
+    >>> str(check_writable("model.npz"))
+    '.'
+    >>> check_writable("no/such/dir/model.npz")
+    Traceback (most recent call last):
+    ...
+    FileNotFoundError: cannot save the model to ...: directory ... does not exist
     """
     path = Path(path).expanduser()
     directory = path.parent if str(path.parent) else Path(".")
@@ -210,6 +229,29 @@ def write(path: str | os.PathLike, arrays: Mapping[str, np.ndarray],
     -------
     pathlib.Path
         The path written.
+
+    Raises
+    ------
+    ValueError
+        For an invalid array name, metadata that is not JSON-serialisable (NaN and
+        infinity included) or larger than :data:`MAX_META_BYTES`.
+    TypeError
+        For an array that is not numeric.
+    OSError
+        When the file cannot be written (the message names it); the target is then
+        unchanged.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> write("w.npz", {"W": np.eye(2)}, {"note": "identity"}).name
+    'w.npz'
+    >>> arrays, meta = read("w.npz")
+    >>> arrays["W"]
+    array([[1., 0.],
+           [0., 1.]])
+    >>> meta["note"], meta["format"]
+    ('identity', 'fastrnn-charlm')
     """
     path = Path(path).expanduser()
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION,
@@ -309,6 +351,15 @@ def read(path: str | os.PathLike, *, max_bytes: int = MAX_TOTAL_BYTES) -> tuple[
         If ``path`` does not exist.
     CheckpointError
         For anything else wrong with the file.
+
+    Examples
+    --------
+    >>> from pathlib import Path
+    >>> _ = Path("junk.npz").write_bytes(b"not a zip file")
+    >>> read("junk.npz")
+    Traceback (most recent call last):
+    ...
+    fastrnn.checkpoint.CheckpointError: junk.npz: ...
     """
     path = Path(path).expanduser()
     if not path.is_file():

@@ -125,7 +125,19 @@ def _probability(s: str) -> float:
 # parser
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``fastrnn`` command (for docs and tests)."""
+    """The argument parser of the ``fastrnn`` command (for docs and tests).
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        With the subcommands ``train``, ``generate`` and ``eval``.
+
+    Examples
+    --------
+    >>> args = build_parser().parse_args(["generate", "model.npz", "-n", "50"])
+    >>> args.command, args.model, args.length
+    ('generate', 'model.npz', 50)
+    """
     from . import __version__
     from .model import OPTIMIZERS, SAMPLINGS
 
@@ -592,7 +604,27 @@ def _cmd_export(args) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``fastrnn`` command; returns the exit status."""
+    """Entry point of the ``fastrnn`` command; returns the exit status.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        The arguments after ``fastrnn``; None reads ``sys.argv[1:]``.
+
+    Returns
+    -------
+    int
+        0 on success, 1 when training diverged, 2 for bad arguments and expected
+        failures (a one-line message on stderr), 130 after Ctrl-C.
+
+    Examples
+    --------
+    A missing model file prints ``fastrnn: error: no such model file: missing.npz``
+    on stderr and gives status 2:
+
+    >>> main(["eval", "missing.npz"])
+    2
+    """
     from .checkpoint import CheckpointError
     from .datasets import ChecksumMismatchError, DatasetUnavailableError
 

@@ -83,6 +83,22 @@ def preprocess(text: str, mode: str = "d2l") -> str:
         ``"d2l"``: d2l's ``re.sub('[^A-Za-z]+', ' ', text).lower()`` (every run
         of non-letters becomes one space; 26 letters + space remain).
         ``"raw"``: ``text`` unchanged.
+
+    Returns
+    -------
+    str
+
+    Raises
+    ------
+    TypeError
+        If ``text`` is not a str.
+    ValueError
+        For an unknown ``mode``.
+
+    Examples
+    --------
+    >>> preprocess("The Time-Machine, 1895!")
+    'the time machine '
     """
     if not isinstance(text, str):
         raise TypeError(f"text must be a str, got {type(text).__name__}")
@@ -100,6 +116,22 @@ def builtin_text() -> str:
     stored in :mod:`pydoc_data.topics` inside every CPython installation: the
     values of ``pydoc_data.topics.topics`` joined by ``"\\n"`` in sorted key
     order.  Its exact content depends on the Python version.
+
+    Returns
+    -------
+    str
+
+    Raises
+    ------
+    RuntimeError
+        If this Python installation lacks :mod:`pydoc_data.topics` (some
+        distributions strip it).
+
+    Examples
+    --------
+    >>> text = builtin_text()
+    >>> len(text) > 100_000
+    True
     """
     try:
         from pydoc_data.topics import topics
@@ -116,6 +148,18 @@ def data_dir() -> Path:
 
     ``$FASTRNN_DATA`` if set, else ``$XDG_CACHE_HOME/fastrnn`` (when that is an
     absolute path), else ``~/.cache/fastrnn``.
+
+    Returns
+    -------
+    pathlib.Path
+
+    Examples
+    --------
+    >>> import os
+    >>> os.environ["FASTRNN_DATA"] = "/srv/corpora"
+    >>> data_dir().name
+    'corpora'
+    >>> del os.environ["FASTRNN_DATA"]
     """
     if os.environ.get("FASTRNN_DATA"):
         return Path(os.environ["FASTRNN_DATA"]).expanduser()
@@ -183,6 +227,20 @@ def time_machine(*, data_dir: str | os.PathLike | None = None, download: bool = 
         the message gives the path to save it at by hand and its sha1.
     ChecksumMismatchError
         A file is at that path but is not the expected one (it is left alone).
+
+    Examples
+    --------
+    >>> raw = time_machine()                    # doctest: +SKIP
+    >>> preprocess(raw)[:30]                    # doctest: +SKIP
+    'the project gutenberg ebook of'
+
+    Without the file and without the network:
+
+    >>> import tempfile
+    >>> time_machine(data_dir=tempfile.mkdtemp(), download=False)
+    Traceback (most recent call last):
+    ...
+    fastrnn.datasets.DatasetUnavailableError: ... does not exist and download=False. ...
     """
     root = Path(data_dir).expanduser() if data_dir is not None else _default_data_dir()
     path = root / _TIME_MACHINE_FILE
@@ -213,12 +271,28 @@ def time_machine(*, data_dir: str | os.PathLike | None = None, download: bool = 
 def load_text(path: str | os.PathLike, encoding: str = "utf-8") -> str:
     """Read a whole text file.
 
+    Parameters
+    ----------
+    path : str or path-like
+    encoding : str, default "utf-8"
+
+    Returns
+    -------
+    str
+
     Raises
     ------
     FileNotFoundError
         If ``path`` is not an existing file (the message names it).
     ValueError
         If the file is empty.
+
+    Examples
+    --------
+    >>> from pathlib import Path
+    >>> _ = Path("tiny.txt").write_text("to be or not to be", encoding="utf-8")
+    >>> load_text("tiny.txt")
+    'to be or not to be'
     """
     p = Path(path).expanduser()
     if not p.is_file():
@@ -236,6 +310,18 @@ class Minibatches:
     ``len(mb)`` is the number of minibatches, ``mb[i]`` the i-th, and iterating
     gives them in order (the same ones each time).  Each ``X``/``Y`` is a new
     C-contiguous array, so the corpus is never modified through it.
+
+    Made by :func:`seq_data_iter_sequential`, :func:`seq_data_iter_random` and
+    :func:`iter_minibatches`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> mb = seq_data_iter_sequential(np.arange(10), batch_size=2, num_steps=2)
+    >>> len(mb)
+    2
+    >>> [X.shape for X, Y in mb]
+    [(2, 2), (2, 2)]
     """
 
     def __init__(self, n: int, get: Callable[[int], tuple[np.ndarray, np.ndarray]]) -> None:
@@ -284,6 +370,25 @@ def num_batches(num_tokens: int, batch_size: int, num_steps: int, *, offset: int
     :func:`seq_data_iter_sequential` and :func:`seq_data_iter_random` alike
     (``offset`` is the random start, in ``[0, num_steps)``; 0 gives the maximum).
     For windows use ``len(iter_minibatches(...))``.
+
+    Parameters
+    ----------
+    num_tokens, batch_size, num_steps : int
+    offset : int, default 0
+
+    Returns
+    -------
+    int
+
+    Raises
+    ------
+    ValueError
+        If ``batch_size`` or ``num_steps`` is not a positive int.
+
+    Examples
+    --------
+    >>> num_batches(10_000, batch_size=32, num_steps=35)
+    8
     """
     bs, ns = _positive_int("batch_size", batch_size), _positive_int("num_steps", num_steps)
     return max(0, (int(num_tokens) - 1 - int(offset)) // (bs * ns))
@@ -323,6 +428,30 @@ def seq_data_iter_sequential(
     -------
     Minibatches
         Of ``(X, Y)``, each of shape ``(batch_size, num_steps)``, dtype of the corpus.
+
+    Raises
+    ------
+    ValueError
+        For a corpus that is not 1-D or too short, or a non-positive size.
+    TypeError
+        For a corpus that does not hold integers.
+
+    Examples
+    --------
+    Two streams (rows); row ``b`` of one minibatch continues in the next:
+
+    >>> import numpy as np
+    >>> mb = seq_data_iter_sequential(np.arange(10), batch_size=2, num_steps=2)
+    >>> X, Y = mb[0]
+    >>> X
+    array([[0, 1],
+           [4, 5]])
+    >>> Y
+    array([[1, 2],
+           [5, 6]])
+    >>> mb[1][0]
+    array([[2, 3],
+           [6, 7]])
     """
     ids = _as_ids(corpus_ids)
     bs, ns = _positive_int("batch_size", batch_size), _positive_int("num_steps", num_steps)
@@ -359,6 +488,23 @@ def seq_data_iter_random(
     -------
     Minibatches
         Of ``(X, Y)``, each of shape ``(batch_size, num_steps)``, dtype of the corpus.
+
+    Raises
+    ------
+    ValueError
+        For a corpus that is not 1-D or too short, or a non-positive size.
+    TypeError
+        For a corpus that does not hold integers.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> mb = seq_data_iter_random(np.arange(100), batch_size=4, num_steps=5, rng=0)
+    >>> len(mb)
+    4
+    >>> X, Y = mb[0]
+    >>> X.shape, bool((Y == X + 1).all())
+    ((4, 5), True)
     """
     ids = _as_ids(corpus_ids)
     bs, ns = _positive_int("batch_size", batch_size), _positive_int("num_steps", num_steps)
@@ -393,6 +539,23 @@ def windows(corpus_ids: np.ndarray, num_steps: int, *, stride: int = 1) -> tuple
         no memory beyond the corpus although they look ``num_steps`` times
         larger.  Indexing them with an index array (as :func:`iter_minibatches`
         does) makes small C-contiguous copies; ``np.array(X)`` would copy all.
+
+    Raises
+    ------
+    ValueError
+        For a corpus that is not 1-D or shorter than ``num_steps + 1``, or a
+        non-positive size.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> X, Y = windows(np.arange(6), num_steps=3)
+    >>> X
+    array([[0, 1, 2],
+           [1, 2, 3],
+           [2, 3, 4]])
+    >>> Y[0]
+    array([1, 2, 3])
     """
     ids = _as_ids(corpus_ids)
     ns, st = _positive_int("num_steps", num_steps), _positive_int("stride", stride)
@@ -426,6 +589,22 @@ def iter_minibatches(
     -------
     Minibatches
         Of C-contiguous copies ``(X[rows], Y[rows])``, shape ``(<= batch_size, num_steps)``.
+
+    Raises
+    ------
+    ValueError
+        If ``X`` and ``Y`` have different numbers of rows, or ``batch_size`` is not
+        a positive int.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> X, Y = windows(np.arange(10), num_steps=3)
+    >>> mb = iter_minibatches(X, Y, batch_size=3, shuffle=False)
+    >>> len(mb)                                  # 7 windows: 3 + 3 + 1
+    3
+    >>> mb[2]
+    (array([[6, 7, 8]]), array([[7, 8, 9]]))
     """
     bs = _positive_int("batch_size", batch_size)
     if len(X) != len(Y):
@@ -451,6 +630,18 @@ def train_val_split(ids: np.ndarray, val_fraction: float) -> tuple[np.ndarray, n
     train : ndarray, shape (n - int(n * val_fraction),)
     val : ndarray, shape (int(n * val_fraction),)
         Views of ``ids``.
+
+    Raises
+    ------
+    ValueError
+        If ``val_fraction`` is not in ``[0, 1)`` or ``ids`` is not 1-D.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> train, val = train_val_split(np.arange(10), 0.2)
+    >>> train, val
+    (array([0, 1, 2, 3, 4, 5, 6, 7]), array([8, 9]))
     """
     arr = _as_ids(ids, "ids")
     if not isinstance(val_fraction, (int, float, np.floating, np.integer)) or not 0 <= val_fraction < 1:

@@ -139,6 +139,23 @@ class Vocab:
             Token of id ``i`` at position ``i`` (as given by :attr:`tokens`).
         unk : str or None, default "<unk>"
             The unknown token; it must be one of ``tokens`` unless None.
+
+        Returns
+        -------
+        Vocab
+
+        Raises
+        ------
+        TypeError
+            If ``tokens`` is a str or not iterable, or ``unk`` is not a str or None.
+        ValueError
+            For an empty or duplicate token, or an ``unk`` that is not among the tokens.
+
+        Examples
+        --------
+        >>> v = Vocab.from_tokens(["<unk>", "a", "b"])
+        >>> v.encode("abc")
+        array([1, 2, 0], dtype=int32)
         """
         if isinstance(tokens, str) or not isinstance(tokens, Iterable):
             raise TypeError(f"tokens must be a sequence of str, got {type(tokens).__name__}")
@@ -148,12 +165,45 @@ class Vocab:
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly form: ``{"tokens": [...], "unk": unk}``."""
+        """JSON-friendly form: ``{"tokens": [...], "unk": unk}``.
+
+        Returns
+        -------
+        dict
+            The exact token list in id order and the unknown token; :meth:`from_dict`
+            restores an equal vocabulary (model files store it this way).
+
+        Examples
+        --------
+        >>> Vocab("abba").to_dict()
+        {'tokens': ['<unk>', 'a', 'b'], 'unk': '<unk>'}
+        """
         return {"tokens": list(self._tokens), "unk": self._unk}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Vocab:
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict`.
+
+        Parameters
+        ----------
+        d : dict
+            ``{"tokens": [...], "unk": unk}``; a missing ``"unk"`` means None.
+
+        Returns
+        -------
+        Vocab
+
+        Raises
+        ------
+        ValueError
+            If ``d`` is not a dict with a ``"tokens"`` key, or its tokens are invalid.
+
+        Examples
+        --------
+        >>> v = Vocab("hello world")
+        >>> Vocab.from_dict(v.to_dict()) == v
+        True
+        """
         if not isinstance(d, dict) or "tokens" not in d:
             raise ValueError("expected a dict with a 'tokens' key, as made by Vocab.to_dict()")
         return cls.from_tokens(d["tokens"], unk=d.get("unk"))
@@ -161,7 +211,13 @@ class Vocab:
     # -- lookups ----------------------------------------------------------------
     @property
     def tokens(self) -> list[str]:
-        """All tokens in id order (a copy)."""
+        """All tokens in id order (a copy).
+
+        Examples
+        --------
+        >>> Vocab("banana", reserved_tokens=["<pad>"]).tokens
+        ['<unk>', '<pad>', 'a', 'n', 'b']
+        """
         return list(self._tokens)
 
     @property
@@ -178,7 +234,14 @@ class Vocab:
         return len(self._tokens)
 
     def __getitem__(self, token: str) -> int:
-        """Id of ``token``; the unk id for unknown tokens (KeyError if unk is None)."""
+        """Id of ``token``; the unk id for unknown tokens (KeyError if unk is None).
+
+        Examples
+        --------
+        >>> v = Vocab("hello")
+        >>> v["l"], v["z"]
+        (1, 0)
+        """
         _check_text(token, "token")
         i = self._index.get(token, self._unk_id)
         if i is None:
@@ -189,7 +252,28 @@ class Vocab:
         return isinstance(token, str) and token in self._index
 
     def to_token(self, idx: int) -> str:
-        """Token of id ``idx``; ValueError when out of range."""
+        """Token of id ``idx``.
+
+        Parameters
+        ----------
+        idx : int
+
+        Returns
+        -------
+        str
+
+        Raises
+        ------
+        ValueError
+            If ``idx`` is outside ``[0, len(self))``.
+        TypeError
+            If ``idx`` is not an integer.
+
+        Examples
+        --------
+        >>> Vocab("hello").to_token(1)
+        'l'
+        """
         i = operator.index(idx)
         if not 0 <= i < len(self._tokens):
             raise ValueError(f"id {i} is out of range for a vocabulary of {len(self)} tokens")
@@ -211,6 +295,17 @@ class Vocab:
         ------
         ValueError
             If ``unk`` is None and a character is not in the vocabulary.
+        TypeError
+            If ``text`` is not a str.
+
+        Examples
+        --------
+        >>> Vocab("hello").encode("hell")
+        array([3, 2, 1, 1], dtype=int32)
+        >>> Vocab("hello", unk=None).encode("help")
+        Traceback (most recent call last):
+        ...
+        ValueError: character 'p' (U+0070) at position 3 is not in the vocabulary and unk is None
         """
         _check_text(text)
         cps = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype="<u4")
@@ -241,6 +336,14 @@ class Vocab:
             For an id outside ``[0, len(self))`` or an array with ``ndim > 1``.
         TypeError
             For non-integer ids.
+
+        Examples
+        --------
+        >>> v = Vocab("hello")
+        >>> v.decode(v.encode("hole"))
+        'hole'
+        >>> v.decode([])
+        ''
         """
         arr = np.asarray(ids)
         if arr.ndim > 1:
