@@ -386,7 +386,10 @@ def init_params(input_size: int, hidden_size: int, output_size: int | None = Non
         if n < 1:
             raise ValueError(f"{name} must be >= 1, got {n}")
     D, H, V = (int(sizes[k]) for k in ("input_size", "hidden_size", "output_size"))
-    dt = np.dtype(dtype)
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:   # numpy's "data type 'x' not understood" names no argument
+        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
     if dt not in (np.float32, np.float64):
         raise TypeError(f"dtype must be float32 or float64, got {dt}")
     rng = np.random.default_rng(seed)
