@@ -326,19 +326,29 @@ def test_single_sequence_split_any_schedule(rng):
         _rnn.set_split_one_sequence(old)
 
 
-KERNEL_LEVELS = {0: "BLAS (no hand-written gemm)", 1: "AVX2+FMA micro-kernels"}
+KERNEL_LEVELS = {0: "BLAS (no hand-written gemm)", 1: "AVX2+FMA micro-kernels",
+                 2: "AVX-512 micro-kernels"}
+KERNEL_NAMES = {0: "blas", 1: "avx2", 2: "avx512"}
 
 
 @pytest.mark.parametrize("level", sorted(KERNEL_LEVELS), ids=lambda l: KERNEL_LEVELS[l])
-def test_every_kernel_variant_matches_reference(level):
-    """The products run on a variant picked from the CPU (csrc/_pgemm.h): this run
-    of the suite covers the best one here; rerun the kernel tests with each lower
-    variant forced by FASTRNN_KERNEL_LEVEL, as a machine without it would run."""
+def test_every_kernel_variant_matches_reference(level, record_property):
+    """The products run on a variant picked from the CPU (csrc/_pgemm.h). The level
+    this CPU picks is covered by the whole suite (this test only confirms it is the
+    one in use); each lower level is forced with FASTRNN_KERNEL_LEVEL and this file
+    rerun under it, as a machine without the better one would run; a level above the
+    CPU's SKIPS, saying it was not tested, so a green run on an AVX2 machine is not
+    mistaken for AVX-512 coverage. conftest.py prints the levels that ran in the
+    summary ("fastrnn kernel levels: ...")."""
     from fastrnn import _rnn
     detected = _rnn.packed_gemm_level()
-    if level >= detected:
-        pytest.skip(f"level {level} is what this CPU runs by default (level {detected}); "
-                    "the rest of this file covers it")
+    if level > detected:
+        pytest.skip(f"kernel level {level} ({KERNEL_LEVELS[level]}) NOT TESTED: this run's kernels "
+                    f"go up to level {detected} (the CPU, or FASTRNN_KERNEL_LEVEL)")
+    if level == detected:
+        assert fastrnn.build_info()["kernels"] == KERNEL_NAMES[level]
+        record_property("fastrnn_kernel_level", (level, "default: the whole suite"))
+        return
     env = dict(os.environ, FASTRNN_KERNEL_LEVEL=str(level))
     probe = subprocess.run([sys.executable, "-c",
                             "from fastrnn import _rnn; print(_rnn.packed_gemm_level())"],
@@ -347,11 +357,12 @@ def test_every_kernel_variant_matches_reference(level):
     names = subprocess.run([sys.executable, "-c",
                             "import fastrnn; print(fastrnn.build_info()['kernels'])"],
                            env=env, capture_output=True, text=True, check=True)
-    assert names.stdout.strip() == {0: "blas", 1: "avx2"}[level]
+    assert names.stdout.strip() == KERNEL_NAMES[level]
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
                           str(Path(__file__).resolve()), "-k", "not every_kernel_variant"],
                          env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    record_property("fastrnn_kernel_level", (level, "forced: tests/test_kernels.py"))
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
