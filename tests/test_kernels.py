@@ -343,8 +343,9 @@ def test_every_kernel_variant_matches_reference(level, record_property):
     from fastrnn import _rnn
     detected = _rnn.packed_gemm_level()
     if level > detected:
-        pytest.skip(f"kernel level {level} ({KERNEL_LEVELS[level]}) NOT TESTED: this run's kernels "
-                    f"go up to level {detected} (the CPU, or FASTRNN_KERNEL_LEVEL)")
+        pytest.skip(f"kernel level {level} ({KERNEL_LEVELS[level]}) NOT TESTED: this "
+                    f"run's kernels go up to level {detected} (the CPU, or "
+                    "FASTRNN_KERNEL_LEVEL)")
     if level == detected:
         assert fastrnn.build_info()["kernels"] == KERNEL_NAMES[level]
         record_property("fastrnn_kernel_level", (level, "default: the whole suite"))
