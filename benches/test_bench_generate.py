@@ -9,6 +9,7 @@ import pytest
 
 import compare
 import fastrnn
+from fastrnn import reference
 from _bench_common import GEN_CONFIGS, THREADS, impl_params, run_bench, timed
 
 PREFIX = "the time traveller "  # the prefix of compare.gen_*
@@ -48,6 +49,56 @@ def numpy_greedy_check(lm, ids):
     return ties
 
 
+def closure_var(fn, name):
+    """The variable ``name`` that the closure ``fn`` (a compare.gen_* run) holds."""
+    return fn.__closure__[fn.__code__.co_freevars.index(name)].cell_contents
+
+
+def numpy_sampler_check(p, text):
+    """The NumPy sampler's timed loop against an independent float64 recomputation
+    of the same inverse-CDF draws from the same generator (default_rng(1)): the
+    first 200 characters must agree (float32 against float64 may flip a draw that
+    falls on a boundary, after which the texts part ways; the seeds are fixed, so
+    this either always holds or never). Returns how many characters agree."""
+    vocab = compare._vocab28()
+    rng = np.random.default_rng(1)
+    q = {k: v.astype(np.float64) for k, v in p.items()}
+    h = np.zeros(q["W_hh"].shape[0])
+    for i in vocab.encode(PREFIX):
+        h = np.tanh(q["W_xh"][i] + h @ q["W_hh"] + q["b_h"])
+    want = []
+    for _ in range(500):
+        o = (h @ q["W_hq"] + q["b_q"]) / compare.TEMPERATURE
+        c = np.cumsum(np.exp(o - o.max()))
+        tok = int(np.searchsorted(c, rng.random() * c[-1], side="right"))
+        want.append(tok)
+        h = np.tanh(q["W_xh"][tok] + h @ q["W_hh"] + q["b_h"])
+    want = vocab.decode(want)
+    n = next((i for i, (a, b) in enumerate(zip(text, want)) if a != b), len(want))
+    assert n >= 200, (
+        f"the NumPy sampler's text parts from the float64 recomputation at {n}: "
+        f"{text[:n + 20]!r} vs {want[:n + 20]!r}")
+    return n
+
+
+def torch_model_check(p, run):
+    """PyTorch's sampler draws from its own generator, so its text cannot be compared;
+    check instead that the modules it samples from give the float64 reference's
+    logits after the prefix (the model it times is the model)."""
+    import torch
+    rnn, lin = closure_var(run, "rnn"), closure_var(run, "lin")
+    V = p["W_hq"].shape[1]
+    ids = compare._vocab28().encode(PREFIX).astype(np.int64)
+    with torch.no_grad():
+        out, _ = rnn(torch.nn.functional.one_hot(torch.from_numpy(ids), V).float()
+                     .unsqueeze(1))
+        got = lin(out[-1, 0]).double().numpy()
+    q = {k: v.astype(np.float64) for k, v in p.items()}
+    want, _ = reference.forward(q, ids[None, :])
+    want = want[0, -1]
+    assert np.abs(got - want).max() <= 1e-4 * max(1.0, np.abs(want).max()), (got, want)
+
+
 @pytest.mark.parametrize("impl", impl_params(GENS))
 @pytest.mark.parametrize("config", GEN_CONFIGS)
 def test_generate(benchmark, config, impl):
@@ -71,6 +122,10 @@ def test_generate(benchmark, config, impl):
         # sampling: the same seed gives the same characters as the timed call's
         head = lm.generate_ids(PREFIX, 200, temperature=compare.TEMPERATURE, seed=1)
         assert text.startswith(lm.vocab.decode(head))
+    elif impl == "numpy":
+        numpy_sampler_check(p, text)
+    else:
+        torch_model_check(p, run)
     assert n_tokens(text) == n, f"{impl} generated {n_tokens(text)} characters, not {n}"
     assert set(text.replace(UNK, "")) <= set("abcdefghijklmnopqrstuvwxyz ")
     run_bench(benchmark, run, group=f"generate {n} chars (V={V} H={H} B=1)",

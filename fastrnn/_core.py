@@ -525,7 +525,10 @@ def init_params(input_size: int, hidden_size: int, output_size: int | None = Non
     D, H, V = (int(sizes[k]) for k in ("input_size", "hidden_size", "output_size"))
     cell = _params._check_cell(cell)
     L = _params._check_count("num_layers", num_layers)
-    dt = np.dtype(dtype)
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:   # numpy's "data type 'x' not understood" names no argument
+        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
     if dt not in (np.float32, np.float64):
         raise TypeError(f"dtype must be float32 or float64, got {dt}")
     if isinstance(forget_bias, bool) or not isinstance(forget_bias, (int, float, np.integer,

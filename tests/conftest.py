@@ -8,6 +8,49 @@ import pytest
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
+# ---------------------------------------------------------------------------
+# which kernel levels this run covered (issue 17): test_kernels.py's
+# test_every_kernel_variant_matches_reference records the levels it ran; the summary
+# says which ran and which did not, so an AVX2-only green run is not read as
+# AVX-512 coverage.
+
+_LEVEL_NAMES = {0: "BLAS", 1: "AVX2", 2: "AVX-512"}
+_levels_ran: dict = {}
+_levels_skipped: dict = {}
+
+
+def pytest_runtest_logreport(report):
+    if "test_every_kernel_variant_matches_reference" not in report.nodeid:
+        return
+    for key, value in report.user_properties:
+        if key == "fastrnn_kernel_level" and report.when == "call" and report.passed:
+            _levels_ran[value[0]] = value[1]
+    if report.skipped and isinstance(report.longrepr, tuple):
+        msg = report.longrepr[2]
+        for level, name in _LEVEL_NAMES.items():
+            if f"kernel level {level} " in msg:
+                _levels_skipped[level] = msg.replace("Skipped: ", "")
+
+
+def pytest_terminal_summary(terminalreporter):
+    try:
+        import fastrnn
+        info = fastrnn.build_info()
+    except Exception:  # noqa: BLE001 - a summary line must never break the run
+        return
+    if not (_levels_ran or _levels_skipped):
+        line = (f"fastrnn kernel levels: default {info.get('kernels')} "
+                f"(compiled={info.get('compiled')}); the kernel-level test did not run")
+    else:
+        ran = ", ".join(f"{lv} {_LEVEL_NAMES[lv]} ({how})"
+                        for lv, how in sorted(_levels_ran.items())) or "none"
+        missing = [lv for lv in _LEVEL_NAMES if lv not in _levels_ran]
+        line = f"fastrnn kernel levels: ran {ran}"
+        if missing:
+            line += "; NOT run: " + ", ".join(f"{lv} {_LEVEL_NAMES[lv]}" for lv in missing)
+    terminalreporter.write_sep("-", "fastrnn kernels")
+    terminalreporter.write_line(line)
+
 
 @pytest.fixture(autouse=True)
 def run_in_a_temporary_directory(tmp_path_factory, monkeypatch):

@@ -231,11 +231,21 @@ def test_plot_without_matplotlib(capsys, monkeypatch, corpus):
 
 
 def test_plot_png(tmp_path, corpus):
-    pytest.importorskip("matplotlib")
+    """--plot writes the perplexity curve: a 600x400 PNG with the train line
+    (matplotlib's first colour, C0) and the validation line (C1) drawn on it.
+    matplotlib is in the `test` extra, so this never skips in CI."""
+    import matplotlib.image
     png = tmp_path / "curve.png"
-    assert main(["train", "--corpus", str(corpus), "--epochs", "2", "--out",
+    assert main(["train", "--corpus", str(corpus), "--epochs", "3", "--out",
                  str(tmp_path / "m.npz"), "--plot", str(png), *TINY]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    img = matplotlib.image.imread(str(png))[..., :3]
+    assert img.shape[:2] == (400, 600), img.shape          # figsize (6, 4) at 100 dpi
+    assert len(CharLM.load(tmp_path / "m.npz").history) == 3
+    for name, rgb in (("train (C0)", (0x1f, 0x77, 0xb4)), ("validation (C1)",
+                                                           (0xff, 0x7f, 0x0e))):
+        near = (np.abs(img * 255 - np.array(rgb)) < 30).all(axis=2)
+        assert near.sum() > 200, f"no {name} line in the plot ({near.sum()} pixels)"
 
 
 def test_diverged_training_exit_code(capsys, tmp_path, corpus):

@@ -203,12 +203,21 @@ def test_segments_chain_like_one_sequence(rng):
     np.testing.assert_allclose(h2, hT, rtol=1e-12)
 
 
-def test_parameter_count_does_not_grow_with_T(rng):
-    p, _, X, Y, _ = make_problem(rng, 2, 50, 5, 6, 5, h0=False)
-    _, g_short, _ = fastrnn.loss_and_grad(p, X[:, :2], Y[:, :2])
-    _, g_long, _ = fastrnn.loss_and_grad(p, X, Y)
-    for name in ["W_xh", "W_hh", "b_h", "W_hq", "b_q"]:
-        assert g_short[name].shape == g_long[name].shape == p[name].shape
+def test_short_and_long_sequences_in_turn_match_the_reference(rng):
+    """T = 2, then T = 50, then T = 2 again (the workspace grows, then is reused
+    oversized): every gradient VALUE matches the float64 reference each time, so
+    nothing of the longer call leaks into the shorter one (the shapes equal the
+    parameter shapes by construction; the values are what can be wrong)."""
+    p, p64, X, Y, _ = make_problem(rng, 2, 50, 5, 6, 5, h0=False)
+    for T_ in (2, 50, 2):
+        loss, g, hT = fastrnn.loss_and_grad(p, X[:, :T_], Y[:, :T_])
+        r_loss, r_g, r_hT = reference.loss_and_grad(p64, X[:, :T_], Y[:, :T_])
+        assert loss == pytest.approx(r_loss, rel=1e-12), T_
+        np.testing.assert_allclose(hT, r_hT, rtol=1e-10, atol=1e-13)
+        for name in GRAD_NAMES:
+            assert g[name].shape == (p[name].shape if name in p else (2, 6))
+            np.testing.assert_allclose(g[name], r_g[name], rtol=1e-10, atol=1e-13,
+                                       err_msg=f"{name}, T={T_}")
 
 
 def test_subnormals_flushed_without_leaking_mode(rng):
@@ -219,8 +228,15 @@ def test_subnormals_flushed_without_leaking_mode(rng):
     p, p64, X, Y, _ = make_problem(rng, 4, 30, 5, 8, 5, dtype=np.float32, h0=False,
                                    init="d2l")
     loss, grads, hT = fastrnn.loss_and_grad(p, X, Y, num_threads=2)
-    r_loss, r_grads, _ = reference.loss_and_grad(p64, X, Y)
+    r_loss, r_grads, r_hT = reference.loss_and_grad(p64, X, Y)
     assert abs(loss - r_loss) <= 1e-4 * r_loss
+    # every gradient, to float32 accuracy relative to its largest entry (values the
+    # kernel flushed to zero are below that by far more than 1e-4)
+    for name in GRAD_NAMES:
+        scale = max(np.abs(r_grads[name]).max(), 1e-30)
+        err = np.abs(grads[name].astype(np.float64) - r_grads[name]).max() / scale
+        assert err <= 1e-4, (name, err, scale)
+    assert np.abs(hT - r_hT).max() <= 1e-4 * max(np.abs(r_hT).max(), 1e-30)
     assert _rnn.fp_mode() == before
     # a float32 subnormal computed after the call is still representable
     assert np.float32(1e-38) * np.float32(1e-3) != 0
@@ -310,19 +326,30 @@ def test_single_sequence_split_any_schedule(rng):
         _rnn.set_split_one_sequence(old)
 
 
-KERNEL_LEVELS = {0: "BLAS (no hand-written gemm)", 1: "AVX2+FMA micro-kernels"}
+KERNEL_LEVELS = {0: "BLAS (no hand-written gemm)", 1: "AVX2+FMA micro-kernels",
+                 2: "AVX-512 micro-kernels"}
+KERNEL_NAMES = {0: "blas", 1: "avx2", 2: "avx512"}
 
 
 @pytest.mark.parametrize("level", sorted(KERNEL_LEVELS), ids=lambda l: KERNEL_LEVELS[l])
-def test_every_kernel_variant_matches_reference(level):
-    """The products run on a variant picked from the CPU (csrc/_pgemm.h): this run
-    of the suite covers the best one here; rerun the kernel tests with each lower
-    variant forced by FASTRNN_KERNEL_LEVEL, as a machine without it would run."""
+def test_every_kernel_variant_matches_reference(level, record_property):
+    """The products run on a variant picked from the CPU (csrc/_pgemm.h). The level
+    this CPU picks is covered by the whole suite (this test only confirms it is the
+    one in use); each lower level is forced with FASTRNN_KERNEL_LEVEL and this file
+    rerun under it, as a machine without the better one would run; a level above the
+    CPU's SKIPS, saying it was not tested, so a green run on an AVX2 machine is not
+    mistaken for AVX-512 coverage. conftest.py prints the levels that ran in the
+    summary ("fastrnn kernel levels: ...")."""
     from fastrnn import _rnn
     detected = _rnn.packed_gemm_level()
-    if level >= detected:
-        pytest.skip(f"level {level} is what this CPU runs by default (level {detected}); "
-                    "the rest of this file covers it")
+    if level > detected:
+        pytest.skip(f"kernel level {level} ({KERNEL_LEVELS[level]}) NOT TESTED: this "
+                    f"run's kernels go up to level {detected} (the CPU, or "
+                    "FASTRNN_KERNEL_LEVEL)")
+    if level == detected:
+        assert fastrnn.build_info()["kernels"] == KERNEL_NAMES[level]
+        record_property("fastrnn_kernel_level", (level, "default: the whole suite"))
+        return
     env = dict(os.environ, FASTRNN_KERNEL_LEVEL=str(level))
     probe = subprocess.run([sys.executable, "-c",
                             "from fastrnn import _rnn; print(_rnn.packed_gemm_level())"],
@@ -331,11 +358,12 @@ def test_every_kernel_variant_matches_reference(level):
     names = subprocess.run([sys.executable, "-c",
                             "import fastrnn; print(fastrnn.build_info()['kernels'])"],
                            env=env, capture_output=True, text=True, check=True)
-    assert names.stdout.strip() == {0: "blas", 1: "avx2"}[level]
+    assert names.stdout.strip() == KERNEL_NAMES[level]
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
                           str(Path(__file__).resolve()), "-k", "not every_kernel_variant"],
                          env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    record_property("fastrnn_kernel_level", (level, "forced: tests/test_kernels.py"))
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])

@@ -123,7 +123,10 @@ test_env() {
 
 test_env latest
 if [ "$FLOORS" = 1 ]; then
-    mapfile -t PINS < <("$TOOLS_PY" - "$WHEEL" <<'EOF'
+    # a command substitution, not `mapfile < <(...)`: the exit status of a process
+    # substitution is lost, so a reader that failed half-way (after printing some
+    # floors) passed with a partial list
+    FLOOR_LINES=$("$TOOLS_PY" - "$WHEEL" <<'EOF'
 import sys, zipfile
 from email.parser import Parser
 from packaging.requirements import Requirement
@@ -139,8 +142,9 @@ for line in meta.get_all("Requires-Dist") or []:
         sys.exit(f"check_wheel: FAIL: runtime dependency {line!r} has no >= floor")
     print(f"{req.name}=={floors[0]}")
 EOF
-)
-    [ "${#PINS[@]}" -gt 0 ] || fail "no runtime floors found in the wheel metadata"
+) || fail "reading the runtime floors from the wheel metadata failed"
+    [ -n "$FLOOR_LINES" ] || fail "no runtime floors found in the wheel metadata"
+    mapfile -t PINS <<< "$FLOOR_LINES"
     test_env floors "${PINS[@]}"
 fi
 step "all checks passed: $(basename "$WHEEL")"
