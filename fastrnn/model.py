@@ -224,6 +224,7 @@ class CharLM:
         self._flat[...] = 0
         self.params = self._views(self._flat)               # named views into _flat
         self.history: list[dict] = []
+        self.eval_history: list[dict] = []                 # evaluations every N steps
         self.info: dict[str, Any] = {}                     # free JSON metadata, saved too
         self._opt: dict[str, np.ndarray] = {}              # optimizer state, flat buffers
         self._train: TrainState | None = None              # resumable training state
@@ -325,11 +326,19 @@ class CharLM:
 
     # -- evaluation -----------------------------------------------------------------
     def perplexity(self, text: str | np.ndarray, *, batch_size: int = 1,
-                   num_threads: int | None = None) -> float:
+                   num_threads: int | None = None, block: int | None = None) -> float:
         """``exp(mean cross-entropy)`` of predicting each character from those before it.
 
         The state starts at zero and is carried through the text, so the first
         character is only context and the other ``n - 1`` are predicted.
+        ``math.log`` of the result is the loss in nats per character.
+
+        With ``block=256`` the text is cut into contiguous blocks instead, each
+        predicted from a zero state (nanoGPT's validation loss): block ``k`` feeds
+        ``ids[k*block : (k+1)*block]`` and predicts the next token of each, and a last
+        shorter block covers the remainder; the result is ``exp`` of the mean over all
+        ``n - 1`` predictions. An RNN carrying its state through the whole stream sees
+        more context, so the streamed value is lower than the block value.
 
         Parameters
         ----------
@@ -340,6 +349,9 @@ class CharLM:
             (faster; each stream restarts from a zero state, so the value
             changes slightly). 1 gives the exact sequential value.
         num_threads : int, optional
+        block : int, optional
+            Evaluate contiguous blocks of this many tokens, each from a zero state
+            (``batch_size`` is then ignored).
 
         Returns
         -------
@@ -350,8 +362,37 @@ class CharLM:
         if len(ids) < 2:
             raise ValueError(f"text must have at least 2 tokens to measure perplexity, "
                              f"got {len(ids)}")
-        total, count = self._stream_ce(ids, bs, num_threads)
+        if block is not None:
+            total, count = self._block_ce(ids, _pos_int("block", block), num_threads)
+        else:
+            total, count = self._stream_ce(ids, bs, num_threads)
         return math.exp(total / count)
+
+    def _block_ce(self, ids: np.ndarray, block: int, num_threads,
+                  blocks: int | None = None) -> tuple[float, int]:
+        """Summed CE and count over contiguous blocks of ids, each from a zero state; with
+        ``blocks``, only that many full blocks, evenly spaced (the remainder left out)."""
+        n = len(ids) - 1                       # predictions
+        nb = n // block
+        X = ids[: nb * block].reshape(nb, block)
+        Y = ids[1: nb * block + 1].reshape(nb, block)
+        tail = n - nb * block
+        if blocks is not None and blocks < nb:
+            rows = np.unique(np.linspace(0, nb - 1, blocks).round().astype(np.int64))
+            X, Y, tail = X[rows], Y[rows], 0
+        rows_per_call = max(1, 65536 // block)
+        parts = [(X[r: r + rows_per_call], Y[r: r + rows_per_call])
+                 for r in range(0, len(X), rows_per_call)]
+        if tail:
+            parts.append((ids[nb * block: n][None, :], ids[nb * block + 1:][None, :]))
+        total, count = 0.0, 0
+        with blas_single_thread(), self._param_lock:
+            for x, y in parts:
+                logits, _ = _core.forward(self.params, np.ascontiguousarray(x),
+                                          num_threads=num_threads, **self._fn_kw())
+                s, c = _mean_ce(logits, y)
+                total, count = total + s, count + c
+        return total, count
 
     def _stream_ce(self, ids: np.ndarray, bs: int, num_threads) -> tuple[float, int]:
         """Summed CE and count over ids, cut into bs streams (plus a remainder stream)."""
@@ -691,6 +732,7 @@ class CharLM:
             "model": self._config.to_dict(),
             "vocab": self.vocab.to_dict(),
             "history": self.history,
+            "eval_history": self.eval_history,
             "info": self.info,
             "train": None,
             "optional_arrays": [],
@@ -772,6 +814,10 @@ class CharLM:
         for k, _, _ in layout:
             self.params[k][...] = arrays[k]
         self.history = hist
+        ev = meta.get("eval_history", [])
+        if not isinstance(ev, list) or not all(isinstance(r, dict) for r in ev):
+            raise bad("eval_history must be a list of records")
+        self.eval_history = ev
         self.info = info
         if st is not None:
             self._train = st
