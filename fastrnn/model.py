@@ -167,6 +167,8 @@ class CharLM:
         the suffix ``_l{k}``.
     history : list of dict
         One record per completed training epoch (see :meth:`fit`).
+    eval_history : list of dict
+        The validation evaluations every ``eval_interval`` steps (see :meth:`fit`).
 
     Examples
     --------
@@ -626,10 +628,25 @@ class CharLM:
         lr : float, default 1.0
             Learning rate (d2l uses 1 with SGD; try 0.002 to 0.01 with Adam,
             0.1 with Adagrad).
-        optimizer : {"sgd", "adagrad", "adam"}
+        optimizer : {"sgd", "adagrad", "adam", "adamw"}
             ``"sgd"``: ``p -= lr g`` (d2l). ``"adagrad"``: min-char-rnn's
             ``mem += g^2; p -= lr g / sqrt(mem + eps)``. ``"adam"``: Adam with
-            bias correction (``betas``, ``eps``).
+            bias correction (``betas``, ``eps``). ``"adamw"``: Adam with PyTorch's
+            decoupled weight decay ``p -= lr * weight_decay * p`` on the weight
+            matrices only (``weight_decay``, default 0.01).
+        schedule, warmup_steps, min_lr, decay_factor, decay_after
+            The learning rate per optimizer step: ``"constant"``, ``"step"``
+            (char-rnn) or ``"cosine"`` (nanoGPT); see :class:`fastrnn.TrainConfig`.
+        max_steps, time_budget
+            Stop after that many optimizer steps / seconds.
+        eval_interval, eval_block, eval_blocks, keep_best, patience
+            Evaluate every ``eval_interval`` steps on ``val_text`` (mean loss over
+            ``eval_block``-character blocks from a zero state; results in
+            :attr:`eval_history`); ``keep_best`` saves the best parameters to
+            ``<checkpoint stem>.best.npz``; ``patience`` stops early. ``fit`` ends
+            holding the LAST parameters (load the ``.best.npz`` file for the best).
+        on_spike : {"skip", "rollback", "stop"}, default "skip"
+            What a finite minibatch loss above ``10 log V + 10`` nats does.
         clip : float or None, default 1.0
             Clip the gradient by its global norm, d2l's ``g <- min(1, clip/||g||) g``.
             None disables it.
@@ -677,14 +694,22 @@ class CharLM:
             ``train_loss`` (mean cross-entropy), ``train_ppl``, ``val_loss`` and
             ``val_ppl`` (None without ``val_text``), ``tokens`` (predictions
             trained on), ``tokens_per_s`` (training throughput, validation
-            excluded) and ``wall_time`` (seconds for the epoch, validation included).
+            excluded), ``wall_time`` (seconds for the epoch, validation included),
+            ``lr`` (the last step's rate) and, once minibatches were skipped as
+            loss spikes, ``skipped_steps`` (so far in the run). The evaluations every
+            ``eval_interval`` steps are in :attr:`eval_history`: ``step``,
+            ``epoch`` (fractional), ``train_loss`` (mean since the previous
+            evaluation), ``val_loss`` (nats/char), ``val_ppl``, ``lr``,
+            ``tokens_seen``, ``eval_seconds``, ``wall_time`` (seconds since the run
+            started, over resumes) and ``best``.
 
         Raises
         ------
         TrainingDiverged
-            If the loss or the gradient norm becomes NaN or infinite, or a
+            If the loss or the gradient norm becomes NaN or infinite (always), or a
             minibatch loss exceeds ``10 log V + 10`` nats (far worse than
-            guessing uniformly, ``log V``); the model keeps the last parameters
+            guessing uniformly, ``log V``) with ``on_spike="stop"`` or more than
+            ``max_spikes`` times in a row; the model keeps the last parameters
             that gave an acceptable loss (Adam's or Adagrad's in-memory state
             may include the failing step: for an exact continuation, resume
             from the last checkpoint).
