@@ -45,10 +45,11 @@ DEFAULT_LR = {"sgd": 1.0, "adagrad": 0.1, "adam": 0.003, "adamw": 0.003}
 # them is benches/quality_search.md.
 PRESETS = {
     "shakespeare": {
-        "corpus": "shakespeare", "cell": "gru", "layers": 1, "hidden": 256, "batch": 32,
-        "steps": 64, "optimizer": "adamw", "lr": 0.004, "weight_decay": 0.01,
-        "schedule": "cosine", "warmup_steps": 100, "max_steps": 2000, "clip": 1.0,
-        "eval_interval": 250, "eval_blocks": 64, "keep_best": True, "epochs": 100,
+        "corpus": "shakespeare", "cell": "gru", "layers": 1, "hidden": 128, "batch": 32,
+        "steps": 64, "optimizer": "adamw", "lr": 0.015, "weight_decay": 0.01,
+        "schedule": "cosine", "warmup_steps": 100, "max_steps": 1800, "time_budget": 180.0,
+        "clip": 1.0, "eval_interval": 200, "eval_blocks": 64, "keep_best": True,
+        "epochs": 100,
     },
 }
 # prose-like prefixes: "The " alone often starts a heading underlined with "****"
