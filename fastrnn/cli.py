@@ -283,7 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", default=None, metavar="FILE",
                    help="continue training from a checkpoint")
     g.add_argument("--plot", default=None, metavar="PNG",
-                   help="write train/validation perplexity per epoch as a PNG "
+                   help="write train/validation perplexity per epoch as a PNG, and the "
+                        "loss against wall time when --eval-interval is set "
                         "(needs matplotlib: pip install 'fastrnn[plot]')")
     g.add_argument("--prefix", default=None, metavar="TEXT",
                    help="prefix of the sample printed after each epoch "
@@ -403,13 +404,25 @@ def _check_plot_available() -> None:
                        "pip install 'fastrnn[plot]' (or pip install matplotlib)") from None
 
 
-def _write_plot(path: str, history: list[dict], title: str) -> None:
+def _write_plot(path: str, history: list[dict], title: str, evals=None) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     ep = [r["epoch"] for r in history]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    if evals:                      # a second panel: validation loss against wall time
+        fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+        ax2.plot([r["wall_time"] for r in evals], [r["val_loss"] for r in evals], ".-",
+                 label="validation (256-char blocks)")
+        tr = [(r["wall_time"], r["train_loss"]) for r in evals if r.get("train_loss")]
+        if tr:
+            ax2.plot(*zip(*tr), ".-", label="train (since last evaluation)")
+        ax2.set_xlabel("seconds")
+        ax2.set_ylabel("loss (nats/char)")
+        ax2.grid(True, alpha=0.3)
+        ax2.legend()
+    else:
+        fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(ep, [r["train_ppl"] for r in history], "o-", label="train")
     val = [(r["epoch"], r["val_ppl"]) for r in history if r.get("val_ppl") is not None]
     if val:
@@ -531,7 +544,7 @@ def _cmd_train(args) -> int:
 
     def on_epoch(model, rec):
         if not progress:
-            val = (f", val loss {rec['val_loss']:.4f} nats/char (ppl {rec['val_ppl']:.3f})"
+            val = (f", val ppl {rec['val_ppl']:.3f} ({rec['val_loss']:.4f} nats/char)"
                    if rec.get("val_ppl") else "")
             print(f"epoch {rec['epoch']}/{epochs}: train ppl {rec['train_ppl']:.3f}{val}, "
                   f"{rec['tokens_per_s']:,.0f} tokens/s, {rec['wall_time']:.1f} s", flush=True)
@@ -598,7 +611,7 @@ def _cmd_train(args) -> int:
         h = lm.history
         if h:
             last = h[-1]
-            val = (f", val loss {last['val_loss']:.4f} nats/char (ppl {last['val_ppl']:.3f})"
+            val = (f", val ppl {last['val_ppl']:.3f} ({last['val_loss']:.4f} nats/char)"
                    if last.get("val_ppl") else "")
             print(f"done: {len(h)} epochs, train ppl {last['train_ppl']:.3f}{val}; "
                   f"{wall:.1f} s; model saved to {out}", flush=True)
@@ -613,7 +626,8 @@ def _cmd_train(args) -> int:
             from .train.trainer import best_path
             print(f"best parameters saved to {best_path(ckpt)}", flush=True)
     if args.plot and lm.history:
-        _write_plot(args.plot, lm.history, f"{corpus}: {_describe(lm)}, {optimizer}")
+        _write_plot(args.plot, lm.history, f"{corpus}: {_describe(lm)}, {optimizer}",
+                    lm.eval_history)
         print(f"perplexity curve written to {args.plot}", flush=True)
     return status
 

@@ -437,3 +437,16 @@ def test_cli_preset_fills_defaults_and_flags_override():
                  "--keep-best", "--patience", "--eval-interval", "--on-spike", "--preset",
                  "--weight-decay", "--max-steps", "--time-budget"):
         assert flag in h
+
+
+def test_cli_plot_with_step_evaluations(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    from fastrnn.cli import main
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(TEXT * 2)
+    png = tmp_path / "curve.png"
+    assert main(["train", "--corpus", str(corpus), "--hidden", "8", "--steps", "8", "--batch",
+                 "4", "--epochs", "1", "--threads", "1", "--no-progress", "--sample-length",
+                 "0", "--eval-interval", "5", "--val-fraction", "0.2", "--plot", str(png),
+                 "--out", str(tmp_path / "m.npz")]) == 0
+    assert png.stat().st_size > 0
