@@ -25,11 +25,16 @@ Extension points (each a method or an object passed in):
   flags, the rows of a batch each rank computes, root-only output.
 - ``schedule`` (:mod:`fastrnn.train.schedules`): this step's learning rate.
 - :meth:`Trainer._optimizer_step` / :mod:`fastrnn.train.optim`: the update rule.
-- :meth:`Trainer._validate`: the validation loss (per epoch today; an evaluation
-  every N steps calls it from :meth:`Trainer._after_step`).
+- :meth:`Trainer._validate`: the per-epoch validation loss;
+  :meth:`Trainer._block_totals`: the (sum, count) of an evaluation every
+  ``eval_interval`` steps (256-char blocks from a zero state), which
+  :meth:`Trainer._step_eval` records and :meth:`Trainer._judge` turns into the
+  keep-best and early-stopping decisions (the same on every rank given the same loss).
 - :meth:`Trainer._after_step`, :meth:`Trainer._after_epoch`: per-step and per-epoch
-  decisions (evaluate, keep the best parameters, stop early); they return True to stop.
-- :meth:`Trainer._diverged`: what a non-finite or absurd loss does.
+  decisions (evaluate, ``max_steps``, ``time_budget``, callbacks); they return True
+  to stop.
+- :meth:`Trainer._diverged`: what a non-finite loss does (always stops);
+  :meth:`Trainer._spike`: what a finite absurd loss does (``on_spike``).
 """
 from __future__ import annotations
 
