@@ -243,6 +243,72 @@ def adam_update(floating[::1] param,          # IN/OUT (P,)
         fastrnn_fp_restore(mode)
 
 
+cdef inline void _adam_span(floating* param, const floating* grad, floating* m, floating* v,
+                            Py_ssize_t i0, Py_ssize_t i1, floating keep, floating b1,
+                            floating b2, floating c1, floating c2, floating step_size,
+                            floating inv_sqrt_bc2, floating e) noexcept nogil:
+    """Adam on param[i0:i1], each entry first multiplied by ``keep`` (AdamW's decay)."""
+    cdef Py_ssize_t i
+    cdef floating g
+    for i in range(i0, i1):
+        g = grad[i]
+        m[i] = b1 * m[i] + c1 * g
+        v[i] = b2 * v[i] + c2 * g * g
+        param[i] = param[i] * keep - step_size * m[i] / (<floating>sqrt(v[i]) * inv_sqrt_bc2 + e)
+
+
+def adamw_update(floating[::1] param,         # IN/OUT (P,)
+                 const floating[::1] grad,    # IN (P,)
+                 floating[::1] m,             # IN/OUT (P,) first moment
+                 floating[::1] v,             # IN/OUT (P,) second moment
+                 const int64_t[:, ::1] decay, # IN (R, 2) sorted [start, stop) ranges decayed
+                 double lr, double beta1, double beta2, double eps, double weight_decay,
+                 int64_t step):               # IN t >= 1, the number of this update
+    """AdamW (Loshchilov & Hutter; PyTorch's ``torch.optim.AdamW``), one pass::
+
+        p *= 1 - lr * weight_decay          # only inside the ``decay`` ranges
+        m = b1 m + (1-b1) g ;  v = b2 v + (1-b2) g*g
+        p -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+
+    ``decay`` holds the weight matrices' ranges of the flat buffer, sorted and
+    disjoint; every other entry (biases) is updated by plain Adam.
+    """
+    cdef Py_ssize_t r, pos = 0, n = param.shape[0], R = decay.shape[0], a, b
+    cdef floating b1 = <floating>beta1, b2 = <floating>beta2
+    cdef floating c1 = <floating>(1.0 - beta1), c2 = <floating>(1.0 - beta2)
+    cdef floating step_size = <floating>(lr / (1.0 - pow(beta1, <double>step)))
+    cdef floating inv_sqrt_bc2 = <floating>(1.0 / sqrt(1.0 - pow(beta2, <double>step)))
+    cdef floating e = <floating>eps
+    cdef floating keep = <floating>(1.0 - lr * weight_decay)
+    cdef fastrnn_fpmode_t mode
+    if step < 1:
+        raise ValueError(f"step must be >= 1, got {step}")
+    if grad.shape[0] != n or m.shape[0] != n or v.shape[0] != n:
+        raise ValueError("param, grad, m and v must have the same length")
+    if R and decay.shape[1] != 2:
+        raise ValueError("decay must have shape (R, 2)")
+    for r in range(R):
+        a, b = decay[r, 0], decay[r, 1]
+        if a < pos or b < a or b > n:
+            raise ValueError(f"decay ranges must be sorted, disjoint and inside [0, {n}]; "
+                             f"got [{a}, {b}) after {pos}")
+        pos = b
+    pos = 0
+    with nogil:
+        mode = fastrnn_ftz_on()
+        for r in range(R):
+            a, b = decay[r, 0], decay[r, 1]
+            _adam_span(&param[0], &grad[0], &m[0], &v[0], pos, a, <floating>1, b1, b2, c1,
+                       c2, step_size, inv_sqrt_bc2, e)
+            _adam_span(&param[0], &grad[0], &m[0], &v[0], a, b, keep, b1, b2, c1, c2,
+                       step_size, inv_sqrt_bc2, e)
+            pos = b
+        if pos < n:
+            _adam_span(&param[0], &grad[0], &m[0], &v[0], pos, n, <floating>1, b1, b2, c1, c2,
+                       step_size, inv_sqrt_bc2, e)
+        fastrnn_fp_restore(mode)
+
+
 # ---------------------------------------------------------------------------
 # generation
 

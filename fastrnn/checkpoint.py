@@ -52,11 +52,16 @@ Schema 2 (``meta``)::
                         num_layers, dropout, nonlinearity, dtype
     vocab               Vocab.to_dict()
     history             list of per-epoch records
+    eval_history        list of the evaluations every N steps (optional; [] if absent)
     info                free JSON object (the command line's corpus, prefix, ...)
     train               null, or {"config": TrainConfig.to_dict(),
                                   "data": {"text_sha1", "val_sha1"},
                                   "state": {"epoch", "batch", "step", "loss_sum",
-                                            "tokens", "seconds", "epoch_rng"}}
+                                            "tokens", "seconds", "epoch_rng",
+                                            optional: "seed", "horizon",
+                                            "steps_per_epoch", "elapsed", "best_loss",
+                                            "best_step", "bad_evals", "spikes",
+                                            "skipped", "eval_loss_sum", "eval_tokens"}}
     optional_arrays     [] (names of arrays a reader may ignore)
 
 Arrays: the parameters under their names in :func:`fastrnn.params.param_names`

@@ -40,9 +40,21 @@ TRAIN_DEFAULTS = {
     "sample_length": 200,
     "temperature": 0.8,
 }
-DEFAULT_LR = {"sgd": 1.0, "adagrad": 0.1, "adam": 0.003}
+DEFAULT_LR = {"sgd": 1.0, "adagrad": 0.1, "adam": 0.003, "adamw": 0.003}
+# Named settings (``--preset NAME``); explicit flags override them. The search behind
+# them is benches/quality_search.md.
+PRESETS = {
+    "shakespeare": {
+        "corpus": "shakespeare", "cell": "gru", "layers": 1, "hidden": 128, "batch": 32,
+        "steps": 64, "optimizer": "adamw", "lr": 0.015, "weight_decay": 0.01,
+        "schedule": "cosine", "warmup_steps": 100, "max_steps": 1800, "time_budget": 180.0,
+        "clip": 1.0, "eval_interval": 200, "eval_blocks": 64, "keep_best": True,
+        "epochs": 100,
+    },
+}
 # prose-like prefixes: "The " alone often starts a heading underlined with "****"
-PREFIXES = {"builtin": "The object ", "time-machine": "time traveller "}
+PREFIXES = {"builtin": "The object ", "time-machine": "time traveller ",
+            "shakespeare": "ROMEO:\n"}
 
 EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 1, 130
 
@@ -152,8 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     corpus_help = ("'builtin' (Python's own documentation text, no download), "
-                   "'time-machine' (d2l's The Time Machine, downloaded once and cached in "
-                   "$FASTRNN_DATA or ~/.cache/fastrnn), or the path of a UTF-8 text file")
+                   "'time-machine' (d2l's The Time Machine) or 'shakespeare' "
+                   "(tiny-shakespeare, validated on nanoGPT's last 10%%), each downloaded "
+                   "once and cached in $FASTRNN_DATA or ~/.cache/fastrnn, or the path of a "
+                   "UTF-8 text file")
     pre_help = ("'d2l': lowercase letters and single spaces (d2l's preprocessing); 'raw': "
                 "the text as is; 'auto' (default): d2l for time-machine, raw otherwise")
 
@@ -172,7 +186,15 @@ def build_parser() -> argparse.ArgumentParser:
                "  fastrnn train --corpus time-machine --hidden 512 --optimizer sgd --lr 1\n"
                "  fastrnn train --cell lstm --layers 2 --dropout 0.2 --hidden 256\n"
                "  fastrnn train --corpus my.txt --epochs 30 --plot curve.png\n"
-               "  fastrnn train --resume model.npz --epochs 20")
+               "  fastrnn train --resume model.npz --epochs 20\n"
+               "  fastrnn train --preset shakespeare --time-budget 180\n"
+               "  fastrnn train --corpus shakespeare --optimizer adamw --schedule cosine "
+               "--warmup-steps 100 --max-steps 2000 --eval-interval 250 --keep-best")
+    t.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="named settings (explicit flags override them): 'shakespeare' = "
+                        + " ".join(f"--{k.replace('_', '-')} {v}" if v is not True else
+                                   f"--{k.replace('_', '-')}"
+                                   for k, v in PRESETS["shakespeare"].items()))
     g = t.add_argument_group("data")
     g.add_argument("--corpus", default=None, metavar="CORPUS",
                    help=f"{corpus_help} (default: builtin)")
@@ -225,6 +247,42 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--threads", type=_positive_int, default=None, metavar="N",
                    help="OpenMP threads (default: $FASTRNN_NUM_THREADS, $OMP_NUM_THREADS, "
                         "or all cores)")
+    g.add_argument("--weight-decay", type=_nonneg_float, default=None, metavar="X",
+                   help="AdamW's decoupled weight decay on the weight matrices "
+                        "(default: 0.01; --optimizer adamw only)")
+    g = t.add_argument_group("schedule, evaluation, stopping")
+    g.add_argument("--schedule", choices=("constant", "step", "cosine"), default=None,
+                   help="learning rate per step: constant, step (char-rnn: times "
+                        "--decay-factor after every epoch from --decay-after on) or cosine "
+                        "(nanoGPT: linear warm-up, cosine down to --min-lr at the last step) "
+                        "(default: constant)")
+    g.add_argument("--warmup-steps", type=_nonneg_int, default=None, metavar="N",
+                   help="linear warm-up steps (default: 0)")
+    g.add_argument("--min-lr", type=_nonneg_float, default=None, metavar="X",
+                   help="the cosine schedule's final rate (default: lr/10)")
+    g.add_argument("--decay-factor", type=_positive_float, default=None, metavar="X",
+                   help="the step schedule's factor per epoch, in (0, 1] (default: 0.97)")
+    g.add_argument("--decay-after", type=_positive_int, default=None, metavar="N",
+                   help="the step schedule decays after epoch N and every later one "
+                        "(default: 10)")
+    g.add_argument("--max-steps", type=_positive_int, default=None, metavar="N",
+                   help="stop after N optimizer steps (also the schedule's horizon)")
+    g.add_argument("--time-budget", type=_positive_float, default=None, metavar="S",
+                   help="stop after S seconds of training (does not change the schedule)")
+    g.add_argument("--eval-interval", type=_positive_int, default=None, metavar="N",
+                   help="also evaluate every N steps: mean loss over 256-character "
+                        "validation blocks, each from a zero state (nanoGPT's measure)")
+    g.add_argument("--eval-blocks", type=_positive_int, default=None, metavar="N",
+                   help="evaluate only N evenly spaced blocks (default: all)")
+    g.add_argument("--keep-best", action="store_true", default=None,
+                   help="save the parameters with the lowest validation loss to "
+                        "<out stem>.best.npz (the --out file holds the last ones)")
+    g.add_argument("--patience", type=_positive_int, default=None, metavar="N",
+                   help="stop after N evaluations without a new best validation loss")
+    g.add_argument("--on-spike", choices=("skip", "rollback", "stop"), default=None,
+                   help="a finite loss spike (> 10 log V + 10 nats) skips the minibatch, "
+                        "rolls back the last update and skips, or stops (default: skip); "
+                        "NaN/inf always stops")
     g.add_argument("--seed", type=_nonneg_int, default=None, metavar="N",
                    help=f"seed of initialisation, minibatch order and samples "
                         f"(default: {d['seed']})")
@@ -237,7 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", default=None, metavar="FILE",
                    help="continue training from a checkpoint")
     g.add_argument("--plot", default=None, metavar="PNG",
-                   help="write train/validation perplexity per epoch as a PNG "
+                   help="write train/validation perplexity per epoch as a PNG, and the "
+                        "loss against wall time when --eval-interval is set "
                         "(needs matplotlib: pip install 'fastrnn[plot]')")
     g.add_argument("--prefix", default=None, metavar="TEXT",
                    help="prefix of the sample printed after each epoch "
@@ -299,6 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch", type=_positive_int, default=1, metavar="N",
                    help="cut the text into N streams evaluated in parallel: faster, "
                         "slightly different value (default: 1, exact)")
+    e.add_argument("--block", type=_positive_int, default=None, metavar="N",
+                   help="also report the mean loss over contiguous N-character blocks, each "
+                        "from a zero state (nanoGPT's validation loss: --block 256)")
     e.add_argument("--threads", type=_positive_int, default=None, metavar="N",
                    help="OpenMP threads (default: all cores)")
     _add_export_parser(sub, fmt)
@@ -323,14 +385,16 @@ def _load_corpus(spec: str, preprocess: str | None) -> tuple[str, str]:
         text = datasets.builtin_text()
     elif spec == "time-machine":
         text = datasets.time_machine()
+    elif spec == "shakespeare":
+        text = datasets.tiny_shakespeare()
     else:
         path = Path(spec).expanduser()
         if path.is_dir():
             raise CLIError(f"corpus {spec!r} is a directory; give a text file, "
                            "'builtin' or 'time-machine'")
         if not path.is_file():
-            raise CLIError(f"corpus {spec!r} is neither 'builtin', 'time-machine' nor an "
-                           "existing file")
+            raise CLIError(f"corpus {spec!r} is neither 'builtin', 'time-machine', "
+                           "'shakespeare' nor an existing file")
         try:
             text = datasets.load_text(path)
         except UnicodeDecodeError as exc:
@@ -353,13 +417,25 @@ def _check_plot_available() -> None:
                        "pip install 'fastrnn[plot]' (or pip install matplotlib)") from None
 
 
-def _write_plot(path: str, history: list[dict], title: str) -> None:
+def _write_plot(path: str, history: list[dict], title: str, evals=None) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     ep = [r["epoch"] for r in history]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    if evals:                      # a second panel: validation loss against wall time
+        fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+        ax2.plot([r["wall_time"] for r in evals], [r["val_loss"] for r in evals], ".-",
+                 label="validation (256-char blocks)")
+        tr = [(r["wall_time"], r["train_loss"]) for r in evals if r.get("train_loss")]
+        if tr:
+            ax2.plot(*zip(*tr), ".-", label="train (since last evaluation)")
+        ax2.set_xlabel("seconds")
+        ax2.set_ylabel("loss (nats/char)")
+        ax2.grid(True, alpha=0.3)
+        ax2.legend()
+    else:
+        fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(ep, [r["train_ppl"] for r in history], "o-", label="train")
     val = [(r["epoch"], r["val_ppl"]) for r in history if r.get("val_ppl") is not None]
     if val:
@@ -400,6 +476,10 @@ def _cmd_train(args) -> int:
     d = TRAIN_DEFAULTS
     if args.plot:
         _check_plot_available()
+    if args.preset:
+        for key, value in PRESETS[args.preset].items():
+            if getattr(args, key, None) is None:
+                setattr(args, key, value)
     lm = None
     info: dict = {}
     cfg: dict = {}
@@ -424,7 +504,7 @@ def _cmd_train(args) -> int:
     preprocess = args.preprocess or info.get("preprocess")
     text, mode = _load_corpus(corpus, preprocess)
     vf = args.val_fraction if args.val_fraction is not None else info.get(
-        "val_fraction", d["val_fraction"])
+        "val_fraction", 0.1 if corpus == "shakespeare" else d["val_fraction"])
     optimizer = args.optimizer or cfg.get("optimizer") or d["optimizer"]
     lr = args.lr if args.lr is not None else cfg.get("lr") or DEFAULT_LR[optimizer]
     if args.clip is not None:
@@ -457,7 +537,10 @@ def _cmd_train(args) -> int:
     lm.info = {"corpus": corpus, "preprocess": mode, "val_fraction": vf, "seed": seed,
                "prefix": prefix, "out": str(out)}
     ids = lm.vocab.encode(text)
-    train_ids, val_ids = datasets.train_val_split(ids, vf)
+    if corpus == "shakespeare" and vf:               # nanoGPT's cut: int(n * 0.9)
+        train_ids, val_ids = datasets.nanogpt_split(ids, 1 - vf)
+    else:
+        train_ids, val_ids = datasets.train_val_split(ids, vf)
     if vf and len(val_ids) < 2:
         val_ids = None
     if not vf:
@@ -474,7 +557,8 @@ def _cmd_train(args) -> int:
 
     def on_epoch(model, rec):
         if not progress:
-            val = f", val ppl {rec['val_ppl']:.3f}" if rec.get("val_ppl") else ""
+            val = (f", val ppl {rec['val_ppl']:.3f} ({rec['val_loss']:.4f} nats/char)"
+                   if rec.get("val_ppl") else "")
             print(f"epoch {rec['epoch']}/{epochs}: train ppl {rec['train_ppl']:.3f}{val}, "
                   f"{rec['tokens_per_s']:,.0f} tokens/s, {rec['wall_time']:.1f} s", flush=True)
         if args.sample_length:
@@ -482,14 +566,49 @@ def _cmd_train(args) -> int:
                                seed=seed + rec["epoch"])
             print(_indent(s), flush=True)
 
+    extra = {}
+    for key in ("weight_decay", "schedule", "warmup_steps", "min_lr", "decay_factor",
+                "decay_after", "max_steps", "time_budget", "eval_interval", "eval_blocks",
+                "keep_best", "patience", "on_spike"):
+        v = getattr(args, key, None)
+        if v is None and key in cfg:
+            v = cfg[key]
+        if v is not None:
+            extra[key] = v
+    if extra.get("decay_factor", 1) > 1:
+        raise CLIError(f"--decay-factor must be in (0, 1], got {extra['decay_factor']}")
     config = TrainConfig(epochs=epochs, batch_size=batch, num_steps=steps, lr=lr,
                          optimizer=optimizer, clip=clip, clip_value=clip_value,
                          sampling=sampling, num_threads=args.threads, progress=progress,
-                         checkpoint=ckpt, seed=seed)
+                         checkpoint=ckpt, seed=seed, **extra)
+    if config.eval_interval and not progress:
+        seen = [0]
+
+        def on_step_evals():
+            ev = lm.eval_history
+            for r in ev[seen[0]:]:
+                print(f"step {r['step']}: val loss {r['val_loss']:.4f} nats/char (ppl "
+                      f"{r['val_ppl']:.3f}, 256-char blocks), train loss "
+                      f"{r['train_loss']:.4f}, lr {r['lr']:.3g}, {r['wall_time']:.0f} s"
+                      + (" (best)" if r.get("best") else ""), flush=True)
+            seen[0] = len(ev)
+    else:
+        on_step_evals = None
     status = 0
     try:
-        lm.fit(train_ids, val_text=val_ids, config=config, resume=bool(args.resume),
-               callbacks=[on_epoch])
+        if on_step_evals is None:
+            lm.fit(train_ids, val_text=val_ids, config=config, resume=bool(args.resume),
+                   callbacks=[on_epoch])
+        else:
+            from .train import Trainer
+
+            class _Printing(Trainer):
+                def _step_eval(self, st):
+                    stop = super()._step_eval(st)
+                    on_step_evals()
+                    return stop
+            _Printing(lm, config, callbacks=[on_epoch]).fit(
+                train_ids, val_ids, resume=bool(args.resume))
     except TrainingInterrupted as exc:
         where = (f"after epoch {exc.epoch}" if exc.batch == 0
                  else f"at epoch {exc.epoch}, minibatch {exc.batch}")
@@ -505,11 +624,23 @@ def _cmd_train(args) -> int:
         h = lm.history
         if h:
             last = h[-1]
-            val = f", val ppl {last['val_ppl']:.3f}" if last.get("val_ppl") else ""
+            val = (f", val ppl {last['val_ppl']:.3f} ({last['val_loss']:.4f} nats/char)"
+                   if last.get("val_ppl") else "")
             print(f"done: {len(h)} epochs, train ppl {last['train_ppl']:.3f}{val}; "
                   f"{wall:.1f} s; model saved to {out}", flush=True)
+        st = lm.training_state or {}
+        if lm.eval_history:
+            r = lm.eval_history[-1]
+            print(f"last evaluation: step {r['step']}, val loss {r['val_loss']:.4f} nats/char "
+                  f"(ppl {r['val_ppl']:.3f}, 256-char blocks)"
+                  + (f"; best {st['best_loss']:.4f} at step {st['best_step']}"
+                     if st.get("best_loss") is not None else ""), flush=True)
+        if config.keep_best and st.get("best_loss") is not None:
+            from .train.trainer import best_path
+            print(f"best parameters saved to {best_path(ckpt)}", flush=True)
     if args.plot and lm.history:
-        _write_plot(args.plot, lm.history, f"{corpus}: {_describe(lm)}, {optimizer}")
+        _write_plot(args.plot, lm.history, f"{corpus}: {_describe(lm)}, {optimizer}",
+                    lm.eval_history)
         print(f"perplexity curve written to {args.plot}", flush=True)
     return status
 
@@ -550,7 +681,10 @@ def _cmd_eval(args) -> int:
     vf = args.val_fraction if args.val_fraction is not None else (
         info.get("val_fraction", 0.0) if same else 0.0)
     ids = lm.vocab.encode(text)
-    _, part = datasets.train_val_split(ids, vf) if vf else (None, ids)
+    if vf and corpus == "shakespeare":
+        _, part = datasets.nanogpt_split(ids, 1 - vf)
+    else:
+        _, part = datasets.train_val_split(ids, vf) if vf else (None, ids)
     if len(part) < 2:
         raise CLIError(f"the text to evaluate has {len(part)} characters; at least 2 needed")
     unk = lm.vocab.unk_id
@@ -563,6 +697,10 @@ def _cmd_eval(args) -> int:
           f"{corpus} ({len(part):,} characters, {mode} preprocessing) in {dt:.1f} s"
           + (f"; {n_unk:,} characters outside the model's vocabulary" if n_unk else "")
           + f" [model: {_describe(lm)}]")
+    if args.block:
+        bp = lm.perplexity(part, block=args.block, num_threads=args.threads)
+        print(f"block perplexity {bp:.4f} (cross-entropy {math.log(bp):.4f} nats/char) over "
+              f"contiguous {args.block}-character blocks, each from a zero state")
     return 0
 
 

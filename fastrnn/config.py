@@ -29,12 +29,15 @@ import numpy as np
 from .params import CELLS
 
 __all__ = ["ModelConfig", "TrainConfig", "CELLS", "NONLINEARITIES", "DTYPES", "OPTIMIZERS",
-           "SAMPLINGS"]
+           "SAMPLINGS", "SCHEDULES", "SPIKE_POLICIES"]
 
 NONLINEARITIES = ("tanh", "relu")
 DTYPES = ("float32", "float64")
-OPTIMIZERS = ("sgd", "adagrad", "adam")
+OPTIMIZERS = ("sgd", "adagrad", "adam", "adamw")
 SAMPLINGS = ("sequential", "random", "windows")
+SCHEDULES = ("constant", "step", "cosine")
+SPIKE_POLICIES = ("skip", "rollback", "stop")
+DEFAULT_WEIGHT_DECAY = 0.01                      # AdamW's (PyTorch's default)
 DEFAULT_EPS = 1e-8                               # Adagrad's and Adam's epsilon
 
 
@@ -182,11 +185,69 @@ class TrainConfig(_DictMixin):
         truncation length.
     lr : float, default 1.0
         Learning rate (d2l uses 1 with SGD; try 0.002 to 0.01 with Adam, 0.1 with Adagrad).
-    optimizer : {"sgd", "adagrad", "adam"}, default "sgd"
+    optimizer : {"sgd", "adagrad", "adam", "adamw"}, default "sgd"
+        ``"adamw"`` is Adam with decoupled weight decay (PyTorch's ``AdamW``):
+        ``p -= lr * weight_decay * p`` on the weight matrices (names starting with
+        ``W_``) before Adam's update, with this step's scheduled ``lr``.
     betas : (float, float), default (0.9, 0.999)
         Adam's moment decay rates.
     eps : float, optional
         Adagrad's / Adam's epsilon (None: 1e-8).
+    weight_decay : float, optional
+        AdamW's decoupled weight decay (None: 0.01, PyTorch's default); other
+        optimizers refuse a non-zero value.
+    schedule : {"constant", "step", "cosine"}, default "constant"
+        The learning rate of each optimizer step ``s`` (0-based), a pure function of
+        ``s`` and of the run's horizon ``S`` (total steps, fixed when the run starts
+        and stored in the checkpoint; see :mod:`fastrnn.train.schedules`):
+        ``"constant"``: ``lr``. ``"step"`` (char-rnn): ``lr * decay_factor ** k``
+        with ``k = max(0, e - decay_after + 1)`` and ``e`` the completed epochs at
+        step ``s``. ``"cosine"`` (nanoGPT): linear warm-up from ``lr / warmup_steps``
+        to ``lr`` over ``warmup_steps``, then a half cosine down to ``min_lr`` at ``S``
+        (and ``min_lr`` after it).
+    warmup_steps : int, default 0
+        Linear warm-up steps (``"cosine"``; ``"constant"`` and ``"step"`` warm up too
+        when it is > 0).
+    min_lr : float, optional
+        The cosine schedule's final rate (None: ``lr / 10``, nanoGPT's).
+    decay_factor : float in (0, 1], default 0.97
+        The step schedule's factor per epoch (char-rnn's ``learning_rate_decay``).
+    decay_after : int, default 10
+        The step schedule decays after each epoch from this one on (char-rnn's
+        ``learning_rate_decay_after``): epochs ``1..decay_after`` run at ``lr``.
+    max_steps : int, optional
+        Stop after this many optimizer steps in total (the horizon is then
+        ``min(max_steps, epochs * steps per epoch)``).
+    time_budget : float, optional
+        Stop at the first step boundary after this many seconds of training (wall
+        time of the run, evaluations included, summed over resumes). Does not
+        change the schedule's horizon (give ``max_steps`` for that).
+    eval_interval : int, optional
+        Evaluate on the validation text every this many optimizer steps (besides the
+        per-epoch validation); the results go to :attr:`CharLM.eval_history`.
+    eval_block : int, default 256
+        These evaluations are the mean cross-entropy over contiguous blocks of
+        ``eval_block`` characters of the validation text, each from a zero state
+        (nanoGPT's measure; :meth:`CharLM.perplexity` with ``block=``).
+    eval_blocks : int, optional
+        Use only this many blocks, evenly spaced over the validation text and the
+        same at every evaluation (None: all of them).
+    keep_best : bool, default False
+        Save the parameters with the lowest validation loss (of the step evaluations
+        when ``eval_interval`` is set, else of the epochs) to
+        ``<checkpoint stem>.best.npz`` beside ``checkpoint`` (which it needs).
+        ``fit`` still ends holding the LAST parameters.
+    patience : int, optional
+        Stop early after this many evaluations in a row without a new best
+        validation loss (counted as for ``keep_best``).
+    on_spike : {"skip", "rollback", "stop"}, default "skip"
+        What a finite but absurd minibatch loss (above ``10 log V + 10`` nats) does:
+        ``"skip"`` the step (no update, carried state reset), ``"rollback"`` to the
+        parameters before the previous update and skip, or ``"stop"``
+        (:class:`fastrnn.TrainingDiverged`). A NaN/inf loss, gradient norm or
+        parameter always stops, as do more than ``max_spikes`` spikes in a row.
+    max_spikes : int, default 20
+        Consecutive spikes tolerated by ``"skip"`` and ``"rollback"``.
     clip : float or None, default 1.0
         Clip the gradient to this global norm; None disables it.
     clip_value : float or None
@@ -217,6 +278,21 @@ class TrainConfig(_DictMixin):
     seed: int | None = None
     progress: bool = True
     checkpoint: str | None = None
+    weight_decay: float | None = None
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    min_lr: float | None = None
+    decay_factor: float = 0.97
+    decay_after: int = 10
+    max_steps: int | None = None
+    time_budget: float | None = None
+    eval_interval: int | None = None
+    eval_block: int = 256
+    eval_blocks: int | None = None
+    keep_best: bool = False
+    patience: int | None = None
+    on_spike: str = "skip"
+    max_spikes: int = 20
 
     def __post_init__(self):
         s = object.__setattr__
@@ -249,11 +325,54 @@ class TrainConfig(_DictMixin):
                 raise TypeError(f"checkpoint must be a path or None, got "
                                 f"{type(self.checkpoint).__name__}")
             s(self, "checkpoint", os.fspath(self.checkpoint))
+        if self.weight_decay is not None:
+            wd = _float("weight_decay", self.weight_decay, nonneg=True)
+            if wd and self.optimizer != "adamw":
+                raise ValueError(f"weight_decay={wd:g} applies to optimizer='adamw' only "
+                                 f"(optimizer={self.optimizer!r})")
+            s(self, "weight_decay", wd)
+        s(self, "schedule", _choice("schedule", self.schedule, SCHEDULES))
+        s(self, "warmup_steps", _pos_int("warmup_steps", self.warmup_steps, minimum=0))
+        if self.min_lr is not None:
+            s(self, "min_lr", _float("min_lr", self.min_lr, nonneg=True))
+            if self.min_lr > self.lr:
+                raise ValueError(f"min_lr={self.min_lr:g} must not exceed lr={self.lr:g}")
+        f = _float("decay_factor", self.decay_factor, positive=True)
+        if f > 1:
+            raise ValueError(f"decay_factor must be in (0, 1], got {self.decay_factor}")
+        s(self, "decay_factor", f)
+        s(self, "decay_after", _pos_int("decay_after", self.decay_after))
+        for name in ("max_steps", "eval_interval", "eval_blocks", "patience"):
+            if getattr(self, name) is not None:
+                s(self, name, _pos_int(name, getattr(self, name)))
+        if self.time_budget is not None:
+            s(self, "time_budget", _float("time_budget", self.time_budget, positive=True))
+        s(self, "eval_block", _pos_int("eval_block", self.eval_block, minimum=2))
+        if not isinstance(self.keep_best, (bool, np.bool_)):
+            raise TypeError(f"keep_best must be a bool, got {type(self.keep_best).__name__}")
+        s(self, "keep_best", bool(self.keep_best))
+        if self.keep_best and self.checkpoint is None:
+            raise ValueError("keep_best=True saves the best parameters beside the "
+                             "checkpoint: give checkpoint= as well")
+        s(self, "on_spike", _choice("on_spike", self.on_spike, SPIKE_POLICIES))
+        s(self, "max_spikes", _pos_int("max_spikes", self.max_spikes))
 
     @property
     def resolved_eps(self) -> float:
         """``eps``, or the optimizer's default when None."""
         return DEFAULT_EPS if self.eps is None else self.eps
+
+    @property
+    def resolved_weight_decay(self) -> float:
+        """``weight_decay``, or AdamW's default (0.01) when None; 0 for other optimizers."""
+        if self.optimizer != "adamw":
+            return 0.0
+        return DEFAULT_WEIGHT_DECAY if self.weight_decay is None else self.weight_decay
+
+    @property
+    def resolved_min_lr(self) -> float:
+        """``min_lr``, or ``lr / 10`` when None."""
+        return self.lr / 10 if self.min_lr is None else self.min_lr
 
     # The options that fix the shape of the training state: a resumed run must keep them.
     RESUME_FIXED = ("batch_size", "num_steps", "optimizer", "sampling")

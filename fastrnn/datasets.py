@@ -47,6 +47,10 @@ __all__ = [
     "builtin_text",
     "data_dir",
     "time_machine",
+    "TINY_SHAKESPEARE_URL",
+    "TINY_SHAKESPEARE_SHA1",
+    "tiny_shakespeare",
+    "nanogpt_split",
     "load_text",
     "Minibatches",
     "num_batches",
@@ -60,6 +64,10 @@ __all__ = [
 TIME_MACHINE_URL = "http://d2l-data.s3-accelerate.amazonaws.com/timemachine.txt"
 TIME_MACHINE_SHA1 = "090b5e7e70c295757f55df93cb0a180b9691891a"
 _TIME_MACHINE_FILE = "timemachine.txt"
+TINY_SHAKESPEARE_URL = ("https://raw.githubusercontent.com/karpathy/char-rnn/master/data/"
+                        "tinyshakespeare/input.txt")
+TINY_SHAKESPEARE_SHA1 = "04486597058d11dcc2c556b1d0433891eb639d2e"
+_TINY_SHAKESPEARE_FILE = "tinyshakespeare.txt"
 
 RngLike = Union[int, np.random.Generator, None]
 
@@ -197,6 +205,73 @@ def _download(url: str, dest: Path, sha1: str, timeout: float = 30.0) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _cached_corpus(name: str, file: str, url: str, sha1: str, data_dir, download: bool) -> str:
+    """The text of a corpus cached as ``file`` in ``data_dir``, downloaded once."""
+    root = Path(data_dir).expanduser() if data_dir is not None else _default_data_dir()
+    path = root / file
+    manual = (f"Download {url} yourself and save it as {path} (sha1 {sha1}), or set "
+              f"FASTRNN_DATA to a directory holding {file}.")
+    if path.exists():
+        got = _sha1(path)
+        if got != sha1:
+            raise ChecksumMismatchError(
+                f"{path} has sha1 {got} but {name}'s is {sha1}: the file is corrupt, truncated, "
+                "re-encoded (e.g. CRLF line ends) or another text. It was left untouched; move "
+                f"or delete it to download again. {manual}")
+    elif not download:
+        raise DatasetUnavailableError(f"{path} does not exist and download=False. {manual}")
+    else:
+        try:
+            _download(url, path, sha1)
+        except (OSError, http.client.HTTPException) as exc:
+            raise DatasetUnavailableError(f"could not download {name} ({exc}). {manual}") from exc
+        except ChecksumMismatchError as exc:
+            raise ChecksumMismatchError(f"{exc}. {manual}") from None
+    return path.read_text(encoding="utf-8")
+
+
+def tiny_shakespeare(*, data_dir: str | os.PathLike | None = None, download: bool = True,
+                     split: bool = False) -> str | tuple[str, str]:
+    """Karpathy's tiny-shakespeare (char-rnn, nanoGPT): 1,115,394 characters, 65 distinct.
+
+    Cached as ``tinyshakespeare.txt`` where :func:`time_machine` caches its file
+    (``data_dir``, default :func:`fastrnn.datasets.data_dir`): downloaded once from
+    :data:`TINY_SHAKESPEARE_URL`, checked against :data:`TINY_SHAKESPEARE_SHA1`, and
+    read without the network when it is there. Build the vocabulary from the whole
+    text (``Vocab(text)``: the 65 characters plus ``<unk>``).
+
+    Parameters
+    ----------
+    data_dir : path-like, optional
+    download : bool, default True
+        If False, never use the network.
+    split : bool, default False
+        Return ``(train, val)``: nanoGPT's split, the first 90% and the last 10%
+        (:func:`nanogpt_split`).
+
+    Returns
+    -------
+    str or (str, str)
+
+    Raises
+    ------
+    DatasetUnavailableError, ChecksumMismatchError
+        As :func:`time_machine`.
+    """
+    text = _cached_corpus("tiny-shakespeare", _TINY_SHAKESPEARE_FILE, TINY_SHAKESPEARE_URL,
+                          TINY_SHAKESPEARE_SHA1, data_dir, download)
+    return nanogpt_split(text) if split else text
+
+
+def nanogpt_split(seq, train_fraction: float = 0.9):
+    """nanoGPT's split: ``seq[:int(n * train_fraction)]``, ``seq[int(n * train_fraction):]``
+    (for tiny-shakespeare 1,003,854 and 111,540 characters)."""
+    if not 0 < train_fraction < 1:
+        raise ValueError(f"train_fraction must be in (0, 1), got {train_fraction!r}")
+    cut = int(len(seq) * train_fraction)
+    return seq[:cut], seq[cut:]
 
 
 def time_machine(*, data_dir: str | os.PathLike | None = None, download: bool = True) -> str:

@@ -167,6 +167,8 @@ class CharLM:
         the suffix ``_l{k}``.
     history : list of dict
         One record per completed training epoch (see :meth:`fit`).
+    eval_history : list of dict
+        The validation evaluations every ``eval_interval`` steps (see :meth:`fit`).
 
     Examples
     --------
@@ -224,6 +226,7 @@ class CharLM:
         self._flat[...] = 0
         self.params = self._views(self._flat)               # named views into _flat
         self.history: list[dict] = []
+        self.eval_history: list[dict] = []                 # evaluations every N steps
         self.info: dict[str, Any] = {}                     # free JSON metadata, saved too
         self._opt: dict[str, np.ndarray] = {}              # optimizer state, flat buffers
         self._train: TrainState | None = None              # resumable training state
@@ -325,11 +328,19 @@ class CharLM:
 
     # -- evaluation -----------------------------------------------------------------
     def perplexity(self, text: str | np.ndarray, *, batch_size: int = 1,
-                   num_threads: int | None = None) -> float:
+                   num_threads: int | None = None, block: int | None = None) -> float:
         """``exp(mean cross-entropy)`` of predicting each character from those before it.
 
         The state starts at zero and is carried through the text, so the first
         character is only context and the other ``n - 1`` are predicted.
+        ``math.log`` of the result is the loss in nats per character.
+
+        With ``block=256`` the text is cut into contiguous blocks instead, each
+        predicted from a zero state (nanoGPT's validation loss): block ``k`` feeds
+        ``ids[k*block : (k+1)*block]`` and predicts the next token of each, and a last
+        shorter block covers the remainder; the result is ``exp`` of the mean over all
+        ``n - 1`` predictions. An RNN carrying its state through the whole stream sees
+        more context, so the streamed value is lower than the block value.
 
         Parameters
         ----------
@@ -340,6 +351,9 @@ class CharLM:
             (faster; each stream restarts from a zero state, so the value
             changes slightly). 1 gives the exact sequential value.
         num_threads : int, optional
+        block : int, optional
+            Evaluate contiguous blocks of this many tokens, each from a zero state
+            (``batch_size`` is then ignored).
 
         Returns
         -------
@@ -350,8 +364,37 @@ class CharLM:
         if len(ids) < 2:
             raise ValueError(f"text must have at least 2 tokens to measure perplexity, "
                              f"got {len(ids)}")
-        total, count = self._stream_ce(ids, bs, num_threads)
+        if block is not None:
+            total, count = self._block_ce(ids, _pos_int("block", block), num_threads)
+        else:
+            total, count = self._stream_ce(ids, bs, num_threads)
         return math.exp(total / count)
+
+    def _block_ce(self, ids: np.ndarray, block: int, num_threads,
+                  blocks: int | None = None) -> tuple[float, int]:
+        """Summed CE and count over contiguous blocks of ids, each from a zero state; with
+        ``blocks``, only that many full blocks, evenly spaced (the remainder left out)."""
+        n = len(ids) - 1                       # predictions
+        nb = n // block
+        X = ids[: nb * block].reshape(nb, block)
+        Y = ids[1: nb * block + 1].reshape(nb, block)
+        tail = n - nb * block
+        if blocks is not None and blocks < nb:
+            rows = np.unique(np.linspace(0, nb - 1, blocks).round().astype(np.int64))
+            X, Y, tail = X[rows], Y[rows], 0
+        rows_per_call = max(1, 65536 // block)
+        parts = [(X[r: r + rows_per_call], Y[r: r + rows_per_call])
+                 for r in range(0, len(X), rows_per_call)]
+        if tail:
+            parts.append((ids[nb * block: n][None, :], ids[nb * block + 1:][None, :]))
+        total, count = 0.0, 0
+        with blas_single_thread(), self._param_lock:
+            for x, y in parts:
+                logits, _ = _core.forward(self.params, np.ascontiguousarray(x),
+                                          num_threads=num_threads, **self._fn_kw())
+                s, c = _mean_ce(logits, y)
+                total, count = total + s, count + c
+        return total, count
 
     def _stream_ce(self, ids: np.ndarray, bs: int, num_threads) -> tuple[float, int]:
         """Summed CE and count over ids, cut into bs streams (plus a remainder stream)."""
@@ -585,10 +628,25 @@ class CharLM:
         lr : float, default 1.0
             Learning rate (d2l uses 1 with SGD; try 0.002 to 0.01 with Adam,
             0.1 with Adagrad).
-        optimizer : {"sgd", "adagrad", "adam"}
+        optimizer : {"sgd", "adagrad", "adam", "adamw"}
             ``"sgd"``: ``p -= lr g`` (d2l). ``"adagrad"``: min-char-rnn's
             ``mem += g^2; p -= lr g / sqrt(mem + eps)``. ``"adam"``: Adam with
-            bias correction (``betas``, ``eps``).
+            bias correction (``betas``, ``eps``). ``"adamw"``: Adam with PyTorch's
+            decoupled weight decay ``p -= lr * weight_decay * p`` on the weight
+            matrices only (``weight_decay``, default 0.01).
+        schedule, warmup_steps, min_lr, decay_factor, decay_after
+            The learning rate per optimizer step: ``"constant"``, ``"step"``
+            (char-rnn) or ``"cosine"`` (nanoGPT); see :class:`fastrnn.TrainConfig`.
+        max_steps, time_budget
+            Stop after that many optimizer steps / seconds.
+        eval_interval, eval_block, eval_blocks, keep_best, patience
+            Evaluate every ``eval_interval`` steps on ``val_text`` (mean loss over
+            ``eval_block``-character blocks from a zero state; results in
+            :attr:`eval_history`); ``keep_best`` saves the best parameters to
+            ``<checkpoint stem>.best.npz``; ``patience`` stops early. ``fit`` ends
+            holding the LAST parameters (load the ``.best.npz`` file for the best).
+        on_spike : {"skip", "rollback", "stop"}, default "skip"
+            What a finite minibatch loss above ``10 log V + 10`` nats does.
         clip : float or None, default 1.0
             Clip the gradient by its global norm, d2l's ``g <- min(1, clip/||g||) g``.
             None disables it.
@@ -636,14 +694,22 @@ class CharLM:
             ``train_loss`` (mean cross-entropy), ``train_ppl``, ``val_loss`` and
             ``val_ppl`` (None without ``val_text``), ``tokens`` (predictions
             trained on), ``tokens_per_s`` (training throughput, validation
-            excluded) and ``wall_time`` (seconds for the epoch, validation included).
+            excluded), ``wall_time`` (seconds for the epoch, validation included),
+            ``lr`` (the last step's rate) and, once minibatches were skipped as
+            loss spikes, ``skipped_steps`` (so far in the run). The evaluations every
+            ``eval_interval`` steps are in :attr:`eval_history`: ``step``,
+            ``epoch`` (fractional), ``train_loss`` (mean since the previous
+            evaluation), ``val_loss`` (nats/char), ``val_ppl``, ``lr``,
+            ``tokens_seen``, ``eval_seconds``, ``wall_time`` (seconds since the run
+            started, over resumes) and ``best``.
 
         Raises
         ------
         TrainingDiverged
-            If the loss or the gradient norm becomes NaN or infinite, or a
+            If the loss or the gradient norm becomes NaN or infinite (always), or a
             minibatch loss exceeds ``10 log V + 10`` nats (far worse than
-            guessing uniformly, ``log V``); the model keeps the last parameters
+            guessing uniformly, ``log V``) with ``on_spike="stop"`` or more than
+            ``max_spikes`` times in a row; the model keeps the last parameters
             that gave an acceptable loss (Adam's or Adagrad's in-memory state
             may include the failing step: for an exact continuation, resume
             from the last checkpoint).
@@ -691,6 +757,7 @@ class CharLM:
             "model": self._config.to_dict(),
             "vocab": self.vocab.to_dict(),
             "history": self.history,
+            "eval_history": self.eval_history,
             "info": self.info,
             "train": None,
             "optional_arrays": [],
@@ -772,6 +839,10 @@ class CharLM:
         for k, _, _ in layout:
             self.params[k][...] = arrays[k]
         self.history = hist
+        ev = meta.get("eval_history", [])
+        if not isinstance(ev, list) or not all(isinstance(r, dict) for r in ev):
+            raise bad("eval_history must be a list of records")
+        self.eval_history = ev
         self.info = info
         if st is not None:
             self._train = st

@@ -150,7 +150,7 @@ def test_loss_falls(optimizer, lr):
     assert hist[-1]["train_ppl"] < len(lm.vocab)
     r = hist[-1]
     assert set(r) == {"epoch", "step", "train_loss", "train_ppl", "val_loss", "val_ppl",
-                      "tokens", "tokens_per_s", "wall_time"}
+                      "tokens", "tokens_per_s", "wall_time", "lr"}
     assert r["epoch"] == 4 and r["val_ppl"] is None
     assert r["train_ppl"] == pytest.approx(math.exp(r["train_loss"]))
     assert r["tokens_per_s"] > 0 and r["wall_time"] > 0

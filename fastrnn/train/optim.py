@@ -7,7 +7,7 @@ and layout as the parameters (:func:`fastrnn.params.layout`), named ``opt_<what>
 the model keeps them and the checkpoint saves them under these names, so a resumed
 run continues exactly.
 
-Adding an optimizer (e.g. AdamW): subclass :class:`Optimizer`, set ``name`` and
+Adding an optimizer: subclass :class:`Optimizer`, set ``name`` and
 ``state_names``, implement :meth:`Optimizer.step`, register it in
 :data:`REGISTRY`, and add its name to ``fastrnn.config.OPTIMIZERS``. ``layout`` (the
 ``(name, shape, offset)`` rows of the flat buffer) is passed to every optimizer, so
@@ -27,7 +27,7 @@ except ImportError as exc:  # pragma: no cover - only in broken installs
     _lm = None
     _LM_IMPORT_ERROR = exc
 
-__all__ = ["Optimizer", "SGD", "Adagrad", "Adam", "REGISTRY", "make_optimizer",
+__all__ = ["Optimizer", "SGD", "Adagrad", "Adam", "AdamW", "REGISTRY", "make_optimizer",
            "state_names", "all_state_names", "matrix_ranges"]
 
 
@@ -41,6 +41,14 @@ def _need_lm():
 def matrix_ranges(layout) -> list[tuple[int, int]]:
     """``[(start, stop), ...]`` of the weight matrices (2-D parameters) in the flat buffer."""
     return [(off, off + math.prod(shape)) for _, shape, off in layout if len(shape) == 2]
+
+
+def decay_ranges(layout) -> np.ndarray:
+    """``(R, 2)`` int64 ``[start, stop)`` of the parameters AdamW decays: the weight
+    matrices, whose names start with ``W_`` (sorted by offset)."""
+    r = sorted((off, off + math.prod(shape)) for name, shape, off in layout
+               if name.startswith("W_"))
+    return np.array(r, dtype=np.int64).reshape(-1, 2)
 
 
 class Optimizer:
@@ -113,7 +121,29 @@ class Adam(Optimizer):
                                b1, b2, self.config.resolved_eps, t)
 
 
-REGISTRY: dict[str, type[Optimizer]] = {c.name: c for c in (SGD, Adagrad, Adam)}
+class AdamW(Adam):
+    """Adam with decoupled weight decay (PyTorch's ``torch.optim.AdamW``): before Adam's
+    update, ``p -= lr * weight_decay * p`` for the weight matrices (``W_*``) only, with
+    this step's scheduled ``lr``. Same state as Adam (``opt_m``, ``opt_v``)."""
+
+    name = "adamw"
+
+    def __init__(self, config, state, layout=None):
+        super().__init__(config, state, layout)
+        if layout is None:
+            raise ValueError("optimizer 'adamw' needs the parameter layout (which entries "
+                             "are weight matrices)")
+        self.decay = decay_ranges(layout)
+        self.weight_decay = config.resolved_weight_decay
+
+    def step(self, flat, gflat, lr, t):
+        b1, b2 = self.config.betas
+        _need_lm().adamw_update(flat, gflat, self.state["opt_m"], self.state["opt_v"],
+                                self.decay, lr, b1, b2, self.config.resolved_eps,
+                                self.weight_decay, t)
+
+
+REGISTRY: dict[str, type[Optimizer]] = {c.name: c for c in (SGD, Adagrad, Adam, AdamW)}
 
 
 def state_names(optimizer: str) -> tuple[str, ...]:

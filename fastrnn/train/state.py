@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,10 @@ __all__ = ["TrainState", "data_sha1"]
 
 _COUNTERS = ("epoch", "batch", "step", "tokens")
 _NUMBERS = ("loss_sum", "seconds")
+# counters added with schedules / evaluations / spikes: (name, default meaning "not used")
+_OPTIONAL = (("horizon", None), ("steps_per_epoch", None), ("elapsed", 0.0),
+             ("best_loss", None), ("best_step", None), ("bad_evals", 0), ("spikes", 0),
+             ("skipped", 0), ("eval_loss_sum", 0.0), ("eval_tokens", 0))
 
 
 def data_sha1(ids: np.ndarray | None) -> str | None:
@@ -65,6 +70,21 @@ class TrainState:
         The run's seed: each step's dropout masks are drawn from it and the step
         counter (:func:`fastrnn.train.trainer.step_seed`). None in files written
         before it existed (their models had no dropout).
+    horizon : int or None
+        The schedule's total steps, fixed when the run started (None before schedules).
+    steps_per_epoch : int or None
+        Minibatches of an epoch as planned at the start (the step schedule's epoch).
+    elapsed : float
+        Seconds of the whole run so far (training and evaluations, over resumes).
+    best_loss, best_step : float or None, int or None
+        The lowest validation loss of the evaluations that ``keep_best`` and
+        ``patience`` count, and the optimizer step it was reached at.
+    bad_evals : int
+        Those evaluations since the last new best.
+    spikes, skipped : int
+        Loss spikes in a row (now), and minibatches skipped over the run.
+    eval_loss_sum, eval_tokens
+        Training loss summed since the last step evaluation (its ``train_loss``).
     h_carry : ndarray, tuple of two ndarrays (LSTM) or None
         State carried into the next minibatch (sequential sampling, mid-epoch), in
         the form :func:`fastrnn.loss_and_grad` returns it.
@@ -81,12 +101,24 @@ class TrainState:
     tokens: int = 0
     seconds: float = 0.0
     seed: int | None = None
+    horizon: int | None = None
+    steps_per_epoch: int | None = None
+    elapsed: float = 0.0
+    best_loss: float | None = None
+    best_step: int | None = None
+    bad_evals: int = 0
+    spikes: int = 0
+    skipped: int = 0
+    eval_loss_sum: float = 0.0
+    eval_tokens: int = 0
     h_carry: Any = field(default=None, repr=False)
 
     def counters(self) -> dict:
-        return {"epoch": self.epoch, "batch": self.batch, "step": self.step,
-                "loss_sum": self.loss_sum, "tokens": self.tokens, "seconds": self.seconds,
-                "epoch_rng": self.epoch_rng, "seed": self.seed}
+        d = {"epoch": self.epoch, "batch": self.batch, "step": self.step,
+             "loss_sum": self.loss_sum, "tokens": self.tokens, "seconds": self.seconds,
+             "epoch_rng": self.epoch_rng, "seed": self.seed}
+        d.update({k: getattr(self, k) for k, _ in _OPTIONAL})
+        return d
 
     def carry_arrays(self) -> dict:
         """The carried state as the checkpoint's arrays (``h_carry``, ``c_carry``)."""
@@ -182,7 +214,19 @@ class TrainState:
             raise bad(f"c_carry is the carried cell state of an LSTM, not of cell={cell!r}")
         if c is not None:
             h = (h, c)
-        return cls(config=config, text_sha1=data.get("text_sha1"),
+        extra = {}
+        for name, default in _OPTIONAL:
+            v = counters.get(name, default)
+            if v is None and default is None:
+                extra[name] = None
+                continue
+            integer = name not in ("elapsed", "best_loss", "eval_loss_sum")
+            if (isinstance(v, bool) or not isinstance(v, int if integer else (int, float))
+                    or not math.isfinite(v) or v < 0):
+                raise bad(f"training state {name} must be a non-negative "
+                          f"{'integer' if integer else 'number'}, got {v!r}")
+            extra[name] = int(v) if integer else float(v)
+        return cls(**extra, config=config, text_sha1=data.get("text_sha1"),
                    val_sha1=data.get("val_sha1"), epoch_rng=rng,
                    epoch=counters["epoch"], batch=counters["batch"], step=counters["step"],
                    loss_sum=float(counters["loss_sum"]), tokens=counters["tokens"],

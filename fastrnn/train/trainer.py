@@ -25,11 +25,16 @@ Extension points (each a method or an object passed in):
   flags, the rows of a batch each rank computes, root-only output.
 - ``schedule`` (:mod:`fastrnn.train.schedules`): this step's learning rate.
 - :meth:`Trainer._optimizer_step` / :mod:`fastrnn.train.optim`: the update rule.
-- :meth:`Trainer._validate`: the validation loss (per epoch today; an evaluation
-  every N steps calls it from :meth:`Trainer._after_step`).
+- :meth:`Trainer._validate`: the per-epoch validation loss;
+  :meth:`Trainer._block_totals`: the (sum, count) of an evaluation every
+  ``eval_interval`` steps (256-char blocks from a zero state), which
+  :meth:`Trainer._step_eval` records and :meth:`Trainer._judge` turns into the
+  keep-best and early-stopping decisions (the same on every rank given the same loss).
 - :meth:`Trainer._after_step`, :meth:`Trainer._after_epoch`: per-step and per-epoch
-  decisions (evaluate, keep the best parameters, stop early); they return True to stop.
-- :meth:`Trainer._diverged`: what a non-finite or absurd loss does.
+  decisions (evaluate, ``max_steps``, ``time_budget``, callbacks); they return True
+  to stop.
+- :meth:`Trainer._diverged`: what a non-finite loss does (always stops);
+  :meth:`Trainer._spike`: what a finite absurd loss does (``on_spike``).
 """
 from __future__ import annotations
 
@@ -49,6 +54,7 @@ from ..config import TrainConfig, _seed64
 from . import optim as _optim
 from .dist import SingleProcess
 from .progress import EpochBar
+from . import schedules as _sched
 from .schedules import make_schedule
 from .signals import SigintGuard
 from .state import TrainState, data_sha1
@@ -56,7 +62,7 @@ from .state import TrainState, data_sha1
 if TYPE_CHECKING:  # pragma: no cover
     from ..model import CharLM
 
-__all__ = ["Trainer", "TrainingDiverged", "TrainingInterrupted"]
+__all__ = ["Trainer", "TrainingDiverged", "TrainingInterrupted", "best_path"]
 
 
 class TrainingDiverged(RuntimeError):
@@ -84,6 +90,12 @@ class TrainingInterrupted(KeyboardInterrupt):
                  epoch: int, batch: int):
         super().__init__(message)
         self.checkpoint, self.history, self.epoch, self.batch = checkpoint, history, epoch, batch
+
+
+def best_path(checkpoint: str | os.PathLike) -> Path:
+    """Where ``keep_best`` saves the best parameters: ``model.npz`` -> ``model.best.npz``."""
+    p = Path(checkpoint)
+    return p.with_name(f"{p.stem}.best{p.suffix}" if p.suffix else f"{p.name}.best")
 
 
 def _finite_or_none(x):
@@ -262,15 +274,44 @@ class Trainer:
                 if name not in model._opt or model._opt[name].shape != (P,):
                     raise ValueError(f"cannot resume: the optimizer state {name!r} is missing")
             st = st.copy()
+            spe = self._steps_per_epoch(cfg, train_ids)
+            if st.steps_per_epoch is None:                 # a state from before schedules
+                st.steps_per_epoch = spe
+            if st.horizon is None:
+                st.horizon = _sched.horizon(old, st.steps_per_epoch)
+            want = _sched.horizon(cfg, st.steps_per_epoch)
+            if want != st.horizon and cfg.schedule != "constant":
+                warnings.warn(
+                    f"resuming with epochs={cfg.epochs}, max_steps={cfg.max_steps}: the "
+                    f"{cfg.schedule!r} schedule keeps the horizon of {st.horizon} steps fixed "
+                    f"when the run started (it asks for {want}); "
+                    + ("past it the rate stays at min_lr="
+                       f"{cfg.resolved_min_lr:g}" if cfg.schedule == "cosine" else
+                       "the step decay goes on per epoch")
+                    + ". Start a new run to plan a longer schedule.",
+                    RuntimeWarning, stacklevel=5)
             st.config = cfg
             return st
         seed = _seed64(cfg.seed)
+        spe = self._steps_per_epoch(cfg, train_ids)
         st = TrainState(config=cfg, text_sha1=text_sha1, val_sha1=val_sha1,
                         epoch_rng=np.random.Generator(np.random.PCG64(seed)).bit_generator.state,
-                        seed=seed)
+                        seed=seed, steps_per_epoch=spe, horizon=_sched.horizon(cfg, spe))
         model._opt = _optim.REGISTRY[cfg.optimizer].new_state(P, model.dtype)
         model.history = []
+        model.eval_history = []
         return st
+
+    @staticmethod
+    def _steps_per_epoch(cfg: TrainConfig, ids) -> int:
+        """Minibatches of an epoch (sequential sampling: at offset 0, which random offsets
+        may shorten by one)."""
+        B, T = cfg.batch_size, cfg.num_steps
+        if cfg.sampling == "windows":
+            return -(-(len(ids) - T) // B)
+        if cfg.sampling == "sequential":
+            return _ds.num_batches(len(ids), B, T)
+        return max(1, (len(ids) - 1) // T // B)
 
     # -- the loop -------------------------------------------------------------------------
     def _loop(self, st: TrainState) -> list[dict]:
@@ -284,7 +325,11 @@ class Trainer:
         grads = model._views(gflat)                       # named views into gflat
         self._backup = model._flat.copy()                 # last parameters with finite loss
         optimizer = _optim.make_optimizer(cfg, model._opt, model._layout())
-        schedule = make_schedule(cfg)
+        schedule = make_schedule(cfg, st.horizon, st.steps_per_epoch)
+        self._lr = cfg.lr                                 # the last step's rate
+        self._eval_subset, self._last_val, self._n_batches = None, None, 0
+        if model.eval_history:
+            self._last_val = model.eval_history[-1]["val_loss"]
         gen = np.random.Generator(np.random.PCG64())
         windows = _ds.windows(self.train_ids, T) if sampling == "windows" else None
         loss_limit = 10 * math.log(model.vocab_size) + 10  # uniform guessing: log V per char
@@ -297,6 +342,7 @@ class Trainer:
             if st.seed is None:                           # a state from before seeds
                 st.seed = _seed64(None)
 
+        self._t_run = time.perf_counter() - st.elapsed       # the run's clock (resumes too)
         with blas_single_thread(), SigintGuard() as sigint:
             while st.epoch < E:
                 gen.bit_generator.state = st.epoch_rng
@@ -306,6 +352,7 @@ class Trainer:
                     r0, r1 = dist.rows(B)
                     h = state_rows(h, r0, r1)
                 t_start = time.perf_counter() - st.seconds
+                self._n_batches = len(batches)
                 bar = EpochBar(cfg.progress and dist.is_root, total=len(batches),
                                initial=st.batch, desc=f"epoch {st.epoch + 1}/{E}")
                 try:
@@ -325,28 +372,33 @@ class Trainer:
                         dist.reduce_gradient(gflat, X.size, ntok)
                         if not math.isfinite(loss):
                             self._diverged("training loss", loss)
-                        if loss > loss_limit:
-                            self._diverged("training loss", f"{loss:.4g} nats, far worse than "
-                                           f"a uniform guess (log V = "
-                                           f"{math.log(model.vocab_size):.2f})")
-                        if cfg.clip is not None:
-                            norm = lm.clip_global_norm(gflat, cfg.clip)
+                        lr = self._lr = schedule(st.step)
+                        if loss > loss_limit and self._spike(loss, lr):
+                            h = None                          # skipped: restart the state
                         else:
-                            norm = lm.global_norm(gflat)
-                        if not math.isfinite(norm):
-                            self._diverged("gradient norm", norm)
-                        if cfg.clip_value is not None:
-                            lm.clip_value(gflat, cfg.clip_value)
-                        self._optimizer_step(optimizer, gflat, schedule(st.step), st.step + 1)
-                        st.step += 1
+                            st.spikes = 0
+                            if cfg.clip is not None:
+                                norm = lm.clip_global_norm(gflat, cfg.clip)
+                            else:
+                                norm = lm.global_norm(gflat)
+                            if not math.isfinite(norm):
+                                self._diverged("gradient norm", norm)
+                            if cfg.clip_value is not None:
+                                lm.clip_value(gflat, cfg.clip_value)
+                            self._optimizer_step(optimizer, gflat, lr, st.step + 1)
+                            st.step += 1
+                            st.loss_sum += loss * ntok
+                            st.tokens += ntok
+                            st.eval_loss_sum += loss * ntok
+                            st.eval_tokens += ntok
+                            h = h_T if sampling == "sequential" else None
                         st.batch = i + 1
-                        st.loss_sum += loss * ntok
-                        st.tokens += ntok
-                        h = h_T if sampling == "sequential" else None
                         st.h_carry = h
+                        st.elapsed = time.perf_counter() - self._t_run
                         bar.step(loss_sum=st.loss_sum, tokens=st.tokens,
                                  seconds=time.perf_counter() - t_start,
-                                 last=i + 1 == len(batches))
+                                 last=i + 1 == len(batches), val_loss=self._last_val,
+                                 eta=self._eta(st))
                         interrupt, stop = dist.reduce_flags(
                             [sigint.requested, self._after_step(st)])
                         if interrupt or stop:
@@ -366,7 +418,7 @@ class Trainer:
                     val_loss = self._validate()
                     seconds = time.perf_counter() - t_start
                     record = {
-                        "epoch": st.epoch + 1, "step": st.step,
+                        "epoch": st.epoch + 1, "step": st.step, "lr": self._lr,
                         "train_loss": train_loss, "train_ppl": math.exp(min(train_loss, 700)),
                         "val_loss": _finite_or_none(val_loss),
                         "val_ppl": _finite_or_none(None if val_loss is None
@@ -375,6 +427,8 @@ class Trainer:
                         "tokens_per_s": st.tokens / max(train_seconds, 1e-9),
                         "wall_time": seconds,
                     }
+                    if st.skipped:
+                        record["skipped_steps"] = st.skipped
                     bar.epoch(record)
                 finally:
                     bar.close()
@@ -382,9 +436,14 @@ class Trainer:
                 st.epoch, st.batch, st.loss_sum, st.tokens, st.seconds = \
                     st.epoch + 1, 0, 0.0, 0, 0.0
                 st.h_carry, st.epoch_rng = None, gen.bit_generator.state
+                st.elapsed = time.perf_counter() - self._t_run
+                early = False
+                if not cfg.eval_interval and val_loss is not None:
+                    early = self._judge(st, val_loss)   # keep-best / patience per epoch
                 self._save_checkpoint()
                 interrupt, stop = dist.reduce_flags(
-                    [sigint.requested, self._after_epoch(st, record)])
+                    [sigint.requested, self._after_epoch(st, record) or early
+                     or self._budget_spent(st)])
                 if interrupt:
                     ck = self.checkpoint_path
                     raise TrainingInterrupted(
@@ -411,13 +470,40 @@ class Trainer:
         cfg = st.config
         with model._param_lock:
             model._flat[...] = self._backup
-        advice = (f" or stronger gradient clipping (clip={cfg.clip:g})" if cfg.clip is not None
+        lr = self._lr
+        advice = (f" or stronger gradient clipping (clip={cfg.clip / 2:g} instead of "
+                  f"{cfg.clip:g})" if cfg.clip is not None
                   else " or gradient clipping (e.g. clip=1.0)")
         raise TrainingDiverged(
             f"training diverged at epoch {st.epoch + 1}, step {st.step + 1}: the "
             f"{what} became {value}; stopped and kept the last parameters with a finite "
-            f"loss. Try a smaller learning rate (lr={cfg.lr:g}){advice}.",
+            f"loss. Try half the learning rate (lr={lr / 2:.3g}; this step's rate was "
+            f"{lr:.3g}){advice}.",
             history=list(model.history), epoch=st.epoch + 1, step=st.step + 1)
+
+    def _spike(self, loss: float, lr: float) -> bool:
+        """A finite minibatch loss above ``10 log V + 10``: apply ``on_spike``. Returns
+        True when the step is skipped (no update; the caller restarts the carried
+        state), else raises :class:`TrainingDiverged`. Every rank sees the same reduced
+        loss, so every rank takes the same decision."""
+        st = self.state
+        cfg = st.config
+        what = (f"{loss:.4g} nats, far worse than a uniform guess "
+                f"(log V = {math.log(self.model.vocab_size):.2f})")
+        if cfg.on_spike == "stop":
+            self._diverged("training loss", what + " (on_spike='stop')")
+        st.spikes += 1
+        if st.spikes > cfg.max_spikes:
+            self._diverged("training loss", f"{what}, {st.spikes} minibatches in a row")
+        if cfg.on_spike == "rollback":
+            with self.model._param_lock:          # the parameters before the last update
+                self.model._flat[...] = self._backup
+        st.skipped += 1
+        if st.skipped == 1 and self.dist.is_root:
+            warnings.warn(f"loss spike at step {st.step + 1}: {what}; the minibatch is "
+                          f"skipped (on_spike={cfg.on_spike!r}). If spikes repeat, try half the "
+                          f"learning rate (lr={lr / 2:.3g}).", RuntimeWarning, stacklevel=4)
+        return True
 
     def _validate(self) -> float | None:
         """Mean cross-entropy on the validation text (None without one)."""
@@ -432,9 +518,79 @@ class Trainer:
         return s / c
 
     def _after_step(self, st: TrainState) -> bool:
-        """Called after every optimizer step (this rank's view); True stops training
-        (after a checkpoint, as an interrupt). Nothing to decide today."""
-        return False
+        """Called after every minibatch (this rank's view); True stops training (after a
+        checkpoint, as an interrupt): the step evaluation every ``eval_interval`` steps
+        (keep-best, early stopping), ``max_steps`` and ``time_budget``. The epoch's last
+        minibatch leaves the budget to the end of the epoch (its record comes first)."""
+        cfg = st.config
+        stop = False
+        if (cfg.eval_interval and self.val_ids is not None and st.eval_tokens
+                and st.step % cfg.eval_interval == 0):
+            stop = self._step_eval(st)
+        if st.batch < self._n_batches:
+            stop = self._budget_spent(st) or stop
+        return stop
+
+    def _budget_spent(self, st: TrainState) -> bool:
+        cfg = st.config
+        return ((cfg.max_steps is not None and st.step >= cfg.max_steps)
+                or (cfg.time_budget is not None and st.elapsed >= cfg.time_budget))
+
+    def _eta(self, st: TrainState) -> float | None:
+        """Seconds left to the horizon (or the time budget) at the run's mean pace."""
+        cfg = st.config
+        left = None
+        if st.horizon and st.step:
+            left = st.elapsed / st.step * max(st.horizon - st.step, 0)
+        if cfg.time_budget is not None:
+            b = max(cfg.time_budget - st.elapsed, 0.0)
+            left = b if left is None else min(left, b)
+        return left
+
+    # -- evaluation every N steps, keep-best, early stopping -------------------------------
+    def _block_totals(self, ids: np.ndarray, block: int, blocks: int | None):
+        """(summed cross-entropy, count) over contiguous ``block``-token blocks of ``ids``,
+        each from a zero state; ``blocks`` evenly spaced full blocks when given. A
+        data-parallel trainer may split the blocks and ``dist.reduce_sum`` the totals."""
+        cfg = self.state.config
+        return self.model._block_ce(ids, block, cfg.num_threads, blocks=blocks)
+
+    def _step_eval(self, st: TrainState) -> bool:
+        """Evaluate on the validation text now; record it; True stops early."""
+        cfg = st.config
+        t0 = time.perf_counter()
+        tot = np.asarray(self._block_totals(self.val_ids, cfg.eval_block, cfg.eval_blocks),
+                         dtype=np.float64)
+        total, count = tot[0], tot[1]
+        loss = total / count
+        train = st.eval_loss_sum / st.eval_tokens if st.eval_tokens else None
+        st.eval_loss_sum, st.eval_tokens = 0.0, 0
+        st.elapsed = time.perf_counter() - self._t_run
+        lr = self._lr
+        rec = {"step": st.step, "epoch": st.epoch + st.batch / max(self._n_batches, 1),
+               "train_loss": train, "val_loss": _finite_or_none(loss),
+               "val_ppl": _finite_or_none(math.exp(min(loss, 700))), "lr": lr,
+               "tokens_seen": st.step * cfg.batch_size * cfg.num_steps,
+               "eval_seconds": time.perf_counter() - t0, "wall_time": st.elapsed}
+        self._last_val = loss
+        stop = self._judge(st, loss)
+        rec["best"] = st.best_step == st.step
+        self.model.eval_history.append(rec)
+        return stop
+
+    def _judge(self, st: TrainState, loss: float) -> bool:
+        """One validation loss that ``keep_best`` and ``patience`` count: a new best saves
+        the parameters (root) and resets the count; True when patience is exhausted."""
+        cfg = st.config
+        if not math.isfinite(loss):
+            st.bad_evals += 1
+        elif st.best_loss is None or loss < st.best_loss:
+            st.best_loss, st.best_step, st.bad_evals = float(loss), st.step, 0
+            if cfg.keep_best and self.dist.is_root and self.checkpoint_path is not None:
+                self.model.save(best_path(self.checkpoint_path), training_state=False)
+        else:
+            st.bad_evals += 1
+        return cfg.patience is not None and st.bad_evals >= cfg.patience
 
     def _after_epoch(self, st: TrainState, record: dict) -> bool:
         """Called after every epoch's record and checkpoint: the callbacks (on the root
