@@ -156,6 +156,8 @@ class MPIDist:
     def reduce_mean(self, value: float, count: int, failed: bool = False) -> float:
         """The mean over the whole batch; raises :class:`PeerFailed` when another rank
         reports ``failed`` (a failing rank raises its own error after this call)."""
+        if self.size == 1:
+            return value                   # exactly one process's value
         buf = np.array([float(value) * count if count else 0.0, float(count),
                         1.0 if failed else 0.0])
         self.comm.Allreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM)
