@@ -20,6 +20,39 @@ and ``dist.is_root`` guards every output: progress bar, printing, callbacks,
 checkpoints and model files. ``dist.gather_rows`` collects the carried hidden state
 of the whole batch for a checkpoint (rank 0), ``dist.reduce_sum`` sums validation
 totals.
+
+Data parallelism over MPI (:class:`MPIDist`, ``fit(distributed=True)`` or
+``fit(comm=...)``, ``fastrnn train --distributed``): every rank holds the whole model
+and optimizer state and runs the same loop on its rows of each global minibatch
+(:func:`split_rows`: contiguous, in rank order, uneven splits allowed), telling the
+kernels the global index of its first row (``row_offset``) so that dropout masks are
+those of one process; the dropout seed of a step depends only on the run seed and the
+step. The gradient allreduce is weighted by the rows' share of the batch, so every rank
+holds the gradient of the global mean loss; clipping and the optimizer then run
+identically everywhere and the parameters stay the same on every rank. The carried
+hidden state of sequential sampling stays with the rank owning those rows; a checkpoint
+gathers the whole batch's on the root, so checkpoints do not depend on the number of
+ranks and a run resumes on any number.
+
+Every decision is taken on reduced values, so all ranks take it at the same step: the
+loss (divergence, spikes) is the reduced mean, validation the reduced sum
+(:func:`shared_ce`), Ctrl-C and the ``_after_step``/``_after_epoch`` stop decisions
+(early stopping, keep-best) go through :meth:`reduce_flags`. Failures: an exception in
+a rank's step is reported through the loss reduction (the failing rank raises its own
+error, the others :class:`PeerFailed`), setup and checkpoint writes reduce a failure
+flag (``Trainer._together``), and any other exception on one rank ends the whole job
+with ``MPI_Abort`` rather than leave the others waiting. Checkpoints are written
+atomically by the root, so the file on disk is always the last complete one.
+
+Signals. MPICH's ``mpiexec`` (hydra) starts each rank in a session and process group
+of its own, so a terminal's Ctrl-C reaches ``mpiexec`` only; hydra then sends SIGINT
+once to every rank ("Sending Ctrl-C to processes as requested") and a second Ctrl-C
+kills the job ("Press Ctrl-C again to force abort"). Each rank's first SIGINT sets its
+flag; the flags are OR-reduced after every step, every rank stops after the same
+minibatch, the root writes the checkpoint and every rank raises
+:class:`~fastrnn.train.TrainingInterrupted` (``fastrnn train`` exits 130). Under Slurm, send
+the signal to the job step (``scancel --signal=INT``) or to ``srun``. A rank killed
+by SIGKILL (or crashing) makes hydra end the other ranks within a second or so.
 """
 from __future__ import annotations
 
