@@ -234,12 +234,36 @@ class MPIDist:
         self.comm.Abort(code)
 
 
+def coordinated(exc: BaseException) -> bool:
+    """Whether every rank raises ``exc`` (or a :class:`PeerFailed`) at the same point: a
+    decision taken on reduced values, or an error reported through a reduced flag."""
+    from .trainer import TrainingDiverged, TrainingInterrupted
+    return (isinstance(exc, (TrainingDiverged, TrainingInterrupted, PeerFailed))
+            or getattr(exc, "_fastrnn_coordinated", False))
+
+
+def abort_job(dist, exc: BaseException) -> None:
+    """Report an error that struck this rank alone and end every rank (MPI_Abort): the
+    others may be waiting for it in a collective operation."""
+    import sys
+    import traceback
+    print(f"fastrnn: rank {dist.rank} of {dist.size} failed; aborting the job:",
+          file=sys.stderr, flush=True)
+    traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    sys.stderr.flush()
+    dist.abort(1)
+
+
 def make_dist(distributed: bool = False, comm=None):
     """The ``dist`` object of :class:`~fastrnn.train.Trainer` for ``fit(distributed=,
     comm=)``: :class:`SingleProcess` unless ``distributed`` or a ``comm`` is given."""
     if comm is None and not distributed:
         return SingleProcess()
-    return MPIDist(comm)
+    try:
+        return MPIDist(comm)
+    except ImportError as exc:
+        raise ImportError(f"distributed training needs mpi4py and an MPI library ({exc}); "
+                          "install them with: pip install 'fastrnn[mpi]'") from exc
 
 
 def shared_ce(dist, model, ids: np.ndarray, sampling: str, num_steps: int, batch_size: int,

@@ -47,6 +47,7 @@ from .. import checkpoint as _ckpt, datasets as _ds
 from .._core import blas_single_thread, loss_and_grad, resolve_num_threads
 from ..config import TrainConfig, _seed64
 from . import optim as _optim
+from . import dist as _dist
 from .dist import PeerFailed, SingleProcess
 from .progress import EpochBar
 from .schedules import make_schedule
@@ -84,25 +85,6 @@ class TrainingInterrupted(KeyboardInterrupt):
                  epoch: int, batch: int):
         super().__init__(message)
         self.checkpoint, self.history, self.epoch, self.batch = checkpoint, history, epoch, batch
-
-
-def _coordinated(exc: BaseException) -> bool:
-    """Whether every rank raises ``exc`` (or a PeerFailed) at the same point: a decision
-    taken on reduced values or after a reduced failure flag."""
-    return (isinstance(exc, (TrainingDiverged, TrainingInterrupted, PeerFailed))
-            or getattr(exc, "_fastrnn_coordinated", False))
-
-
-def _abort_job(dist, exc: BaseException) -> None:
-    """Report an error that struck this rank alone and end every rank (MPI_Abort): the
-    others may be waiting for it in a collective operation."""
-    import sys
-    import traceback
-    print(f"fastrnn: rank {dist.rank} of {dist.size} failed; aborting the job:",
-          file=sys.stderr, flush=True)
-    traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
-    sys.stderr.flush()
-    dist.abort(1)
 
 
 def _finite_or_none(x):
@@ -202,8 +184,8 @@ class Trainer:
         try:
             return self._fit(text, val_text, resume)
         except BaseException as exc:
-            if self.dist.size > 1 and not _coordinated(exc):
-                _abort_job(self.dist, exc)         # an error on this rank alone: end all
+            if self.dist.size > 1 and not _dist.coordinated(exc):
+                _dist.abort_job(self.dist, exc)    # an error on this rank alone: end all
             raise
         finally:
             model._fit_lock.release()
