@@ -215,15 +215,17 @@ class MPIDist:
         return [bool(f) for f in buf]
 
     def gather_rows(self, local, batch_size: int):
-        """The state of every row on the root (None elsewhere)."""
-        if isinstance(local, tuple):
-            parts = [self.gather_rows(s, batch_size) for s in local]
-            return tuple(parts) if self.is_root else None
-        parts = self.comm.gather(np.ascontiguousarray(local), root=0)
+        """The state of every row on the root (None elsewhere); a rank without rows
+        may pass None."""
+        parts = [p for p in self.comm.gather(local, root=0) or [] if p is not None]
         if not self.is_root:
             return None
-        axis = 0 if local.ndim == 2 else 1
-        return np.concatenate(parts, axis=axis)
+
+        def cat(arrays):
+            return np.concatenate(arrays, axis=0 if arrays[0].ndim == 2 else 1)
+        if isinstance(parts[0], tuple):
+            return tuple(cat([p[i] for p in parts]) for i in range(len(parts[0])))
+        return cat(parts)
 
     def barrier(self) -> None:
         self.comm.Barrier()

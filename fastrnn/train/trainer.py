@@ -489,8 +489,9 @@ class Trainer:
             return
         st, dist = self.state, self.dist
         local = st.h_carry
-        full = (dist.gather_rows(local, st.config.batch_size) if dist.size > 1 and
-                local is not None else local)
+        carried = st.config.sampling == "sequential" and st.batch > 0   # same on every rank
+        full = (dist.gather_rows(local, st.config.batch_size) if dist.size > 1 and carried
+                else local)
         if not dist.is_root:
             self._together(lambda: None)
             return
