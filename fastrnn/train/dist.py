@@ -248,11 +248,13 @@ def abort_job(dist, exc: BaseException) -> None:
     """Report an error that struck this rank alone and end every rank (MPI_Abort): the
     others may be waiting for it in a collective operation."""
     import sys
+    import time
     import traceback
-    print(f"fastrnn: rank {dist.rank} of {dist.size} failed; aborting the job:",
-          file=sys.stderr, flush=True)
-    traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    sys.stderr.write(f"fastrnn: rank {dist.rank} of {dist.size} failed "
+                     f"({type(exc).__name__}: {exc}); aborting the job\n{text}")
     sys.stderr.flush()
+    time.sleep(0.5)                 # let the launcher forward the message before the end
     dist.abort(1)
 
 
