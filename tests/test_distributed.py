@@ -154,6 +154,14 @@ def test_single_process_dist_is_the_default():
         lm.fit("hello world, " * 50, distributed="yes")
 
 
+def test_distributed_without_mpi4py_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "mpi4py", None)        # import mpi4py fails
+    lm = CharLM("hello world, " * 50, hidden_size=8, seed=0)
+    with pytest.raises(ImportError, match=r"pip install 'fastrnn\[mpi\]'"):
+        lm.fit("hello world, " * 50, epochs=1, batch_size=4, num_steps=5, progress=False,
+               distributed=True)
+
+
 # -- the same model as one process ------------------------------------------------------
 
 @pytest.mark.parametrize("n", [2, 3])
