@@ -286,6 +286,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=_nonneg_int, default=None, metavar="N",
                    help=f"seed of initialisation, minibatch order and samples "
                         f"(default: {d['seed']})")
+    g.add_argument("--distributed", action="store_true",
+                   help="data-parallel training over MPI, one process per rank: "
+                        "mpiexec -n N fastrnn train --distributed ... (needs "
+                        "pip install 'fastrnn[mpi]'); --batch is the global batch, split by "
+                        "rows; rank 0 prints and writes the files")
     g = t.add_argument_group("output")
     g.add_argument("--out", default=None, metavar="FILE",
                    help=f"where to save the model (default: {d['out']})")
@@ -370,8 +375,45 @@ def build_parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------------------
 # helpers
 
+_RANK = None        # this process's rank in a --distributed run (None: not distributed)
+
+
 def _err(msg: str) -> None:
-    print(f"fastrnn: error: {msg}", file=sys.stderr)
+    where = f" (rank {_RANK})" if _RANK else ""
+    print(f"fastrnn{where}: error: {msg}", file=sys.stderr)
+
+
+def _mpi_dist():
+    """The MPI peers of ``train --distributed``; non-root ranks print nothing to stdout."""
+    global _RANK
+    try:
+        from .train.dist import MPIDist
+        dist = MPIDist()
+    except ImportError as exc:
+        raise CLIError(f"--distributed needs mpi4py and an MPI library ({exc}); install "
+                       "them with: pip install 'fastrnn[mpi]'") from None
+    _RANK = dist.rank
+    if not dist.is_root:
+        sys.stdout = open(os.devnull, "w")
+    return dist
+
+
+def _load_corpus_once(dist, corpus, preprocess):
+    """The root reads (or downloads) the corpus and sends it to the other ranks."""
+    if dist is None or dist.size == 1:
+        return _load_corpus(corpus, preprocess)
+    got = None
+    if dist.is_root:
+        try:
+            got = ("ok", _load_corpus(corpus, preprocess))
+        except Exception as exc:
+            got = ("error", exc)
+    got = dist.comm.bcast(got, root=0)
+    if got[0] == "error":
+        if dist.is_root:
+            raise got[1]
+        raise SystemExit(EXIT_USAGE)           # the root reports it
+    return got[1]
 
 
 def _load_corpus(spec: str, preprocess: str | None) -> tuple[str, str]:
@@ -480,6 +522,8 @@ def _cmd_train(args) -> int:
         for key, value in PRESETS[args.preset].items():
             if getattr(args, key, None) is None:
                 setattr(args, key, value)
+    dist = _mpi_dist() if args.distributed else None
+    root = dist is None or dist.is_root
     lm = None
     info: dict = {}
     cfg: dict = {}
@@ -502,7 +546,7 @@ def _cmd_train(args) -> int:
         raise CLIError(f"--corpus {corpus!r} differs from the checkpoint's corpus "
                        f"{info['corpus']!r}")
     preprocess = args.preprocess or info.get("preprocess")
-    text, mode = _load_corpus(corpus, preprocess)
+    text, mode = _load_corpus_once(dist, corpus, preprocess)
     vf = args.val_fraction if args.val_fraction is not None else info.get(
         "val_fraction", 0.1 if corpus == "shakespeare" else d["val_fraction"])
     optimizer = args.optimizer or cfg.get("optimizer") or d["optimizer"]
@@ -598,28 +642,39 @@ def _cmd_train(args) -> int:
     try:
         if on_step_evals is None:
             lm.fit(train_ids, val_text=val_ids, config=config, resume=bool(args.resume),
-                   callbacks=[on_epoch])
+                   callbacks=[on_epoch], comm=None if dist is None else dist.comm)
         else:
             from .train import Trainer
+            from .train.dist import make_dist
 
             class _Printing(Trainer):
                 def _step_eval(self, st):
                     stop = super()._step_eval(st)
                     on_step_evals()
                     return stop
-            _Printing(lm, config, callbacks=[on_epoch]).fit(
+            _Printing(lm, config, callbacks=[on_epoch],
+                      dist=dist if dist is not None else make_dist()).fit(
                 train_ids, val_ids, resume=bool(args.resume))
     except TrainingInterrupted as exc:
         where = (f"after epoch {exc.epoch}" if exc.batch == 0
                  else f"at epoch {exc.epoch}, minibatch {exc.batch}")
-        print(f"\nfastrnn: interrupted {where}; checkpoint saved to {ckpt}. "
-              f"Continue with: fastrnn train --resume {ckpt}", file=sys.stderr, flush=True)
+        if root:
+            print(f"\nfastrnn: interrupted {where}; checkpoint saved to {ckpt}. "
+                  f"Continue with: fastrnn train --resume {ckpt}", file=sys.stderr,
+                  flush=True)
         status = EXIT_INTERRUPTED
     except TrainingDiverged as exc:
-        _err(str(exc))
+        if root:
+            _err(str(exc))
         status = EXIT_DIVERGED
+    except Exception as exc:
+        if dist is None or type(exc).__name__ != "PeerFailed":
+            raise                              # a rank's own error: it reports it
+        if root:                               # another rank failed and reported it
+            _err(str(exc))
+        return 1
     wall = time.perf_counter() - t_start
-    if status == 0:
+    if status == 0 and root:
         lm.save(out)
         h = lm.history
         if h:
@@ -638,7 +693,7 @@ def _cmd_train(args) -> int:
         if config.keep_best and st.get("best_loss") is not None:
             from .train.trainer import best_path
             print(f"best parameters saved to {best_path(ckpt)}", flush=True)
-    if args.plot and lm.history:
+    if args.plot and lm.history and root:
         _write_plot(args.plot, lm.history, f"{corpus}: {_describe(lm)}, {optimizer}",
                     lm.eval_history)
         print(f"perplexity curve written to {args.plot}", flush=True)

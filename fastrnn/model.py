@@ -603,6 +603,7 @@ class CharLM:
     def fit(self, text: str | np.ndarray, *, val_text: str | np.ndarray | None = None,
             config: TrainConfig | None = None, resume: bool | str | os.PathLike = False,
             callbacks: Sequence[Callable[["CharLM", dict], Any]] | None = None,
+            distributed: bool = False, comm: Any = None,
             **options: Any) -> list[dict]:
         """Train with truncated backpropagation through time.
 
@@ -682,6 +683,17 @@ class CharLM:
         seed : int, optional
             Seed of the minibatch order and offsets and of the dropout masks
             (ignored when resuming: the checkpoint's run continues).
+        distributed : bool, default False
+            Data-parallel training over MPI (``mpiexec -n N python script.py``; needs
+            ``pip install "fastrnn[mpi]"``): every rank calls ``fit`` with the same
+            arguments, computes its rows of each global minibatch and the gradients
+            are summed by one allreduce per step, so the model equals one process's
+            (up to summation order). Rank 0 alone shows progress, runs the callbacks
+            and writes the checkpoint; call :meth:`save` on rank 0 only. Without it
+            mpi4py is never imported. See :mod:`fastrnn.train.dist`.
+        comm : mpi4py.MPI.Intracomm, optional
+            The communicator of a distributed run (default ``MPI.COMM_WORLD``);
+            giving one implies ``distributed=True``.
         betas : (float, float), default (0.9, 0.999)
             Adam's moment decay rates.
         eps : float, optional
@@ -728,7 +740,12 @@ class CharLM:
                             f"{', '.join(TRAIN_FIELDS)})")
         if options:
             config = config.replace(**options)
-        return Trainer(self, config, callbacks=callbacks).fit(text, val_text, resume=resume)
+        if not isinstance(distributed, (bool, np.bool_)):
+            raise TypeError(f"distributed must be a bool, got {type(distributed).__name__}")
+        from .train.dist import make_dist
+        dist = make_dist(bool(distributed), comm)
+        return Trainer(self, config, callbacks=callbacks, dist=dist).fit(
+            text, val_text, resume=resume)
 
     # -- persistence ------------------------------------------------------------------------
     def save(self, path: str | os.PathLike, *, training_state: bool = True) -> Path:

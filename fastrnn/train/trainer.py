@@ -52,7 +52,8 @@ from .. import checkpoint as _ckpt, datasets as _ds
 from .._core import blas_single_thread, loss_and_grad, resolve_num_threads
 from ..config import TrainConfig, _seed64
 from . import optim as _optim
-from .dist import SingleProcess
+from . import dist as _dist
+from .dist import PeerFailed, SingleProcess
 from .progress import EpochBar
 from . import schedules as _sched
 from .schedules import make_schedule
@@ -194,14 +195,30 @@ class Trainer:
                                "thread; train separate models (or copies) in parallel threads")
         try:
             return self._fit(text, val_text, resume)
+        except BaseException as exc:
+            if self.dist.size > 1 and not _dist.coordinated(exc):
+                _dist.abort_job(self.dist, exc)    # an error on this rank alone: end all
+            raise
         finally:
             model._fit_lock.release()
 
     # -- setup --------------------------------------------------------------------------
     def _fit(self, text, val_text, resume) -> list[dict]:
+        # with several ranks, a setup error on any of them stops all of them here
+        box = []
+        self._together(lambda: box.append(self._setup(text, val_text, resume)))
+        st = box[0]
+        if st is None:
+            return list(self.model.history)
+        return self._loop(st)
+
+    def _setup(self, text, val_text, resume) -> TrainState | None:
+        """Check the arguments, load or start the training state; None when there is
+        nothing left to train."""
         _optim._need_lm()
         model, cfg = self.model, self.config
-        nt = resolve_num_threads(cfg.num_threads)
+        nt = (self.dist.default_num_threads() if cfg.num_threads is None
+              else resolve_num_threads(cfg.num_threads))
         ckpt_path = None if cfg.checkpoint is None else Path(cfg.checkpoint).expanduser()
         if ckpt_path is not None and self.dist.is_root:
             _ckpt.check_writable(ckpt_path)             # fail now, not after an epoch
@@ -226,9 +243,9 @@ class Trainer:
         st = self._start_state(run_cfg, train_ids, val_ids, resume)
         model._train = st
         if st.epoch >= run_cfg.epochs:
-            return list(model.history)
+            return None
         self.train_ids, self.val_ids = train_ids, val_ids
-        return self._loop(st)
+        return st
 
     def _load_resume(self, path) -> None:
         """``resume=PATH``: load that checkpoint into the model (same configuration)."""
@@ -269,7 +286,7 @@ class Trainer:
             if old.num_threads != cfg.num_threads:
                 warnings.warn(f"resuming with num_threads={cfg.num_threads}, the checkpoint "
                               f"used {old.num_threads}: results may differ in the last bits "
-                              "from an uninterrupted run", RuntimeWarning, stacklevel=5)
+                              "from an uninterrupted run", RuntimeWarning, stacklevel=8)
             for name in names:
                 if name not in model._opt or model._opt[name].shape != (P,):
                     raise ValueError(f"cannot resume: the optimizer state {name!r} is missing")
@@ -366,9 +383,25 @@ class Trainer:
                         if dropout:                         # masks: (run seed, step, rows)
                             kw["seed"] = step_seed(st.seed, st.step)
                             kw["row_offset"] = r0
-                        loss, _, h_T = loss_and_grad(model.params, X, Y, h, num_threads=nt,
-                                                     out=grads, **kw)
-                        loss = dist.reduce_mean(loss, X.size)
+                        failure = None
+                        try:
+                            if X.size:
+                                loss, _, h_T = loss_and_grad(model.params, X, Y, h,
+                                                             num_threads=nt, out=grads, **kw)
+                            else:                           # more ranks than rows
+                                loss, h_T = 0.0, h
+                                gflat[...] = 0
+                        except Exception as exc:
+                            if dist.size == 1:
+                                raise
+                            failure, loss = exc, math.nan   # stop every rank, then raise
+                        if failure is None:
+                            loss = dist.reduce_mean(loss, X.size)
+                        else:                               # tells the others to stop
+                            dist.reduce_mean(loss, X.size, failed=True)
+                        if failure is not None:
+                            failure._fastrnn_coordinated = True
+                            raise failure
                         dist.reduce_gradient(gflat, X.size, ntok)
                         if not math.isfinite(loss):
                             self._diverged("training loss", loss)
@@ -510,7 +543,11 @@ class Trainer:
         if self.val_ids is None:
             return None
         model, cfg = self.model, self.state.config
-        if cfg.sampling == "windows":
+        if self.dist.size > 1:                  # shares of the same windows, summed
+            from .dist import shared_ce
+            s, c = shared_ce(self.dist, model, self.val_ids, cfg.sampling, cfg.num_steps,
+                             cfg.batch_size, cfg.num_threads)
+        elif cfg.sampling == "windows":
             s, c = model._windows_ce(self.val_ids, cfg.num_steps, cfg.batch_size,
                                      cfg.num_threads)
         else:
@@ -608,11 +645,33 @@ class Trainer:
             return
         st, dist = self.state, self.dist
         local = st.h_carry
-        full = (dist.gather_rows(local, st.config.batch_size) if dist.size > 1 and
-                local is not None else local)
-        if dist.is_root:
-            st.h_carry = full                  # the file holds the state of every row
-            try:
-                self.model.save(self.checkpoint_path)
-            finally:
-                st.h_carry = local
+        carried = st.config.sampling == "sequential" and st.batch > 0   # same on every rank
+        full = (dist.gather_rows(local, st.config.batch_size) if dist.size > 1 and carried
+                else local)
+        if not dist.is_root:
+            self._together(lambda: None)
+            return
+        st.h_carry = full                      # the file holds the state of every row
+        try:
+            self._together(self.model.save, self.checkpoint_path)
+        finally:
+            st.h_carry = local
+
+    def _together(self, fn, *args):
+        """Run ``fn`` on this rank and reduce a failure flag: if it raised on any rank,
+        every rank raises (its own error, or :class:`PeerFailed`) at this point."""
+        if self.dist.size == 1:
+            fn(*args)
+            return
+        failure = None
+        try:
+            fn(*args)
+        except Exception as exc:
+            failure = exc
+        (any_failed,) = self.dist.reduce_flags([failure is not None])
+        if failure is not None:
+            failure._fastrnn_coordinated = True
+            raise failure
+        if any_failed:
+            raise PeerFailed(f"another rank of the distributed run failed; rank "
+                             f"{self.dist.rank} stopped with it")
