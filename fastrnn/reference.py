@@ -346,8 +346,18 @@ def forward(params, X, h0=None, *, cell="rnn", nonlinearity="tanh", num_threads=
     Returns
     -------
     logits : ndarray (B, T, V)
+        The outputs of the head, in the parameters' dtype.
     state : ndarray or tuple
         The final state, in the form of ``h0`` (see :func:`fastrnn.forward`).
+
+    Raises
+    ------
+    ValueError, TypeError
+        A cell that does not fit the parameters, a bad nonlinearity or state.
+
+    See Also
+    --------
+    fastrnn.forward : The compiled function with the same contract.
 
     Examples
     --------
@@ -443,9 +453,10 @@ def loss_and_grad(params, X, Y, h0=None, *, cell="rnn", nonlinearity="tanh", dro
     Returns
     -------
     loss : float
+        The mean cross-entropy; ``exp(loss)`` is the perplexity.
     grads : dict
-        dL/d(parameter) for every parameter, ``"h0"`` (and ``"c0"`` for LSTM) in the form
-        of the state.
+        The gradients dL/d(parameter) of every parameter, ``"h0"`` (and ``"c0"`` for
+        LSTM) in the form of the state.
     state : ndarray or tuple
         The final state (detached), in the form of ``h0``.
 
@@ -453,6 +464,10 @@ def loss_and_grad(params, X, Y, h0=None, *, cell="rnn", nonlinearity="tanh", dro
     ------
     ValueError, TypeError
         A cell that does not fit the parameters, a bad ``dropout``/``seed``/``row_offset``.
+
+    See Also
+    --------
+    fastrnn.loss_and_grad : The compiled function with the same contract.
 
     Examples
     --------
