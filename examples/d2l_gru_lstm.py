@@ -23,6 +23,21 @@ model. Both cells start from PyTorch's initialisation, Uniform(+-1/sqrt(H)). The
 LSTM's forget-gate bias starts at 0 here (``--forget-bias``), as in ``nn.LSTM``;
 fastrnn's default is 1.
 
+Result of one run of this script (seed 0, the defaults, fastrnn's main branch of
+November 2026, 2 shared cores), after 50 epochs:
+
+======  =================  ======================
+cell    train perplexity   validation perplexity
+======  =================  ======================
+GRU     5.04               6.61
+LSTM    5.64               6.87
+======  =================  ======================
+
+(the Elman RNN with d2l's settings for it, 100 epochs at lr 1, reaches 7.23:
+``d2l_time_machine.py``). Greedy continuations of "time traveller":
+GRU ``time traveller and the time traveller and the time traveller and``,
+LSTM ``time traveller the there the that the time traveller the there t``.
+
 Usage::
 
     python examples/d2l_gru_lstm.py                        # both cells

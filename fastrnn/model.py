@@ -633,12 +633,16 @@ class CharLM:
 
         Parameters
         ----------
-        prefix, temperature, top_k, top_p, greedy, seed, num_threads
+        prefix : str
             As in :meth:`generate`.
         length : int, optional
             Number of characters to yield; None: without end.
+        temperature, top_k, top_p, greedy, seed : optional
+            As in :meth:`generate`.
         chunk_size : int, default 16
             Characters computed per compiled call.
+        num_threads : int, optional
+            As in :meth:`generate`.
 
         Returns
         -------

@@ -436,10 +436,12 @@ def loss_and_grad(params, X, Y, h0=None, *, cell="rnn", nonlinearity="tanh", dro
 
     Parameters
     ----------
-    params, X, h0, cell, nonlinearity, num_threads
+    params, X : dict, ndarray
         As in :func:`forward`.
     Y : ndarray (B, T)
         Integer targets in ``[0, V)``.
+    h0, cell, nonlinearity : optional
+        As in :func:`forward`.
     dropout : float
         Inverted dropout in ``[0, 1)`` on the output of every layer but the top one,
         masks from :func:`fastrnn.params.dropout_mask`; needs ``seed``.
@@ -447,6 +449,8 @@ def loss_and_grad(params, X, Y, h0=None, *, cell="rnn", nonlinearity="tanh", dro
         In ``[0, 2**64)``.
     row_offset : int
         Global index of the first row of ``X`` (for the dropout masks).
+    num_threads : ignored
+        As in :func:`forward`.
     out : dict, optional
         Arrays to copy the gradients into (returned as ``grads``).
 
