@@ -179,7 +179,7 @@ def minibatches(sampling: str, ids: np.ndarray, B: int, T: int, gen: np.random.G
 
 
 class Trainer:
-    """Runs :class:`~fastrnn.TrainConfig` on a model: truncated BPTT, as :meth:`CharLM.fit`.
+    """Runs :class:`~fastrnn.TrainConfig` on a model: truncated BPTT, as :meth:`fastrnn.CharLM.fit`.
 
     Parameters
     ----------
