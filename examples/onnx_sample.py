@@ -1,5 +1,10 @@
 #!/usr/bin/env python
-"""Sample text from an exported fastrnn model with ONNX Runtime alone (no fastrnn).
+"""
+Sampling with ONNX Runtime alone
+================================
+
+Sample text from an exported fastrnn model with ONNX Runtime alone (no fastrnn; this
+script is not run when the documentation is built, see the interop page).
 
 Export a model first (``pip install 'fastrnn[onnx]'``)::
 
@@ -27,7 +32,7 @@ import onnxruntime as ort
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
     ap.add_argument("model", help="an .onnx file written by 'fastrnn export'")
     ap.add_argument("--prefix", default="The ", help="text to start from (default: 'The ')")
     ap.add_argument("-n", "--length", type=int, default=300, help="characters to sample")

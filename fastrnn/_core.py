@@ -64,8 +64,28 @@ def _env_threads() -> int | None:
 
 
 def default_num_threads() -> int:
-    """Threads used when ``num_threads=None``: FASTRNN_NUM_THREADS, else
-    OMP_NUM_THREADS, else the cores this process may run on."""
+    """Return the number of threads used when ``num_threads=None``.
+
+    The first of: the environment variable ``FASTRNN_NUM_THREADS``, then
+    ``OMP_NUM_THREADS`` (an integer >= 1; other values are ignored with a
+    warning), then the cores this process may run on; at most 256.
+
+    Returns
+    -------
+    int
+        The thread count, >= 1.
+
+    Examples
+    --------
+    >>> import os, fastrnn
+    >>> n = fastrnn.default_num_threads()
+    >>> n >= 1
+    True
+    >>> os.environ["FASTRNN_NUM_THREADS"] = "3"
+    >>> fastrnn.default_num_threads()
+    3
+    >>> del os.environ["FASTRNN_NUM_THREADS"]
+    """
     n = _env_threads()
     if n is None:
         try:
@@ -476,6 +496,7 @@ def init_params(input_size: int, hidden_size: int, output_size: int | None = Non
     num_layers : int
         L >= 1 stacked layers; layer k >= 1 has names with the suffix ``_l{k}``.
     dtype : {"float32", "float64"}
+        The dtype of every array.
     seed : int or numpy.random.Generator, optional
         Seed for reproducible initialisation. Arrays are drawn in flat order
         (:func:`fastrnn.params.param_names`), so ``cell="rnn"`` with one layer draws
@@ -672,6 +693,7 @@ def forward(params, X, h0=None, *, cell: str = "rnn", nonlinearity: str = "tanh"
         Initial state: None (zeros), ``(B, H)`` (one layer only) or ``(L, B, H)``;
         for LSTM a pair ``(h, c)`` of arrays in the same form.
     cell : {"rnn", "gru", "lstm"}
+        The recurrent cell; it must fit the parameters' shapes.
     nonlinearity : {"tanh", "relu"}
         ``cell="rnn"`` only; another value with a gated cell raises ValueError.
     num_threads : int, optional
@@ -685,9 +707,12 @@ def forward(params, X, h0=None, *, cell: str = "rnn", nonlinearity: str = "tanh"
     Returns
     -------
     logits : ndarray (B, T, V)
+        The outputs ``O_t = H_t W_hq + b_q`` of the top layer, in the parameters' dtype.
     state : ndarray or tuple
         The final state: ``(B, H)`` for one layer (``(L, B, H)`` when ``h0`` was given
         so), ``(L, B, H)`` for L > 1; for LSTM a pair ``(h_T, c_T)`` in that form.
+    states : dict, optional
+        Only with ``return_states=True``: ``{"Z": ..., "H": ...}`` as described above.
 
     Raises
     ------
@@ -780,11 +805,13 @@ def loss_and_grad(params, X, Y, h0=None, *, cell: str = "rnn", nonlinearity: str
 
     Parameters
     ----------
-    params, X, h0, cell, nonlinearity, num_threads
+    params, X : dict, array
         As in :func:`forward`.
     Y : array
         Integer targets ``(B, T)`` in ``[0, V)`` (for a char-LM, X shifted by one
         character).
+    h0, cell, nonlinearity : optional
+        As in :func:`forward`.
     dropout : float
         Inverted dropout in ``[0, 1)`` on the output of every layer except the top
         one (training only); with one layer it does nothing and warns, as PyTorch.
@@ -795,6 +822,8 @@ def loss_and_grad(params, X, Y, h0=None, *, cell: str = "rnn", nonlinearity: str
     row_offset : int
         Global index of the first row of ``X`` in a larger batch (data-parallel
         callers holding rows ``row_offset..``), so every row gets its own mask.
+    num_threads : int, optional
+        As in :func:`forward`.
 
     Returns
     -------
@@ -808,18 +837,18 @@ def loss_and_grad(params, X, Y, h0=None, *, cell: str = "rnn", nonlinearity: str
         The final state (to carry into the next segment, detached), as in
         :func:`forward`.
 
-    Raises
-    ------
-    ValueError, TypeError
-        As :func:`forward`, and for a bad ``Y``, ``dropout``, ``seed``, ``row_offset``
-        or ``out``.
-
     Other Parameters
     ----------------
     out : dict, optional
         Preallocated C-contiguous gradient arrays (same keys as ``params``, and
         optionally ``"h0"``/``"c0"``) to write into instead of allocating, e.g. views
         into one flat gradient buffer. Returned as ``grads``.
+
+    Raises
+    ------
+    ValueError, TypeError
+        As :func:`forward`, and for a bad ``Y``, ``dropout``, ``seed``, ``row_offset``
+        or ``out``.
 
     Examples
     --------

@@ -459,11 +459,28 @@ def read(path: str | os.PathLike, *, max_bytes: int = MAX_TOTAL_BYTES) -> tuple[
 # schema upgrades
 
 def upgrade(meta: Mapping[str, Any]) -> dict:
-    """The metadata of an older schema rewritten in today's (see the module docstring).
+    """Rewrite the metadata of an older schema in today's (see the module docstring).
 
     Only the structure changes: keys this function does not know pass through, and
-    values are validated by the caller as for a current file. The result's
-    ``format_version`` is :data:`FORMAT_VERSION`, ``upgraded_from`` the file's version.
+    values are validated by the caller as for a current file.
+
+    Parameters
+    ----------
+    meta : mapping
+        The metadata of a file, as :func:`read` returns it.
+
+    Returns
+    -------
+    dict
+        A new dict in schema :data:`FORMAT_VERSION`; for an upgraded file
+        ``upgraded_from`` is the file's version. Current metadata comes back as a copy.
+
+    Examples
+    --------
+    >>> v1 = {"format_version": 1, "model": {"vocab_size": 28, "hidden_size": 32}}
+    >>> m = upgrade(v1)
+    >>> m["format_version"], m["upgraded_from"], m["model"]["cell"], m["model"]["num_layers"]
+    (2, 1, 'rnn', 1)
     """
     meta = dict(meta)
     version = meta.get("format_version")

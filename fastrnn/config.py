@@ -131,12 +131,33 @@ class ModelConfig(_DictMixin):
     hidden_size : int
         H, hidden units per layer.
     cell : {"rnn", "gru", "lstm"}
+        The recurrent cell.
     num_layers : int, default 1
+        L, the number of stacked layers.
     dropout : float in [0, 1), default 0
         Inverted dropout on the output of every layer but the top one (training only).
     nonlinearity : {"tanh", "relu"}
         The Elman cell's; other cells take only the default "tanh".
     dtype : {"float32", "float64"}
+        The dtype of the parameters.
+
+    Raises
+    ------
+    ValueError, TypeError
+        A field out of range or of the wrong type, naming it.
+
+    Examples
+    --------
+    >>> from fastrnn import ModelConfig
+    >>> cfg = ModelConfig(vocab_size=28, hidden_size=32, cell="lstm", num_layers=2)
+    >>> cfg.gates, cfg.to_dict()["dtype"]
+    (4, 'float32')
+    >>> ModelConfig.from_dict(cfg.to_dict()) == cfg
+    True
+    >>> ModelConfig(28, 32, cell="gru", nonlinearity="relu")
+    Traceback (most recent call last):
+    ...
+    ValueError: nonlinearity='relu' applies to cell='rnn' only (cell='gru')
     """
 
     vocab_size: int
@@ -262,6 +283,24 @@ class TrainConfig(_DictMixin):
         Show a progress bar.
     checkpoint : str, optional
         Save the model and the training state there after every epoch and on Ctrl-C.
+
+    Raises
+    ------
+    ValueError, TypeError
+        A field out of range or of the wrong type, naming it.
+
+    Examples
+    --------
+    >>> from fastrnn import TrainConfig
+    >>> cfg = TrainConfig(epochs=5, lr=3e-3, optimizer="adam", seed=0)
+    >>> cfg.replace(lr=1e-3).lr, cfg.resolved_eps
+    (0.001, 1e-08)
+    >>> TrainConfig.from_dict(cfg.to_dict()) == cfg
+    True
+    >>> TrainConfig(optimizer="rmsprop")                  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: optimizer must be one of ...
     """
 
     epochs: int = 10

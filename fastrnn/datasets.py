@@ -389,6 +389,13 @@ class Minibatches:
     Made by :func:`seq_data_iter_sequential`, :func:`seq_data_iter_random` and
     :func:`iter_minibatches`.
 
+    Parameters
+    ----------
+    n : int
+        The number of minibatches.
+    get : callable
+        ``get(i)`` returns the i-th ``(X, Y)``.
+
     Examples
     --------
     >>> import numpy as np

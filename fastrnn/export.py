@@ -149,13 +149,14 @@ def _config(params: Any, cell: str) -> tuple[int, int, int, int, np.dtype]:
 
 
 def to_torch_state_dict(params: Mapping[str, np.ndarray], *, cell: str = "rnn") -> dict:
-    """fastrnn parameters as the state dict of PyTorch's RNN/GRU/LSTM + Linear model.
+    """Convert fastrnn parameters to the state dict of a PyTorch RNN/GRU/LSTM + Linear.
 
     Parameters
     ----------
     params : dict of ndarray
-        fastrnn parameters of ``cell`` (any number of layers), float32 or float64.
+        The fastrnn parameters of ``cell`` (any number of layers), float32 or float64.
     cell : {"rnn", "gru", "lstm"}
+        The recurrent cell of ``params``.
 
     Returns
     -------
@@ -167,6 +168,25 @@ def to_torch_state_dict(params: Mapping[str, np.ndarray], *, cell: str = "rnn") 
         ``b_h`` goes to ``bias_ih`` and ``bias_hh`` is zero, except the GRU's n block
         of ``bias_hh``, which is ``b_hn``. Load it into the module described in
         :mod:`fastrnn.export` (or build that with :func:`to_torch_module`).
+
+    Raises
+    ------
+    ValueError, TypeError
+        An unknown cell, or parameters that do not fit it (naming the parameter).
+
+    See Also
+    --------
+    from_torch_state_dict : The inverse.
+
+    Examples
+    --------
+    >>> import fastrnn
+    >>> p = fastrnn.init_params(5, 4, cell="gru", num_layers=2, seed=0)
+    >>> sd = fastrnn.to_torch_state_dict(p, cell="gru")
+    >>> [(k, v.shape) for k, v in sd.items()][:4]
+    [('rnn.weight_ih_l0', (12, 5)), ('rnn.weight_hh_l0', (12, 4)), ('rnn.bias_ih_l0', (12,)), ('rnn.bias_hh_l0', (12,))]
+    >>> bool((sd["rnn.bias_hh_l0"][8:] == p["b_hn"]).all())      # GRU: n block is b_hn
+    True
     """
     cell = _check_cell(cell)
     D, H, V, L, dt = _config(params, cell)
@@ -218,7 +238,7 @@ def _strip_module(keys: list[str]) -> str:
 
 def from_torch_state_dict(state_dict: Mapping[str, Any], *, cell: str = "rnn",
                           dtype: Any = None) -> dict:
-    """fastrnn parameters from the state dict of a PyTorch RNN/GRU/LSTM char-LM.
+    """Convert the state dict of a PyTorch RNN/GRU/LSTM char-LM to fastrnn parameters.
 
     Parameters
     ----------
@@ -236,7 +256,7 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], *, cell: str = "rnn",
     Returns
     -------
     dict of ndarray
-        fastrnn parameters (``W_xh``, ``W_hh``, ``b_h`` [, ``b_hn``] per layer with
+        The fastrnn parameters (``W_xh``, ``W_hh``, ``b_h`` [, ``b_hn``] per layer with
         ``_l{k}`` suffixes, ``W_hq``, ``b_q``): ``W = weight.T``, ``b_h = bias_ih +
         bias_hh`` (GRU: the n block of ``b_h`` is ``bias_ih``'s alone and ``b_hn`` is
         ``bias_hh``'s n block), computed in float64 and rounded once.
@@ -249,6 +269,23 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], *, cell: str = "rnn",
         non-finite value.
     TypeError
         A value that is not a floating-point array.
+
+    See Also
+    --------
+    to_torch_state_dict : The inverse.
+
+    Examples
+    --------
+    >>> import fastrnn
+    >>> p = fastrnn.init_params(5, 4, cell="lstm", seed=0, dtype="float64")
+    >>> sd = fastrnn.to_torch_state_dict(p, cell="lstm")
+    >>> q = fastrnn.from_torch_state_dict(sd, cell="lstm")
+    >>> all((q[k] == p[k]).all() for k in p)                       # exact round trip
+    True
+    >>> fastrnn.from_torch_state_dict(sd, cell="gru")              # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: ...
     """
     cell = _check_cell(cell)
     if not isinstance(state_dict, Mapping):
@@ -476,15 +513,44 @@ def __getattr__(name):          # fastrnn.export.TorchCharLM, imported on first 
 
 def to_torch_module(params: Mapping[str, np.ndarray], *, cell: str = "rnn",
                     nonlinearity: str = "tanh"):
-    """A ready ``torch.nn.Module`` computing what fastrnn computes with ``params``.
+    """Build a ready ``torch.nn.Module`` computing what fastrnn computes with ``params``.
 
-    Returns a :class:`TorchCharLM` (``rnn``: ``nn.RNN``/``nn.GRU``/``nn.LSTM`` with
-    ``batch_first=True``, ``head``: ``nn.Linear``) holding
+    The module is a ``fastrnn.export.TorchCharLM`` (``rnn``: ``nn.RNN``/``nn.GRU``/
+    ``nn.LSTM`` with ``batch_first=True``, ``head``: ``nn.Linear``) holding
     :func:`to_torch_state_dict` ``(params)`` in the parameters' dtype, in training
     mode as PyTorch modules start (it has no dropout, so eval() changes nothing).
     ``forward(ids, state=None)`` returns ``(logits, state)`` like
-    :func:`fastrnn.forward`. ``nonlinearity`` applies to ``cell="rnn"`` only.
-    Needs PyTorch.
+    :func:`fastrnn.forward`. Needs PyTorch.
+
+    Parameters
+    ----------
+    params : dict of ndarray
+        The fastrnn parameters of ``cell``, any number of layers.
+    cell : {"rnn", "gru", "lstm"}
+        The recurrent cell of ``params``.
+    nonlinearity : {"tanh", "relu"}
+        ``cell="rnn"`` only.
+
+    Returns
+    -------
+    torch.nn.Module
+        The module, with the parameters copied in.
+
+    Raises
+    ------
+    ImportError
+        PyTorch is not installed (``pip install "fastrnn[torch]"``).
+    ValueError, TypeError
+        An unknown cell or nonlinearity, or parameters that do not fit the cell.
+
+    Examples
+    --------
+    >>> import torch                                                 # doctest: +SKIP
+    >>> p = fastrnn.init_params(5, 4, cell="lstm", seed=0)
+    >>> m = fastrnn.export.to_torch_module(p, cell="lstm")          # doctest: +SKIP
+    >>> logits, (h, c) = m(torch.tensor([[0, 1, 2]]))               # doctest: +SKIP
+    >>> logits.shape                                                 # doctest: +SKIP
+    torch.Size([1, 3, 5])
     """
     cell = _check_cell(cell)
     nonlinearity = _check_nonlinearity(nonlinearity)
@@ -596,12 +662,12 @@ def _build_onnx(params, cell, nonlinearity, D, H, V, L, opset, meta):
 def export_onnx(params: Mapping[str, np.ndarray], vocab_chars: Sequence[str],
                 path: str | os.PathLike, *, cell: str = "rnn", nonlinearity: str = "tanh",
                 opset: int = DEFAULT_OPSET, unk: str | None = None) -> Path:
-    """Write a char-LM as a standard ONNX model that ONNX Runtime runs as it is.
+    """Write a char-LM as a standard ONNX model that ONNX Runtime runs as it is (needs onnx).
 
     Parameters
     ----------
     params : dict of ndarray
-        fastrnn parameters of ``cell``, any number of layers, with ``D = V`` =
+        The fastrnn parameters of ``cell``, any number of layers, with ``D = V`` =
         ``len(vocab_chars)``. float64 parameters are exported as float32 (ONNX
         Runtime's CPU RNN, GRU and LSTM kernels are float32 only): its logits then
         differ from the float64 model's by float32 rounding.
@@ -611,6 +677,7 @@ def export_onnx(params: Mapping[str, np.ndarray], vocab_chars: Sequence[str],
     path : str or path-like
         The ``.onnx`` file to write (atomically: a temporary file, then a rename).
     cell : {"rnn", "gru", "lstm"}
+        The recurrent cell of ``params``.
     nonlinearity : {"tanh", "relu"}
         ``cell="rnn"`` only (``RNN``'s ``activations``); gated cells ignore it.
     opset : int, default :data:`DEFAULT_OPSET` (17)
@@ -621,6 +688,15 @@ def export_onnx(params: Mapping[str, np.ndarray], vocab_chars: Sequence[str],
     Returns
     -------
     pathlib.Path
+        The written file.
+
+    Raises
+    ------
+    ImportError
+        ``onnx`` is not installed (``pip install "fastrnn[onnx]"``).
+    ValueError, TypeError
+        Parameters that do not fit the cell, a vocabulary of the wrong size, an
+        ``unk`` not in it, a bad opset, or a float64 value beyond float32's range.
 
     Notes
     -----
@@ -640,6 +716,12 @@ def export_onnx(params: Mapping[str, np.ndarray], vocab_chars: Sequence[str],
       float32), ``fastrnn.source_dtype`` (the model's), ``fastrnn.version``.
 
     The model passes ``onnx.checker.check_model(full_check=True)`` before it is written.
+
+    Examples
+    --------
+    >>> p = fastrnn.init_params(3, 4, cell="gru", seed=0)
+    >>> fastrnn.export.export_onnx(p, ["a", "b", "c"], "m.onnx", cell="gru")  # doctest: +SKIP
+    PosixPath('m.onnx')
     """
     from ._version import __version__
 

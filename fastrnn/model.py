@@ -253,7 +253,14 @@ class CharLM:
     # -- properties -------------------------------------------------------------
     @property
     def config(self) -> ModelConfig:
-        """What this model is (cell, sizes, dtype): :class:`fastrnn.ModelConfig`."""
+        """What this model is (cell, sizes, dtype): :class:`fastrnn.ModelConfig`.
+
+        Examples
+        --------
+        >>> from fastrnn import CharLM
+        >>> CharLM("abc", 8, cell="gru", num_layers=2, dropout=0.1).config
+        ModelConfig(vocab_size=4, hidden_size=8, cell='gru', num_layers=2, dropout=0.1, nonlinearity='tanh', dtype='float32')
+        """
         return self._config
 
     @property
@@ -268,11 +275,26 @@ class CharLM:
 
     @property
     def cell(self) -> str:
-        """The recurrent cell: "rnn", "gru" or "lstm"."""
+        """The recurrent cell: "rnn", "gru" or "lstm".
+
+        Examples
+        --------
+        >>> from fastrnn import CharLM
+        >>> CharLM("abc", 8, cell="lstm").cell
+        'lstm'
+        """
         return self._config.cell
 
     @property
     def num_layers(self) -> int:
+        """L, the number of stacked recurrent layers.
+
+        Examples
+        --------
+        >>> from fastrnn import CharLM
+        >>> CharLM("abc", 8, cell="gru", num_layers=2).num_layers
+        2
+        """
         return self._config.num_layers
 
     @property
@@ -282,10 +304,26 @@ class CharLM:
 
     @property
     def nonlinearity(self) -> str:
+        """The Elman cell's nonlinearity, "tanh" or "relu" ("tanh" for gated cells).
+
+        Examples
+        --------
+        >>> from fastrnn import CharLM
+        >>> CharLM("abc", 8, nonlinearity="relu").nonlinearity
+        'relu'
+        """
         return self._nonlinearity
 
     @property
     def dtype(self) -> np.dtype:
+        """The dtype of every parameter, float32 or float64.
+
+        Examples
+        --------
+        >>> from fastrnn import CharLM
+        >>> CharLM("abc", 8, dtype="float64").dtype
+        dtype('float64')
+        """
         return self._dtype
 
     @property
@@ -295,6 +333,15 @@ class CharLM:
 
     @property
     def num_parameters(self) -> int:
+        """P, the number of scalar parameters (the size of :attr:`parameters`).
+
+        Examples
+        --------
+        >>> from fastrnn import CharLM
+        >>> lm = CharLM("abc", 8, cell="lstm")      # V = 4 with <unk>
+        >>> lm.num_parameters == 4 * 32 + 8 * 32 + 32 + 8 * 4 + 4
+        True
+        """
         return self._flat.size
 
     @property
@@ -523,7 +570,34 @@ class CharLM:
                      top_k: int | None = None, top_p: float | None = None,
                      greedy: bool = False, seed: int | None = None,
                      num_threads: int | None = None) -> np.ndarray:
-        """Like :meth:`generate` but return the ``length`` new token ids (int32)."""
+        """Like :meth:`generate` but return the ``length`` new token ids (int32).
+
+        Parameters
+        ----------
+        prefix, length, temperature, top_k, top_p, greedy, seed, num_threads
+            As in :meth:`generate`.
+
+        Returns
+        -------
+        ndarray of int32, shape (length,)
+            The generated ids (the prefix is not included); ``vocab.decode`` turns
+            them into text.
+
+        Raises
+        ------
+        ValueError, TypeError
+            As :meth:`generate`.
+
+        Examples
+        --------
+        >>> from fastrnn import CharLM
+        >>> lm = CharLM("hello world", 16, cell="gru", seed=0)
+        >>> ids = lm.generate_ids("he", 5, seed=1)
+        >>> ids.shape, ids.dtype.name
+        ((5,), 'int32')
+        >>> lm.generate("he", 5, seed=1) == "he" + lm.vocab.decode(ids)
+        True
+        """
         length = _pos_int("length", length, minimum=0)   # None is valid for stream() only
         g = self._gen_setup(prefix, length, temperature, top_k, top_p, greedy, seed,
                             num_threads)
@@ -569,6 +643,22 @@ class CharLM:
         -------
         str
             ``prefix`` followed by the generated characters (as d2l's ``predict``).
+
+        Raises
+        ------
+        ValueError, TypeError
+            An empty ``prefix``, a negative ``length``, ``temperature <= 0``,
+            ``top_k < 1``, ``top_p`` outside (0, 1], a bad ``seed`` or ``num_threads``.
+
+        Examples
+        --------
+        >>> from fastrnn import CharLM
+        >>> lm = CharLM("hello world", 16, cell="lstm", num_layers=2, seed=0)
+        >>> text = lm.generate("he", 10, top_p=0.9, seed=1)
+        >>> text.startswith("he")
+        True
+        >>> text == lm.generate("he", 10, top_p=0.9, seed=1)     # same seed, same text
+        True
         """
         ids = self.generate_ids(prefix, length, temperature=temperature, top_k=top_k,
                                 top_p=top_p, greedy=greedy, seed=seed, num_threads=num_threads)
@@ -583,6 +673,36 @@ class CharLM:
         Same arguments and same characters as :meth:`generate` with the same
         ``seed``; ``length=None`` streams forever. Characters are computed in
         compiled chunks of ``chunk_size``, so the caller can print them as they come.
+
+        Parameters
+        ----------
+        prefix : str
+            As in :meth:`generate`.
+        length : int, optional
+            Number of characters to yield; None: without end.
+        temperature, top_k, top_p, greedy, seed : optional
+            As in :meth:`generate`.
+        chunk_size : int, default 16
+            Characters computed per compiled call.
+        num_threads : int, optional
+            As in :meth:`generate`.
+
+        Returns
+        -------
+        iterator of str
+            The generated characters, one at a time.
+
+        Raises
+        ------
+        ValueError, TypeError
+            As :meth:`generate`, when ``stream`` is called (not at the first ``next``).
+
+        Examples
+        --------
+        >>> from fastrnn import CharLM
+        >>> lm = CharLM("hello world", 16, seed=0)
+        >>> "".join(lm.stream("he", 20, seed=3)) == lm.generate("he", 20, seed=3)[2:]
+        True
         """
         cs = _pos_int("chunk_size", chunk_size)
         g = self._gen_setup(prefix, length, temperature, top_k, top_p, greedy, seed,
@@ -792,6 +912,18 @@ class CharLM:
         Files of every format version this fastrnn knows load (version 1: fastrnn
         0.1.0), see :mod:`fastrnn.checkpoint`.
 
+        Parameters
+        ----------
+        path : str or os.PathLike
+            A file written by :meth:`save` (or a checkpoint of :meth:`fit`).
+
+        Returns
+        -------
+        CharLM
+            The model with its vocabulary, configuration, history, ``info`` and, when
+            the file has one, the training state (so ``fit(..., resume=True)``
+            continues).
+
         Raises
         ------
         FileNotFoundError
@@ -799,6 +931,14 @@ class CharLM:
         fastrnn.checkpoint.CheckpointError
             If the file is corrupted, truncated, of a newer format version, or
             inconsistent (shapes, dtypes, vocabulary size, non-finite values).
+
+        Examples
+        --------
+        >>> from fastrnn import CharLM
+        >>> lm = CharLM("hello world", 16, cell="gru", seed=0)
+        >>> path = lm.save("model.npz")
+        >>> CharLM.load(path).generate("he", 8, seed=2) == lm.generate("he", 8, seed=2)
+        True
         """
         arrays, meta = _ckpt.read(path)
         meta = _ckpt.upgrade(meta)
@@ -875,6 +1015,24 @@ class CharLM:
         ``nn.LSTM`` -> ``nn.Linear``, keys ``rnn.*`` and ``head.*``) holding a copy of
         the parameters in the model's dtype; ``forward(ids, state=None)`` returns
         ``(logits, state)`` as :func:`fastrnn.forward` does.
+
+        Returns
+        -------
+        torch.nn.Module
+            The module (see :func:`fastrnn.export.to_torch_module`).
+
+        Raises
+        ------
+        ImportError
+            PyTorch is not installed (``pip install "fastrnn[torch]"``).
+
+        Examples
+        --------
+        >>> import torch                                        # doctest: +SKIP
+        >>> lm = fastrnn.CharLM("hello world", 16, cell="lstm")  # doctest: +SKIP
+        >>> module = lm.to_torch()                              # doctest: +SKIP
+        >>> ids = torch.tensor([lm.vocab.encode("hello")])      # doctest: +SKIP
+        >>> logits, (h, c) = module(ids)                        # doctest: +SKIP
         """
         from . import export
         with self._param_lock:
@@ -894,6 +1052,41 @@ class CharLM:
         :mod:`fastrnn.export`. ``vocab``: a :class:`Vocab`, or the tokens in the
         module's id order (a list, or a str of the characters). ``dtype``: None keeps
         float64 weights as float64, anything else becomes float32.
+
+        Parameters
+        ----------
+        module : torch.nn.Module or mapping
+            The PyTorch model, or its state dict (tensors or NumPy arrays).
+        vocab : Vocab, list of str or str
+            The tokens in the module's id order.
+        cell : {"rnn", "gru", "lstm"}, optional
+            Needed with a state dict; read from a module.
+        nonlinearity : {"tanh", "relu"}, optional
+            The Elman cell's, as ``cell``.
+        dtype : optional
+            None keeps float64 weights as float64; anything else gives float32.
+
+        Returns
+        -------
+        CharLM
+            A new model with the module's weights (no training state).
+
+        Raises
+        ------
+        ValueError
+            A missing, extra or mis-shaped key, another cell's weights, a vocabulary of
+            the wrong size, bidirectional layers, LSTM projections, NaN (see
+            :func:`fastrnn.from_torch_state_dict`).
+        ImportError
+            A module was given and PyTorch is not installed.
+
+        Examples
+        --------
+        >>> lm = fastrnn.CharLM("hello world", 16, cell="gru", seed=0)
+        >>> sd = fastrnn.to_torch_state_dict(lm.params, cell="gru")   # NumPy arrays
+        >>> back = fastrnn.CharLM.from_torch(sd, lm.vocab, cell="gru")
+        >>> back.generate("he", 8, seed=1) == lm.generate("he", 8, seed=1)
+        True
         """
         from . import export
         return export.charlm_from_torch(cls, module, vocab, cell=cell,
@@ -907,6 +1100,31 @@ class CharLM:
         (L, B, H) float32 (``c0`` too for LSTM), outputs ``logits`` (B, T, V) and
         ``hT`` (``cT``); the vocabulary is in the metadata (``fastrnn.vocab``). See
         :func:`fastrnn.export.export_onnx`.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            Where to write the ``.onnx`` file.
+        opset : int, optional
+            The ONNX opset (default 17).
+
+        Returns
+        -------
+        pathlib.Path
+            The written file.
+
+        Raises
+        ------
+        ImportError
+            ``onnx`` is not installed (``pip install "fastrnn[onnx]"``).
+        ValueError
+            A float64 value beyond float32's range, or an unsupported opset.
+
+        Examples
+        --------
+        >>> lm = fastrnn.CharLM("hello world", 16, cell="lstm")     # doctest: +SKIP
+        >>> lm.export_onnx("model.onnx")                            # doctest: +SKIP
+        PosixPath('model.onnx')
         """
         from . import export
         with self._param_lock:

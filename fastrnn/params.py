@@ -149,7 +149,17 @@ def layout(cell: str, D: int, H: int, V: int, num_layers: int = 1) -> list[tuple
 
 
 def flat_size(lay) -> int:
-    """Elements of the flat buffer that holds ``lay`` (a :func:`layout`).
+    """Return the number of elements of the flat buffer that holds ``lay``.
+
+    Parameters
+    ----------
+    lay : list of (name, shape, offset)
+        A :func:`layout`.
+
+    Returns
+    -------
+    int
+        The offset of the last parameter plus its size.
 
     Examples
     --------
@@ -198,6 +208,7 @@ def infer_config(params: Mapping, cell: str = "rnn") -> tuple[int, int, int, int
     Returns
     -------
     D, H, V, num_layers : int
+        Input width, hidden size, output width and number of layers.
 
     Raises
     ------

@@ -346,8 +346,18 @@ def forward(params, X, h0=None, *, cell="rnn", nonlinearity="tanh", num_threads=
     Returns
     -------
     logits : ndarray (B, T, V)
+        The outputs of the head, in the parameters' dtype.
     state : ndarray or tuple
         The final state, in the form of ``h0`` (see :func:`fastrnn.forward`).
+
+    Raises
+    ------
+    ValueError, TypeError
+        A cell that does not fit the parameters, a bad nonlinearity or state.
+
+    See Also
+    --------
+    fastrnn.forward : The compiled function with the same contract.
 
     Examples
     --------
@@ -426,10 +436,12 @@ def loss_and_grad(params, X, Y, h0=None, *, cell="rnn", nonlinearity="tanh", dro
 
     Parameters
     ----------
-    params, X, h0, cell, nonlinearity, num_threads
+    params, X : dict, ndarray
         As in :func:`forward`.
     Y : ndarray (B, T)
         Integer targets in ``[0, V)``.
+    h0, cell, nonlinearity : optional
+        As in :func:`forward`.
     dropout : float
         Inverted dropout in ``[0, 1)`` on the output of every layer but the top one,
         masks from :func:`fastrnn.params.dropout_mask`; needs ``seed``.
@@ -437,15 +449,18 @@ def loss_and_grad(params, X, Y, h0=None, *, cell="rnn", nonlinearity="tanh", dro
         In ``[0, 2**64)``.
     row_offset : int
         Global index of the first row of ``X`` (for the dropout masks).
+    num_threads : ignored
+        As in :func:`forward`.
     out : dict, optional
         Arrays to copy the gradients into (returned as ``grads``).
 
     Returns
     -------
     loss : float
+        The mean cross-entropy; ``exp(loss)`` is the perplexity.
     grads : dict
-        dL/d(parameter) for every parameter, ``"h0"`` (and ``"c0"`` for LSTM) in the form
-        of the state.
+        The gradients dL/d(parameter) of every parameter, ``"h0"`` (and ``"c0"`` for
+        LSTM) in the form of the state.
     state : ndarray or tuple
         The final state (detached), in the form of ``h0``.
 
@@ -453,6 +468,10 @@ def loss_and_grad(params, X, Y, h0=None, *, cell="rnn", nonlinearity="tanh", dro
     ------
     ValueError, TypeError
         A cell that does not fit the parameters, a bad ``dropout``/``seed``/``row_offset``.
+
+    See Also
+    --------
+    fastrnn.loss_and_grad : The compiled function with the same contract.
 
     Examples
     --------

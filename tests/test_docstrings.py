@@ -15,7 +15,8 @@ import pytest
 import fastrnn
 
 MODULES = ["fastrnn", "fastrnn._core", "fastrnn.model", "fastrnn.vocab", "fastrnn.datasets",
-           "fastrnn.checkpoint", "fastrnn.reference", "fastrnn.cli"]
+           "fastrnn.checkpoint", "fastrnn.reference", "fastrnn.cli", "fastrnn.params",
+           "fastrnn.config", "fastrnn.export", "fastrnn.train.trainer"]
 FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 
 

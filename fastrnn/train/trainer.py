@@ -72,6 +72,31 @@ class TrainingDiverged(RuntimeError):
     The model keeps the last parameters that gave a finite loss. ``history``
     holds the epochs completed before, ``epoch`` and ``step`` say where it
     happened.
+
+    Parameters
+    ----------
+    message : str
+        What diverged and where.
+    history, epoch, step
+        Stored as the attributes below.
+
+    Attributes
+    ----------
+    history : list of dict
+        The records of the epochs completed before the divergence.
+    epoch : int
+        The epoch in which it happened, counting from 1.
+    step : int
+        The optimizer step at which it happened, counting from 1.
+
+    Examples
+    --------
+    >>> import fastrnn
+    >>> try:
+    ...     raise fastrnn.TrainingDiverged("loss is nan", history=[], epoch=0, step=3)
+    ... except fastrnn.TrainingDiverged as exc:
+    ...     print(exc, exc.step)
+    loss is nan 3
     """
 
     def __init__(self, message: str, *, history: list, epoch: int, step: int):
@@ -85,6 +110,31 @@ class TrainingInterrupted(KeyboardInterrupt):
     ``checkpoint`` is the file the training state was saved to (None if
     ``fit`` had no ``checkpoint``); continue with ``fit(..., resume=True)`` on
     the same model or ``fit(..., resume=checkpoint)``.
+
+    Parameters
+    ----------
+    message : str
+        Where training stopped.
+    checkpoint, history, epoch, batch
+        Stored as the attributes below.
+
+    Attributes
+    ----------
+    checkpoint : pathlib.Path or None
+        The checkpoint written on the interrupt, or None without ``checkpoint=``.
+    history : list of dict
+        The records of the completed epochs.
+    epoch : int
+        The epoch that was interrupted, counting from 1 (when Ctrl-C came at the end
+        of an epoch: that epoch, with ``batch`` 0).
+    batch : int
+        The minibatches of that epoch already done.
+
+    Examples
+    --------
+    >>> import fastrnn
+    >>> issubclass(fastrnn.TrainingInterrupted, KeyboardInterrupt)   # Ctrl-C semantics
+    True
     """
 
     def __init__(self, message: str, *, checkpoint: Path | None, history: list,
@@ -142,7 +192,7 @@ def minibatches(sampling: str, ids: np.ndarray, B: int, T: int, gen: np.random.G
 
 
 class Trainer:
-    """Runs :class:`~fastrnn.TrainConfig` on a model: truncated BPTT, as :meth:`CharLM.fit`.
+    """Runs :class:`~fastrnn.TrainConfig` on a model: truncated BPTT, as :meth:`fastrnn.CharLM.fit`.
 
     Parameters
     ----------
@@ -187,8 +237,37 @@ class Trainer:
 
     # -- entry point ------------------------------------------------------------------
     def fit(self, text, val_text=None, *, resume: bool | str | os.PathLike = False) -> list[dict]:
-        """Train on ``text`` (validating on ``val_text`` after each epoch); see
-        :meth:`fastrnn.CharLM.fit` for the arguments, the history and the exceptions."""
+        """Train on ``text``, validating on ``val_text`` after each epoch.
+
+        See :meth:`fastrnn.CharLM.fit` for the arguments, the history and the
+        exceptions in detail.
+
+        Parameters
+        ----------
+        text : str or 1-D int array
+            The training corpus.
+        val_text : str or 1-D int array, optional
+            The validation corpus.
+        resume : bool or path, default False
+            True continues from the model's training state; a path loads that
+            checkpoint first.
+
+        Returns
+        -------
+        list of dict
+            The model's history, one record per completed epoch.
+
+        Raises
+        ------
+        fastrnn.TrainingDiverged
+            A NaN/inf or exploding loss or gradient.
+        fastrnn.TrainingInterrupted
+            Ctrl-C, after the state was saved.
+        RuntimeError
+            The model is already being trained by another thread.
+        ValueError, TypeError
+            Bad texts, or a resume that does not fit the configuration or the texts.
+        """
         model = self.model
         if not model._fit_lock.acquire(blocking=False):
             raise RuntimeError("CharLM.fit: this model is already being trained by another "
