@@ -214,6 +214,20 @@ class TrainConfig(_DictMixin):
         Adam's moment decay rates.
     eps : float, optional
         Adagrad's / Adam's epsilon (None: 1e-8).
+    clip : float or None, default 1.0
+        Clip the gradient to this global norm; None disables it.
+    clip_value : float or None
+        Also clip every gradient entry into ``[-clip_value, clip_value]``.
+    sampling : {"sequential", "random", "windows"}, default "sequential"
+    num_threads : int, optional
+        OpenMP threads for the kernels (None: all available cores).
+    seed : int, optional
+        Seed of the minibatch order and offsets and of the dropout masks (None: fresh
+        entropy); ignored when resuming.
+    progress : bool, default True
+        Show a progress bar.
+    checkpoint : str, optional
+        Save the model and the training state there after every epoch and on Ctrl-C.
     weight_decay : float, optional
         AdamW's decoupled weight decay (None: 0.01, PyTorch's default); other
         optimizers refuse a non-zero value.
@@ -269,20 +283,6 @@ class TrainConfig(_DictMixin):
         parameter always stops, as do more than ``max_spikes`` spikes in a row.
     max_spikes : int, default 20
         Consecutive spikes tolerated by ``"skip"`` and ``"rollback"``.
-    clip : float or None, default 1.0
-        Clip the gradient to this global norm; None disables it.
-    clip_value : float or None
-        Also clip every gradient entry into ``[-clip_value, clip_value]``.
-    sampling : {"sequential", "random", "windows"}, default "sequential"
-    num_threads : int, optional
-        OpenMP threads for the kernels (None: all available cores).
-    seed : int, optional
-        Seed of the minibatch order and offsets and of the dropout masks (None: fresh
-        entropy); ignored when resuming.
-    progress : bool, default True
-        Show a progress bar.
-    checkpoint : str, optional
-        Save the model and the training state there after every epoch and on Ctrl-C.
 
     Raises
     ------

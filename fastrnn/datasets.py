@@ -267,7 +267,20 @@ def tiny_shakespeare(*, data_dir: str | os.PathLike | None = None, download: boo
 
 def nanogpt_split(seq, train_fraction: float = 0.9):
     """nanoGPT's split: ``seq[:int(n * train_fraction)]``, ``seq[int(n * train_fraction):]``
-    (for tiny-shakespeare 1,003,854 and 111,540 characters)."""
+    (for tiny-shakespeare 1,003,854 and 111,540 characters).
+
+    Parameters
+    ----------
+    seq : str or sequence
+        The text (or ids) to split; ``n = len(seq)``.
+    train_fraction : float in (0, 1), default 0.9
+        The training part's share.
+
+    Returns
+    -------
+    (train, val)
+        The first ``int(n * train_fraction)`` items and the rest.
+    """
     if not 0 < train_fraction < 1:
         raise ValueError(f"train_fraction must be in (0, 1), got {train_fraction!r}")
     cut = int(len(seq) * train_fraction)

@@ -36,6 +36,8 @@ PAGES = {
     "building-wheels.html": "Building wheels",
     "changelog.html": "Changelog",
     "interop.html": "Interop: PyTorch and ONNX",
+    "distributed.html": "Training on several machines",
+    "api/generated/fastrnn.train.dist.make_dist.html": "fastrnn.train.dist.make_dist",
     "api/index.html": "API reference",
     "api/generated/fastrnn.CharLM.html": "fastrnn.CharLM",
     "api/generated/fastrnn.Vocab.html": "fastrnn.Vocab",

@@ -260,7 +260,22 @@ def abort_job(dist, exc: BaseException) -> None:
 
 def make_dist(distributed: bool = False, comm=None):
     """The ``dist`` object of :class:`~fastrnn.train.Trainer` for ``fit(distributed=,
-    comm=)``: :class:`SingleProcess` unless ``distributed`` or a ``comm`` is given."""
+    comm=)``: :class:`SingleProcess` unless ``distributed`` or a ``comm`` is given.
+
+    Parameters
+    ----------
+    distributed : bool, default False
+        Train data-parallel over ``MPI.COMM_WORLD`` (imports mpi4py).
+    comm : mpi4py.MPI.Intracomm, optional
+        The communicator to train over; implies ``distributed``.
+
+    Returns
+    -------
+    SingleProcess or MPIDist
+        ``SingleProcess()`` for a plain run (mpi4py is not imported), else
+        ``MPIDist(comm)`` (:class:`MPIDist`: synchronous data parallelism, one
+        allreduce of the flat gradient per step).
+    """
     if comm is None and not distributed:
         return SingleProcess()
     try:
