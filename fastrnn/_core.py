@@ -919,6 +919,21 @@ def _layer_nonlin_id(nonlin):
     return {"tanh": _layers.NONLIN_TANH, "relu": _layers.NONLIN_RELU}[nonlin]
 
 
+def _scatter_rows(out, ids, src):
+    """out[v] = sum of src[i] over i with ids[i] == v, in increasing i (zero where v
+    does not occur): np.add.at's sums, in its order, without its per-element cost."""
+    order = np.argsort(ids, kind="stable")
+    sids = ids[order]
+    S = src[order]                              # rows grouped by id, each group in i order
+    ends = np.r_[np.flatnonzero(sids[1:] != sids[:-1]) + 1, ids.size]
+    out[...] = 0
+    s = 0
+    for e in ends.tolist():                     # one sequential running sum per id present
+        np.add.accumulate(S[s:e], axis=0, out=S[s:e])
+        out[sids[s]] = S[e - 1]
+        s = e
+
+
 def _stack(p, cell, L, nonlin, X_ids, X_dense, B, T, h, c, Yt, p_drop, seed, row_offset,
            nt, g):
     """Run the stack on checked input. h, c: (L, B, H) (c: LSTM, else None).
@@ -939,12 +954,12 @@ def _stack(p, cell, L, nonlin, X_ids, X_dense, B, T, h, c, Yt, p_drop, seed, row
         s = "" if k == 0 else f"_l{k}"
         W_xh, W_hh, b_h = p["W_xh" + s], p["W_hh" + s], p["b_h" + s]
         # the input projection of every step, hoisted out of the time loop
-        if k == 0 and X_ids.size:
-            XW = np.take(W_xh, X_ids, axis=0)   # (T, B, G*H): a row gather
+        if k == 0 and X_ids.size:             # (T, B, G*H): a row gather of the
+            XW = np.take(W_xh + b_h, X_ids, axis=0)  # D rows of W_xh + b_h, one pass
         else:
             x = X_dense if k == 0 else inp
             XW = (x @ W_xh).reshape(T, B, -1)
-        XW += b_h
+            XW += b_h
         inputs.append(X_ids if (k == 0 and X_ids.size) else (X_dense if k == 0 else inp))
         ck = c[k] if c is not None else None
         Hs, Cs, Gs = _layer_forward(cell, nonlin, XW, W_hh, p.get("b_hn" + s), h[k], ck, nt)
@@ -1004,8 +1019,7 @@ def _stack(p, cell, L, nonlin, X_ids, X_dense, B, T, h, c, Yt, p_drop, seed, row
         g["b_h" + s][...] = dA2.sum(axis=0)
         x = inputs[k]
         if x.ndim == 2 and x.dtype == np.int32:  # token ids (T, B): scatter-add rows
-            g["W_xh" + s][...] = 0
-            np.add.at(g["W_xh" + s], x.reshape(N), dA2)
+            _scatter_rows(g["W_xh" + s], x.reshape(N), dA2)
         else:
             np.matmul(x.T, dA2, out=g["W_xh" + s])
         caches[k] = None
