@@ -923,14 +923,14 @@ def _scatter_rows(out, ids, src):
     """out[v] = sum of src[i] over i with ids[i] == v, in increasing i (zero where v
     does not occur): np.add.at's sums, in its order, without its per-element cost."""
     order = np.argsort(ids, kind="stable")
-    sids = ids[order]
-    S = src[order]                              # rows grouped by id, each group in i order
+    sids = ids[order]                           # each id's rows in increasing i
     ends = np.r_[np.flatnonzero(sids[1:] != sids[:-1]) + 1, ids.size]
     out[...] = 0
     s = 0
     for e in ends.tolist():                     # one sequential running sum per id present
-        np.add.accumulate(S[s:e], axis=0, out=S[s:e])
-        out[sids[s]] = S[e - 1]
+        S = src[order[s:e]]                     # (one id's rows at a time: small peak)
+        np.add.accumulate(S, axis=0, out=S)
+        out[sids[s]] = S[-1]
         s = e
 
 
@@ -990,7 +990,7 @@ def _stack(p, cell, L, nonlin, X_ids, X_dense, B, T, h, c, Yt, p_drop, seed, row
     np.matmul(inp.T, dO, out=g["W_hq"])
     g["b_q"][...] = dO.sum(axis=0)
     dInp = (dO @ p["W_hq"].T).reshape(T, B, H)  # dL/dH_t of the top layer
-    del dO, O
+    del dO, O, inp
     dh0 = np.empty((L, B, H), dtype)
     dc0 = np.empty((L, B, H), dtype) if c is not None else None
     for k in reversed(range(L)):
@@ -1016,13 +1016,15 @@ def _stack(p, cell, L, nonlin, X_ids, X_dense, B, T, h, c, Yt, p_drop, seed, row
             g["W_hh" + s][:, 2 * H:] = Hprev.T @ dAn.reshape(N, H)
             g["b_hn" + s][...] = dAn.reshape(N, H).sum(axis=0)
         del Hprev
+        caches[k] = None                        # free the layer's activations before
+        del Hs, Cs, Gs                          # the input-gradient work below
         g["b_h" + s][...] = dA2.sum(axis=0)
         x = inputs[k]
         if x.ndim == 2 and x.dtype == np.int32:  # token ids (T, B): scatter-add rows
             _scatter_rows(g["W_xh" + s], x.reshape(N), dA2)
         else:
             np.matmul(x.T, dA2, out=g["W_xh" + s])
-        caches[k] = None
+        inputs[k] = x = None
         if k > 0:
             dInp = (dA2 @ W_xh.T)               # dL/d(input of layer k), (N, H)
             if masks:
