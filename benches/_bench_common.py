@@ -101,3 +101,11 @@ def train_problem(name):
 
 def assert_loss_close(got, ref, what):
     assert abs(got - ref) <= 1e-4 * abs(ref), f"{what}: loss {got} != float64 reference {ref}"
+
+
+@functools.lru_cache(maxsize=None)
+def gated_problem(name):
+    """compare.gated_problem for a compare.GATED_CONFIGS training configuration:
+    (float32 params, X, Y, the float64 reference's loss)."""
+    cell, V, H, L, B, T = compare.GATED_CONFIGS[name]
+    return compare.gated_problem(cell, V, H, L, B, T)

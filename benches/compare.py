@@ -18,6 +18,17 @@ gives medians. Before timing, every implementation's loss on the same parameters
 and batch is checked against the reference (and generation's first characters
 against a NumPy sampler), so a fast wrong answer cannot win.
 
+Gated cells (issue 12, ``GATED_CONFIGS``, ``--configs gated``): GRU and LSTM (V = 65)
+against ``torch.nn.GRU`` / ``torch.nn.LSTM`` (one-hot input, ``nn.Linear`` head, the same
+step as above; float32, so that PyTorch's LSTM takes its oneDNN path), and PyTorch's LSTM
+again under ``torch.backends.mkldnn.flags(enabled=False)`` ("torch-lstm-nomkldnn").
+An embedding peer as for the Elman cell would need an identity 4H x 4H input weight, so
+gated configurations use the one-hot peer only. Each loss is checked against the
+float64 reference before timing; generation checks fastrnn's greedy continuation
+against the float64 reference and PyTorch's logits against fastrnn's. The NumPy
+reference is timed only for LSTM generation (its training step is only the check).
+The generation bound: an LSTM step reads 4*H*H float32 of ``W_hh`` (1 MiB at H = 256).
+
 Columns: tokens/s (characters/s for generation); the ratio of fastrnn's speed to
 the reference's and to the fastest PyTorch variant (training: one-hot + nn.RNN, and
 nn.Embedding + nn.RNN; generation: the same thread count, and one thread, which is
@@ -72,9 +83,9 @@ def train_flops(V, H):
 # ---------------------------------------------------------------------------
 # training-step implementations: each is make(params, X, Y, threads) -> (step, loss0)
 
-def make_fastrnn(p, X, Y, threads):
+def make_fastrnn(p, X, Y, threads, cell="rnn"):
     from fastrnn import _lm
-    names = list(p)
+    names = list(p)  # init_params returns the flat-buffer order (fastrnn.params.layout)
     sizes = [p[k].size for k in names]
     offs = np.cumsum([0] + sizes)
     # one flat vector, W_hh on a cache line, as CharLM keeps its parameters
@@ -84,22 +95,23 @@ def make_fastrnn(p, X, Y, threads):
     gflat = np.empty_like(flat)
     params = {k: flat[offs[i]:offs[i + 1]].reshape(p[k].shape) for i, k in enumerate(names)}
     grads = {k: gflat[offs[i]:offs[i + 1]].reshape(p[k].shape) for i, k in enumerate(names)}
-    loss0 = fastrnn.loss_and_grad(params, X, Y, num_threads=threads)[0]
+    loss0 = fastrnn.loss_and_grad(params, X, Y, cell=cell, num_threads=threads)[0]
 
     def step():
-        loss, _, _ = fastrnn.loss_and_grad(params, X, Y, num_threads=threads, out=grads)
+        loss, _, _ = fastrnn.loss_and_grad(params, X, Y, cell=cell, num_threads=threads,
+                                           out=grads)
         _lm.clip_global_norm(gflat, CLIP)
         _lm.sgd_update(flat, gflat, LR)
         return loss
     return step, loss0
 
 
-def make_reference(p, X, Y, threads):
+def make_reference(p, X, Y, threads, cell="rnn"):
     params = {k: v.copy() for k, v in p.items()}
-    loss0 = reference.loss_and_grad(params, X, Y)[0]
+    loss0 = reference.loss_and_grad(params, X, Y, cell=cell)[0]
 
     def step():
-        loss, g, _ = reference.loss_and_grad(params, X, Y)
+        loss, g, _ = reference.loss_and_grad(params, X, Y, cell=cell)
         norm = math.sqrt(sum(float(np.vdot(g[k], g[k])) for k in params))
         scale = LR * min(1.0, CLIP / (norm + 1e-12))
         for k in params:
@@ -241,6 +253,293 @@ def gen_torch(p, threads):
 
 
 # ---------------------------------------------------------------------------
+# gated cells (issue 12): GRU and LSTM against torch.nn.GRU / torch.nn.LSTM
+
+GATED_CONFIGS = {  # name: (cell, V, H, layers, B, T); T is None for generation
+    "lstm-medium": ("lstm", 65, 256, 1, 64, 64),
+    "gru-medium": ("gru", 65, 256, 1, 64, 64),
+    "lstm-large": ("lstm", 65, 1024, 1, 64, 64),
+    "lstm-charrnn": ("lstm", 65, 512, 2, 50, 50),
+    "lstm-b1": ("lstm", 65, 256, 1, 1, 64),
+    "lstm-generation": ("lstm", 65, 256, 1, 1, None),
+}
+GATES = {"rnn": 1, "gru": 3, "lstm": 4}
+# 64 characters + <unk> = 65 tokens (tinyshakespeare's vocabulary size)
+CHARS65 = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ .,;:!?'-\n\"("
+
+
+def gated_train_flops(cell, V, H, L):
+    """Flops per token of a training step: the recurrent product forward, the
+    dL/dh_{t-1} product and dW_hh (2*G*H*H each), the same for the dense input
+    projection of every layer above the first (layer 0 reads ids: a row gather), and
+    the head (6*H*V)."""
+    G = GATES[cell]
+    return 6 * G * H * H * L + 6 * G * H * H * (L - 1) + 6 * H * V
+
+
+def gated_gen_flops(cell, V, H, L):
+    G = GATES[cell]
+    return 2 * G * H * H * L + 2 * G * H * H * (L - 1) + 2 * H * V
+
+
+def torch_gated_model(p, cell, L):
+    """one_hot -> nn.GRU / nn.LSTM (num_layers=L, batch_first) -> nn.Linear holding
+    fastrnn's parameters ``p`` (the concise d2l model); returns (rnn, lin).
+
+    Mapping (fastrnn.params, row vectors): weight_ih_l{k} = W_xh_l{k}^T, weight_hh_l{k}
+    = W_hh_l{k}^T, bias_ih_l{k} = b_h_l{k}, bias_hh_l{k} = 0 (LSTM) or [0, 0, b_hn_l{k}]
+    (GRU: b_h holds r and z's recurrent biases already, b_hn is the n gate's)."""
+    V, H = p["W_hq"].shape[1], p["W_hh"].shape[0]
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
+    rnn = (torch.nn.LSTM if cell == "lstm" else torch.nn.GRU)(V, H, num_layers=L,
+                                                              batch_first=True)
+    lin = torch.nn.Linear(H, V)
+    with torch.no_grad():
+        for k in range(L):
+            s = "" if k == 0 else f"_l{k}"
+            getattr(rnn, f"weight_ih_l{k}").copy_(t(p["W_xh" + s].T))
+            getattr(rnn, f"weight_hh_l{k}").copy_(t(p["W_hh" + s].T))
+            getattr(rnn, f"bias_ih_l{k}").copy_(t(p["b_h" + s]))
+            bhh = getattr(rnn, f"bias_hh_l{k}")
+            bhh.zero_()
+            if cell == "gru":
+                bhh[2 * H:].copy_(t(p["b_hn" + s]))
+        lin.weight.copy_(t(p["W_hq"].T))
+        lin.bias.copy_(t(p["b_q"]))
+    return rnn, lin
+
+
+def make_torch_gated(p, X, Y, threads, cell, L, mkldnn=True):
+    """The idiomatic PyTorch training step (one_hot, nn.GRU/nn.LSTM, nn.Linear, mean
+    cross-entropy, backward, clip_grad_norm_, SGD) on :func:`torch_gated_model`;
+    ``mkldnn=False`` runs forward and backward under
+    ``torch.backends.mkldnn.flags(enabled=False)`` (PyTorch's own LSTM loop)."""
+    import contextlib
+    torch.set_num_threads(threads)
+    torch.set_flush_denormal(True)
+    V = p["W_hq"].shape[1]
+    rnn, lin = torch_gated_model(p, cell, L)
+    params = list(rnn.parameters()) + list(lin.parameters())
+    opt = torch.optim.SGD(params, lr=LR)
+    Xt, Yt = torch.from_numpy(X.astype(np.int64)), torch.from_numpy(Y.astype(np.int64))
+    flags = (contextlib.nullcontext if mkldnn
+             else lambda: torch.backends.mkldnn.flags(enabled=False))
+
+    def loss_fn():
+        out, _ = rnn(torch.nn.functional.one_hot(Xt, V).float())
+        return torch.nn.functional.cross_entropy(lin(out).reshape(-1, V), Yt.reshape(-1))
+
+    with torch.no_grad(), flags():
+        loss0 = float(loss_fn())
+
+    def step():
+        torch.set_num_threads(threads)
+        with flags():
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn()
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, CLIP)
+        opt.step()
+        return loss.item()
+    return step, loss0
+
+
+def gated_makers(cell, L, torch_ok, numpy=False):
+    """name -> make(p, X, Y, threads) -> (step, loss0) for a gated configuration."""
+    makers = {"fastrnn": lambda *a: make_fastrnn(*a, cell=cell)}
+    if numpy:
+        makers["numpy"] = lambda *a: make_reference(*a, cell=cell)
+    if torch_ok:
+        makers[f"torch-{cell}"] = lambda *a: make_torch_gated(*a, cell=cell, L=L)
+        if cell == "lstm":
+            makers["torch-lstm-nomkldnn"] = lambda *a: make_torch_gated(*a, cell=cell, L=L,
+                                                                        mkldnn=False)
+    return makers
+
+
+def gated_problem(cell, V, H, L, B, T):
+    """float32 params (PyTorch's uniform init, forget bias 1), ids X, targets Y and
+    the float64 reference's loss on them."""
+    rng = np.random.default_rng(0)
+    p = fastrnn.init_params(V, H, cell=cell, num_layers=L, dtype="float32", seed=0)
+    X = rng.integers(0, V, (B, T))
+    Y = rng.integers(0, V, (B, T))
+    ref_loss = reference.loss_and_grad({q: v.astype(np.float64) for q, v in p.items()}, X, Y,
+                                       cell=cell)[0]
+    return p, X, Y, ref_loss
+
+
+def run_gated_train_config(name, cell, V, H, L, B, T, threads, quick, torch_ok):
+    p, X, Y, ref_loss = gated_problem(cell, V, H, L, B, T)
+    steps = {}
+    for k, mk in gated_makers(cell, L, torch_ok).items():
+        step, loss0 = mk(p, X, Y, threads)
+        if abs(loss0 - ref_loss) > 1e-4 * abs(ref_loss):
+            raise SystemExit(f"{name}: {k} loss {loss0} != float64 reference {ref_loss}")
+        step()  # warm-up
+        steps[k] = step
+    slow = gated_train_flops(cell, V, H, L) * B * T > 20e9  # lstm-large: ~1 s per step
+    med, rounds = interleaved(steps, rounds=(2 if slow else 3) if quick else 5,
+                              min_time=(2 if slow else 4) if quick else 20,
+                              settle=0.2)
+    return ({k: B * T / v for k, v in med.items()}, med, rounds,
+            gated_train_flops(cell, V, H, L))
+
+
+def vocab65():
+    return fastrnn.Vocab(CHARS65)
+
+
+GATED_PREFIX = "The Time Traveller "
+
+
+def gen_fastrnn_gated(p, threads, cell, L, n=None):
+    H = p["W_hh"].shape[0]
+    lm = fastrnn.CharLM(vocab65(), H, cell=cell, num_layers=L, dtype="float32")
+    for k in p:
+        lm.params[k][...] = p[k]
+
+    def run():
+        return lm.generate(GATED_PREFIX, n or GEN_CHARS, temperature=TEMPERATURE, seed=1,
+                           num_threads=threads)
+    return run, lm
+
+
+def gen_reference_lstm(p, threads, n=None):
+    """The honest NumPy LSTM sampler (one layer): one vector-matrix product per step."""
+    vocab = vocab65()
+    rng = np.random.default_rng(1)
+    W_xh, W_hh, b_h, W_hq, b_q = (p[k] for k in ("W_xh", "W_hh", "b_h", "W_hq", "b_q"))
+    H = W_hh.shape[0]
+
+    def cell(x, h, c):
+        a = W_xh[x] + h @ W_hh + b_h
+        i, f, o = (1 / (1 + np.exp(-a[j * H:(j + 1) * H])) for j in (0, 1, 3))
+        c = f * c + i * np.tanh(a[2 * H:3 * H])
+        return o * np.tanh(c), c
+
+    def run():
+        h = np.zeros(H, W_hh.dtype)
+        c = np.zeros(H, W_hh.dtype)
+        for x in vocab.encode(GATED_PREFIX):
+            h, c = cell(x, h, c)
+        out = []
+        for _ in range(n or GEN_CHARS):
+            o = (h @ W_hq + b_q) / TEMPERATURE
+            e = np.exp(o - o.max())
+            cs = np.cumsum(e)
+            tok = int(np.searchsorted(cs, rng.random() * cs[-1], side="right"))
+            out.append(tok)
+            h, c = cell(tok, h, c)
+        return vocab.decode(out)
+    return run
+
+
+def gen_torch_gated(p, threads, cell, L, n=None, mkldnn=True):
+    """PyTorch generating one character per call: rnn(one_hot(x), state), Linear,
+    softmax, multinomial (as gen_torch for the Elman cell)."""
+    torch.set_flush_denormal(True)
+    vocab = vocab65()
+    V = p["W_hq"].shape[1]
+    rnn, lin = torch_gated_model(p, cell, L)
+    gen = torch.Generator().manual_seed(1)
+    import contextlib
+    flags = (contextlib.nullcontext if mkldnn
+             else lambda: torch.backends.mkldnn.flags(enabled=False))
+
+    @torch.no_grad()
+    def run():
+        with flags():
+            return _run()
+
+    def _run():
+        torch.set_num_threads(threads)
+        ids = torch.from_numpy(vocab.encode(GATED_PREFIX).astype(np.int64))
+        _, s = rnn(torch.nn.functional.one_hot(ids, V).float().unsqueeze(0))
+        x = ids[-1:]
+        out = []
+        for _ in range(n or GEN_CHARS):
+            o, s = rnn(torch.nn.functional.one_hot(x, V).float().unsqueeze(0), s)
+            probs = torch.softmax(lin(o[0, -1]) / TEMPERATURE, dim=-1)
+            x = torch.multinomial(probs, 1, generator=gen)
+            out.append(int(x))
+        return vocab.decode(out)
+    return run, (rnn, lin)
+
+
+def check_gated_generation(p, cell, L, lm, torch_mods, n=200):
+    """Validation outside the timed calls: fastrnn's greedy continuation agrees with the
+    float64 reference's argmax at every step (near-ties within 1e-4 excepted), and the
+    PyTorch model's logits over the prefix equal fastrnn's."""
+    vocab = lm.vocab
+    ids = lm.generate_ids(GATED_PREFIX, n, greedy=True)
+    seq = np.concatenate([vocab.encode(GATED_PREFIX), np.asarray(ids[:-1])])[None]
+    p64 = {k: v.astype(np.float64) for k, v in p.items()}
+    logits = reference.forward(p64, seq, cell=cell)[0][0, len(GATED_PREFIX) - 1:]
+    for i, tok in enumerate(ids):
+        o = logits[i]
+        if o[best := int(np.argmax(o))] - o[tok] > 1e-4 * max(1.0, float(np.abs(o).max())):
+            raise SystemExit(f"{cell} generation: greedy step {i} chose {tok}, the float64 "
+                             f"reference's argmax is {best}")
+    if torch_mods is not None:
+        rnn, lin = torch_mods
+        V = p["W_hq"].shape[1]
+        with torch.no_grad():
+            xt = torch.from_numpy(seq.astype(np.int64))
+            got = lin(rnn(torch.nn.functional.one_hot(xt, V).float())[0]).numpy()
+        want = fastrnn.forward(p, seq, cell=cell)[0]
+        err = np.abs(got - want).max() / np.abs(want).max()
+        if err > 1e-4:
+            raise SystemExit(f"{cell} generation: PyTorch's logits differ from fastrnn's by "
+                             f"{err:.2e}")
+
+
+def run_gated_gen_config(cell, V, H, L, threads, quick, torch_ok):
+    """Characters/s generating n characters (1,000 with --quick, 3,000 otherwise:
+    PyTorch's LSTM takes about 1 ms per character on one thread, and with two threads
+    on a loaded machine 10-30 ms). PyTorch on ``threads`` threads runs in the full run
+    only; one thread is its faster setting for one character per call."""
+    n = 1000 if quick else 3000
+    p = fastrnn.init_params(V, H, cell=cell, num_layers=L, dtype="float32", seed=0)
+    run, lm = gen_fastrnn_gated(p, threads, cell, L, n)
+    runs = {"fastrnn": run}
+    mods = None
+    if cell == "lstm" and L == 1:
+        runs["numpy"] = gen_reference_lstm(p, threads, n)
+    if torch_ok:
+        runs["torch-1thread"], mods = gen_torch_gated(p, 1, cell, L, n)
+        if cell == "lstm":
+            runs["torch-1thread-nomkldnn"] = gen_torch_gated(p, 1, cell, L, n,
+                                                             mkldnn=False)[0]
+        if threads != 1 and not quick:
+            runs["torch"] = gen_torch_gated(p, threads, cell, L, n)[0]
+    check_gated_generation(p, cell, L, lm, mods)
+    texts = {k: r() for k, r in runs.items()}  # warm-up, and a sanity check
+    for k, s in texts.items():
+        if len(s) < n:  # <unk> decodes to 5 characters, so >= not ==
+            raise SystemExit(f"{cell} generation: {k} produced only {len(s)} characters")
+    med, rounds = interleaved(runs, rounds=2 if quick else 3, min_time=3 if quick else 10)
+    return ({k: n / v for k, v in med.items()}, med, rounds,
+            gated_gen_flops(cell, V, H, L))
+
+
+# ---------------------------------------------------------------------------
+
+def cpu_model():
+    """The CPU's model name and whether it has AVX-512F (Linux /proc/cpuinfo)."""
+    model, flags = platform.processor() or platform.machine(), ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") and model == (platform.processor()
+                                                                or platform.machine()):
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags") and not flags:
+                    flags = line
+    except OSError:
+        pass
+    return {"model": model, "avx512f": " avx512f" in flags, "avx2": " avx2" in flags}
+
 
 def gemm_rate(threads, n=2048, reps=5):
     a = np.random.default_rng(0).random((n, n), dtype=np.float32)
@@ -405,49 +704,76 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="short run (under a minute)")
     ap.add_argument("--threads", type=int, default=None,
                     help="threads for every implementation (default: fastrnn's default)")
-    ap.add_argument("--configs", default=",".join(CONFIGS),
-                    help=f"comma-separated subset of {','.join(CONFIGS)}")
+    ap.add_argument("--configs", default=",".join(list(CONFIGS) + list(GATED_CONFIGS)),
+                    help=f"comma-separated subset of "
+                         f"{','.join(list(CONFIGS) + list(GATED_CONFIGS))}; 'gated' means "
+                         f"all of {','.join(GATED_CONFIGS)}")
     ap.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
     ap.add_argument("--no-onnx", action="store_true",
                     help="skip the ONNX Runtime section even if onnxruntime is installed")
     ap.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = ap.parse_args(argv)
     threads = args.threads or fastrnn.default_num_threads()
-    names = [c.strip() for c in args.configs.split(",") if c.strip()]
+    names = []
+    for c in (c.strip() for c in args.configs.split(",")):
+        names += list(GATED_CONFIGS) if c == "gated" else ([c] if c else [])
     for n in names:
-        if n not in CONFIGS:
-            ap.error(f"unknown config {n!r}; choose from {', '.join(CONFIGS)}")
+        if n not in CONFIGS and n not in GATED_CONFIGS:
+            ap.error(f"unknown config {n!r}; choose from "
+                     f"{', '.join(list(CONFIGS) + list(GATED_CONFIGS))}")
     torch_ok = torch is not None and not args.no_torch
     peak = gemm_rate(threads)
     info = fastrnn.build_info()
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    cpu = cpu_model()
+    print(f"cpu: {cpu['model']}, avx512f={cpu['avx512f']}; load average at start: {load}")
     print(f"fastrnn {info['version']} (openmp={info['openmp']}), numpy {np.__version__}, "
           f"torch {torch.__version__ if torch_ok else 'not used'}; {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cpus, {threads} threads; float32 gemm rate {peak:.1f} GFLOP/s")
-    hdr = (f"{'config':<11}{'V':>4}{'H':>6}{'B':>6}{'T':>4} | {'impl':<16}{'tok/s':>12}"
+    hdr = (f"{'config':<16}{'V':>4}{'H':>6}{'B':>6}{'T':>4} | {'impl':<20}{'tok/s':>12}"
            f"{'GFLOP/s':>9}{'%gemm':>7} | {'vs numpy':>9}{'vs torch':>9}")
     print(hdr)
     print("-" * len(hdr))
     results = []
     for name in names:
-        V, H, B, T = CONFIGS[name]
-        if T is None:
+        cell, L = "rnn", 1
+        if name in GATED_CONFIGS:
+            cell, V, H, L, B, T = GATED_CONFIGS[name]
+            if T is None:
+                rate, med, rounds, fpt = run_gated_gen_config(cell, V, H, L, threads,
+                                                              args.quick, torch_ok)
+            else:
+                rate, med, rounds, fpt = run_gated_train_config(name, cell, V, H, L, B, T,
+                                                                threads, args.quick,
+                                                                torch_ok)
+        elif CONFIGS[name][3] is None:
+            V, H, B, T = CONFIGS[name]
             rate, med, rounds, fpt = run_gen_config(V, H, threads, args.quick, torch_ok)
         else:
+            V, H, B, T = CONFIGS[name]
             rate, med, rounds, fpt = run_train_config(name, V, H, B, T, threads, args.quick,
                                                       torch_ok)
         torch_keys = [k for k in rate if k.startswith("torch")]
         best_torch = max((rate[k] for k in torch_keys), default=None)
         for k, r in rate.items():
             gf = r * fpt / 1e9
-            vs_np = rate["fastrnn"] / rate["numpy"] if k == "fastrnn" else None
+            vs_np = rate["fastrnn"] / rate["numpy"] if (k == "fastrnn"
+                                                        and "numpy" in rate) else None
             vs_t = rate["fastrnn"] / best_torch if (k == "fastrnn" and best_torch) else None
-            print(f"{name:<11}{V:>4}{H:>6}{B:>6}{T if T else '-':>4} | {k:<16}{r:>12,.0f}"
+            print(f"{name:<16}{V:>4}{H:>6}{B:>6}{T if T else '-':>4} | {k:<20}{r:>12,.0f}"
                   f"{gf:>9.2f}{100 * gf / peak:>6.1f}% | "
                   f"{(f'{vs_np:.2f}x' if vs_np else ''):>9}{(f'{vs_t:.2f}x' if vs_t else ''):>9}")
-            results.append({"config": name, "V": V, "H": H, "B": B, "T": T, "impl": k,
+            results.append({"config": name, "cell": cell, "layers": L,
+                            "V": V, "H": H, "B": B, "T": T, "impl": k,
                             "tokens_per_s": r, "seconds_per_call": med[k], "rounds": rounds,
                             "gflops": gf, "pct_gemm": 100 * gf / peak,
                             "vs_numpy": vs_np, "vs_torch": vs_t})
+        if name in GATED_CONFIGS and T is None:  # the memory bound of one step
+            G = GATES[cell]
+            mib = 4 * G * H * H * (2 * L - 1) / 2**20
+            print(f"{'':<16}(each generated character reads W_hh and the dense W_xh: "
+                  f"{mib:.2f} MiB of float32 weights; {name} is bound by their reads from "
+                  f"cache, not by flops)")
         sys.stdout.flush()
     onnx_ok = ort is not None and not args.no_onnx
     if onnx_ok:
@@ -471,6 +797,9 @@ def main(argv=None):
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"threads": threads, "gemm_gflops": peak, "build_info": info,
+                       "cpu": cpu, "loadavg_start": load,
+                       "loadavg_end": os.getloadavg() if hasattr(os, "getloadavg") else None,
+                       "argv": sys.argv[1:] if argv is None else list(argv),
                        "torch": torch.__version__ if torch_ok else None,
                        "onnxruntime": ort.__version__ if onnx_ok else None,
                        "results": results}, f, indent=1, default=str)

@@ -130,3 +130,33 @@ def test_generate(benchmark, config, impl):
     assert set(text.replace(UNK, "")) <= set("abcdefghijklmnopqrstuvwxyz ")
     run_bench(benchmark, run, group=f"generate {n} chars (V={V} H={H} B=1)",
               check_seconds=seconds, units=n, unit_name="chars", rounds_lo=2, rounds_hi=20)
+
+
+# gated cells (issue 12): LSTM generation, one character per call for PyTorch
+GATED_GEN = [k for k, c in compare.GATED_CONFIGS.items() if c[5] is None]
+
+
+@pytest.mark.parametrize("impl", impl_params(["fastrnn", "numpy", "torch"]))
+@pytest.mark.parametrize("config", GATED_GEN)
+def test_generate_gated(benchmark, config, impl):
+    cell, V, H, L, _, _ = compare.GATED_CONFIGS[config]
+    n = 1000
+    p = fastrnn.init_params(V, H, cell=cell, num_layers=L, dtype="float32", seed=0)
+    if impl == "fastrnn":
+        run, lm = compare.gen_fastrnn_gated(p, THREADS, cell, L, n)
+        # the checks, once, outside the timed calls: greedy decoding against the
+        # float64 reference (SystemExit on a mismatch)
+        compare.check_gated_generation(p, cell, L, lm, None)
+    elif impl == "numpy":
+        run = compare.gen_reference_lstm(p, THREADS, n)
+    else:  # one thread: PyTorch's faster setting for one character per call
+        run, mods = compare.gen_torch_gated(p, 1, cell, L, n)
+        _, lm = compare.gen_fastrnn_gated(p, THREADS, cell, L, n)
+        compare.check_gated_generation(p, cell, L, lm, mods)
+    text, seconds = timed(run)
+    if impl == "fastrnn":
+        assert text.startswith(compare.GATED_PREFIX)
+        text = text[len(compare.GATED_PREFIX):]
+    assert n_tokens(text) == n, f"{impl} generated {n_tokens(text)} characters, not {n}"
+    run_bench(benchmark, run, group=f"generate {n} chars ({cell} V={V} H={H} L={L} B=1)",
+              check_seconds=seconds, units=n, unit_name="chars", rounds_lo=2, rounds_hi=20)

@@ -951,6 +951,21 @@ def _layer_nonlin_id(nonlin):
     return {"tanh": _layers.NONLIN_TANH, "relu": _layers.NONLIN_RELU}[nonlin]
 
 
+def _scatter_rows(out, ids, src):
+    """out[v] = sum of src[i] over i with ids[i] == v, in increasing i (zero where v
+    does not occur): np.add.at's sums, in its order, without its per-element cost."""
+    order = np.argsort(ids, kind="stable")
+    sids = ids[order]                           # each id's rows in increasing i
+    ends = np.r_[np.flatnonzero(sids[1:] != sids[:-1]) + 1, ids.size]
+    out[...] = 0
+    s = 0
+    for e in ends.tolist():                     # one sequential running sum per id present
+        S = src[order[s:e]]                     # (one id's rows at a time: small peak)
+        np.add.accumulate(S, axis=0, out=S)
+        out[sids[s]] = S[-1]
+        s = e
+
+
 def _stack(p, cell, L, nonlin, X_ids, X_dense, B, T, h, c, Yt, p_drop, seed, row_offset,
            nt, g):
     """Run the stack on checked input. h, c: (L, B, H) (c: LSTM, else None).
@@ -971,12 +986,12 @@ def _stack(p, cell, L, nonlin, X_ids, X_dense, B, T, h, c, Yt, p_drop, seed, row
         s = "" if k == 0 else f"_l{k}"
         W_xh, W_hh, b_h = p["W_xh" + s], p["W_hh" + s], p["b_h" + s]
         # the input projection of every step, hoisted out of the time loop
-        if k == 0 and X_ids.size:
-            XW = np.take(W_xh, X_ids, axis=0)   # (T, B, G*H): a row gather
+        if k == 0 and X_ids.size:             # (T, B, G*H): a row gather of the
+            XW = np.take(W_xh + b_h, X_ids, axis=0)  # D rows of W_xh + b_h, one pass
         else:
             x = X_dense if k == 0 else inp
             XW = (x @ W_xh).reshape(T, B, -1)
-        XW += b_h
+            XW += b_h
         inputs.append(X_ids if (k == 0 and X_ids.size) else (X_dense if k == 0 else inp))
         ck = c[k] if c is not None else None
         Hs, Cs, Gs = _layer_forward(cell, nonlin, XW, W_hh, p.get("b_hn" + s), h[k], ck, nt)
@@ -1007,7 +1022,7 @@ def _stack(p, cell, L, nonlin, X_ids, X_dense, B, T, h, c, Yt, p_drop, seed, row
     np.matmul(inp.T, dO, out=g["W_hq"])
     g["b_q"][...] = dO.sum(axis=0)
     dInp = (dO @ p["W_hq"].T).reshape(T, B, H)  # dL/dH_t of the top layer
-    del dO, O
+    del dO, O, inp
     dh0 = np.empty((L, B, H), dtype)
     dc0 = np.empty((L, B, H), dtype) if c is not None else None
     for k in reversed(range(L)):
@@ -1033,14 +1048,15 @@ def _stack(p, cell, L, nonlin, X_ids, X_dense, B, T, h, c, Yt, p_drop, seed, row
             g["W_hh" + s][:, 2 * H:] = Hprev.T @ dAn.reshape(N, H)
             g["b_hn" + s][...] = dAn.reshape(N, H).sum(axis=0)
         del Hprev
+        caches[k] = None                        # free the layer's activations before
+        del Hs, Cs, Gs                          # the input-gradient work below
         g["b_h" + s][...] = dA2.sum(axis=0)
         x = inputs[k]
         if x.ndim == 2 and x.dtype == np.int32:  # token ids (T, B): scatter-add rows
-            g["W_xh" + s][...] = 0
-            np.add.at(g["W_xh" + s], x.reshape(N), dA2)
+            _scatter_rows(g["W_xh" + s], x.reshape(N), dA2)
         else:
             np.matmul(x.T, dA2, out=g["W_xh" + s])
-        caches[k] = None
+        inputs[k] = x = None
         if k > 0:
             dInp = (dA2 @ W_xh.T)               # dL/d(input of layer k), (N, H)
             if masks:
