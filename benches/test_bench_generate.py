@@ -4,6 +4,8 @@ gen_fastrnn (CharLM.generate), gen_reference (a NumPy loop) and gen_torch.
 
     pytest benches/test_bench_generate.py
 """
+import inspect
+
 import numpy as np
 import pytest
 
@@ -50,7 +52,9 @@ def numpy_greedy_check(lm, ids):
 
 
 def closure_var(fn, name):
-    """The variable ``name`` that the closure ``fn`` (a compare.gen_* run) holds."""
+    """The variable ``name`` that the closure ``fn`` (a compare.gen_* run) holds
+    (through decorators such as ``torch.no_grad()``, which wrap it)."""
+    fn = inspect.unwrap(fn)
     return fn.__closure__[fn.__code__.co_freevars.index(name)].cell_contents
 
 
