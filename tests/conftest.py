@@ -1,4 +1,5 @@
 import os
+import signal
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -7,6 +8,14 @@ import numpy as np
 import pytest
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+# A script that starts a command in the background without job control (`cmd &` in a
+# non-interactive shell) starts it with SIGINT ignored, and Python keeps it ignored, as
+# do the processes it starts: fit would then rightly leave Ctrl-C alone, and every
+# Ctrl-C test would fail for a reason outside fastrnn. The tests need the usual
+# handling, so the session restores it (children started from here get the default).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # ---------------------------------------------------------------------------
 # which kernel levels this run covered (issue 17): test_kernels.py's

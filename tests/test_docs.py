@@ -75,7 +75,10 @@ def site(tmp_path_factory):
     proc = subprocess.run(
         [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html",
          "-d", str(out / ".doctrees"), str(DOCS), str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=1200)
+        # not from the repository root: `python -m` puts the working directory first on
+        # sys.path, and the source tree's fastrnn/ (no compiled kernels after a plain
+        # `pip install .`) would shadow the installed package the docs must document
+        cwd=out, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, f"sphinx-build -W failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     return out
 
