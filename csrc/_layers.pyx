@@ -1034,3 +1034,460 @@ cdef int _gen_call(int cell, int nonlin, object addrs, object W_hq, object b_q, 
     finally:
         free(mem)
     return 0
+
+
+# ---------------------------------------------------------------------------
+# whole-sequence products of the layer stack (input projection, output head and
+# softmax cross-entropy, weight gradients), so that the stack driver calls no BLAS
+# and our OpenMP threads are the only thread owner for the whole step (a numpy
+# product between two parallel regions woke BLAS's own threads, which then spun
+# against ours: 107 ms against 78 ms per lstm-medium step). Every output value is
+# computed by one thread in an order fixed by the shapes (the packed gemm's
+# ascending k, _tngemm's ascending rows, bias_scatter's rows in turn), so results
+# do not depend on the thread count.
+
+from _blas cimport gemm
+from _rowops cimport (_tngemm, fastrnn_gather_f32, fastrnn_gather_f64,
+                     fastrnn_bias_scatter_f32, fastrnn_bias_scatter_f64,
+                     fastrnn_softmax_xent_f32, fastrnn_softmax_xent_f64)
+
+# below about this many flops per thread a parallel region costs more than it saves
+cdef double SEQ_MIN_FLOPS_PER_THREAD = 2e6
+
+
+def set_seq_min_flops_per_thread(double flops):
+    """Set the work per thread below which the whole-sequence products use fewer
+    threads; returns the old value (tests set 0 so every thread gets a share).
+    Results do not depend on it."""
+    global SEQ_MIN_FLOPS_PER_THREAD
+    old = SEQ_MIN_FLOPS_PER_THREAD
+    SEQ_MIN_FLOPS_PER_THREAD = flops if flops > 0 else 1e-300
+    return old
+
+
+cdef inline int _seq_threads(int num_threads, double flops, Py_ssize_t parts) noexcept nogil:
+    cdef double n = flops / SEQ_MIN_FLOPS_PER_THREAD
+    cdef int t = num_threads if FASTRNN_OMP_ENABLED else 1
+    if n < t:
+        t = <int>n
+    if t > parts:
+        t = <int>parts
+    return t if t >= 1 else 1
+
+
+cdef inline void _part(Py_ssize_t n, int parts, int c, Py_ssize_t* i0,
+                       Py_ssize_t* i1) noexcept nogil:
+    i0[0] = (n * c) // parts
+    i1[0] = (n * (c + 1)) // parts
+
+
+cdef object _float_dtype(str name, object a):
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
+    if a.dtype != np.float32 and a.dtype != np.float64:
+        raise ValueError(f"{name} must be float32 or float64, got {a.dtype}")
+    return a.dtype
+
+
+cdef int _check_ids(str name, object ids, Py_ssize_t n, Py_ssize_t D, list seen) except -1:
+    """int32 (n,) ids in [0, D): checked here, since the gather and the scatter index
+    with them."""
+    cdef const int32_t[::1] v
+    cdef Py_ssize_t i
+    cdef int32_t lo = 0, hi = 0
+    _arr(name, ids, _I32, (n,), False, seen)
+    if n == 0:
+        return 0
+    v = ids
+    with nogil:
+        lo = hi = v[0]
+        for i in range(n):
+            if v[i] < lo:
+                lo = v[i]
+            if v[i] > hi:
+                hi = v[i]
+    if lo < 0 or hi >= D:
+        raise ValueError(f"{name} must lie in [0, {D}), got values in [{lo}, {hi}]")
+    return 0
+
+
+def gather_rows(W, b, ids, out, int num_threads):
+    """out[i] = W[ids[i]] + b: the one-hot input projection of every step.
+
+    W (D, N), b (N,), ids (M,) int32 in [0, D), out (M, N); one float dtype."""
+    dt = _float_dtype("W", W)
+    if not isinstance(W, np.ndarray) or W.ndim != 2:
+        raise ValueError("W must be 2-D")
+    cdef Py_ssize_t D = W.shape[0], N = W.shape[1]
+    cdef Py_ssize_t M = ids.shape[0] if isinstance(ids, np.ndarray) and ids.ndim == 1 else -1
+    if num_threads < 1:
+        raise ValueError(f"num_threads must be >= 1, got {num_threads}")
+    seen = []
+    _arr("W", W, dt, (D, N), False, seen)
+    _arr("b", b, dt, (N,), False, seen)
+    if M < 0:
+        raise ValueError("ids must be a 1-D int32 numpy.ndarray")
+    _check_ids("ids", ids, M, D, seen)
+    _arr("out", out, dt, (M, N), True, seen)
+    _no_overlap(seen)
+    if M == 0 or N == 0:
+        return
+    if dt == np.float32:
+        _gather_run(<float*>_addr(W), <float*>_addr(b), <int32_t*>_addr(ids),
+                    <float*>_addr(out), M, N, num_threads)
+    else:
+        _gather_run(<double*>_addr(W), <double*>_addr(b), <int32_t*>_addr(ids),
+                    <double*>_addr(out), M, N, num_threads)
+
+
+cdef void _gather_run(const floating* W, const floating* b, const int32_t* ids, floating* out,
+                      Py_ssize_t M, Py_ssize_t N, int num_threads) noexcept nogil:
+    cdef int nc = _seq_threads(num_threads, 16.0 * M * N, M), c
+    for c in prange(nc, num_threads=nc, schedule='static'):
+        _gather_chunk(W, b, ids, out, M, N, c, nc)
+
+
+# (each parallel loop's body is a function of its own: a variable of a prange body
+# that is assigned through a pointer is shared by Cython, not made private)
+cdef void _gather_chunk(const floating* W, const floating* b, const int32_t* ids,
+                        floating* out, Py_ssize_t M, Py_ssize_t N, int c,
+                        int nc) noexcept nogil:
+    cdef Py_ssize_t i0, i1
+    _part(M, nc, c, &i0, &i1)
+    if floating is float:
+        fastrnn_gather_f32(W, ids + i0, b, out + i0 * N, i1 - i0, N)
+    else:
+        fastrnn_gather_f64(W, ids + i0, b, out + i0 * N, i1 - i0, N)
+
+
+def seq_matmul(A, W, b, out, bint trans_w, int num_threads):
+    """out = A @ W (+ b), or A @ W.T with trans_w, over row blocks in parallel with W
+    packed once.
+
+    A (M, K), W (K, N) (trans_w: (N, K)), b (N,) or None, out (M, N)."""
+    dt = _float_dtype("A", A)
+    if A.ndim != 2 or not isinstance(W, np.ndarray) or W.ndim != 2:
+        raise ValueError("A and W must be 2-D numpy.ndarrays")
+    if num_threads < 1:
+        raise ValueError(f"num_threads must be >= 1, got {num_threads}")
+    cdef Py_ssize_t M = A.shape[0], K = A.shape[1]
+    cdef Py_ssize_t N = W.shape[0] if trans_w else W.shape[1]
+    seen = []
+    _arr("A", A, dt, (M, K), False, seen)
+    _arr("W", W, dt, (N, K) if trans_w else (K, N), False, seen)
+    if b is not None:
+        _arr("b", b, dt, (N,), False, seen)
+    _arr("out", out, dt, (M, N), True, seen)
+    _no_overlap(seen)
+    if M == 0 or N == 0:
+        return
+    if dt == np.float32:
+        _matmul_run(<float*>_addr(A), <float*>_addr(W), <float*>_addr(b), <float*>_addr(out),
+                    M, N, K, trans_w, num_threads)
+    else:
+        _matmul_run(<double*>_addr(A), <double*>_addr(W), <double*>_addr(b),
+                    <double*>_addr(out), M, N, K, trans_w, num_threads)
+
+
+cdef int _matmul_run(const floating* A, const floating* W, const floating* b, floating* out,
+                     Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, bint trans_w,
+                     int num_threads) except -1:
+    cdef Py_ssize_t nr = _pack_width(<floating>0)
+    cdef int nc = _seq_threads(num_threads, 2.0 * M * N * K, M), c
+    cdef floating* Wp = _alloc(_packed_size(K, N, <floating>0), <floating>0)
+    try:
+        with nogil:
+            _pack(W, K if trans_w else N, trans_w, K, N, nr, Wp)
+            for c in prange(nc, num_threads=nc, schedule='static'):
+                _matmul_chunk(A, Wp, b, out, M, N, K, c, nc)
+    finally:
+        free(Wp)
+    return 0
+
+
+cdef void _matmul_chunk(const floating* A, const floating* Wp, const floating* b,
+                        floating* out, Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, int c,
+                        int nc) noexcept nogil:
+    cdef Py_ssize_t i0, i1
+    cdef fastrnn_fpmode_t mode = fastrnn_ftz_on()
+    _part(M, nc, c, &i0, &i1)
+    if i1 > i0:
+        _pgemm(i1 - i0, N, K, A + i0 * K, K, Wp, out + i0 * N, N, 0, b)
+    fastrnn_fp_restore(mode)
+
+
+def head_xent(Hh, W_hq, b_q, Y, O, int num_threads):
+    """The output head of N rows, with the softmax cross-entropy when Y is given.
+
+    Hh (N, H), W_hq (H, V), b_q (V,), Y (N,) int32 in [0, V) or None, O (N, V) out.
+    Without Y, O = Hh W_hq + b_q (logits) and None is returned. With Y, O becomes
+    d(mean loss)/dO = (softmax - onehot) / N and the summed cross-entropy (float) is
+    returned, summed over rows in order (whatever the thread count)."""
+    dt = _float_dtype("Hh", Hh)
+    if Hh.ndim != 2 or not isinstance(W_hq, np.ndarray) or W_hq.ndim != 2:
+        raise ValueError("Hh and W_hq must be 2-D numpy.ndarrays")
+    if num_threads < 1:
+        raise ValueError(f"num_threads must be >= 1, got {num_threads}")
+    cdef Py_ssize_t N = Hh.shape[0], H = Hh.shape[1], V = W_hq.shape[1]
+    seen = []
+    _arr("Hh", Hh, dt, (N, H), False, seen)
+    _arr("W_hq", W_hq, dt, (H, V), False, seen)
+    _arr("b_q", b_q, dt, (V,), False, seen)
+    if Y is not None:
+        _check_ids("Y", Y, N, V, seen)
+    _arr("O", O, dt, (N, V), True, seen)
+    _no_overlap(seen)
+    if N == 0 or V == 0:
+        return 0.0 if Y is not None else None
+    rowloss = np.empty(N if Y is not None else 0, np.float64)
+    cdef double[::1] rl = rowloss
+    cdef double* prl = &rl[0] if Y is not None else NULL
+    if dt == np.float32:
+        _head_run(<float*>_addr(Hh), <float*>_addr(W_hq), <float*>_addr(b_q),
+                  <int32_t*>_addr(Y), <float*>_addr(O), prl, N, H, V, num_threads)
+    else:
+        _head_run(<double*>_addr(Hh), <double*>_addr(W_hq), <double*>_addr(b_q),
+                  <int32_t*>_addr(Y), <double*>_addr(O), prl, N, H, V, num_threads)
+    if Y is None:
+        return None
+    cdef double total = 0.0
+    cdef Py_ssize_t i
+    with nogil:
+        for i in range(N):
+            total = total + prl[i]
+    return total
+
+
+cdef int _head_run(const floating* Hh, const floating* W_hq, const floating* b_q,
+                   const int32_t* Y, floating* O, double* rowloss, Py_ssize_t N,
+                   Py_ssize_t H, Py_ssize_t V, int num_threads) except -1:
+    cdef Py_ssize_t nr = _pack_width(<floating>0)
+    cdef int nc = _seq_threads(num_threads, 2.0 * N * H * V + 30.0 * N * V, N), c
+    cdef floating* Wp = _alloc(_packed_size(H, V, <floating>0), <floating>0)
+    cdef floating scale = <floating>1.0 / <floating>N
+    try:
+        with nogil:
+            _pack(W_hq, V, 0, H, V, nr, Wp)
+            for c in prange(nc, num_threads=nc, schedule='static'):
+                _head_chunk(Hh, Wp, b_q, Y, O, rowloss, N, H, V, scale, c, nc)
+    finally:
+        free(Wp)
+    return 0
+
+
+cdef void _head_chunk(const floating* Hh, const floating* Wp, const floating* b_q,
+                      const int32_t* Y, floating* O, double* rowloss, Py_ssize_t N,
+                      Py_ssize_t H, Py_ssize_t V, floating scale, int c,
+                      int nc) noexcept nogil:
+    cdef Py_ssize_t i0, i1, r
+    cdef fastrnn_fpmode_t mode = fastrnn_ftz_on()
+    _part(N, nc, c, &i0, &i1)
+    if i1 > i0:
+        _pgemm(i1 - i0, V, H, Hh + i0 * H, H, Wp, O + i0 * V, V, 0, b_q)
+        if Y != NULL:
+            for r in range(i0, i1):             # row by row: each row's loss apart
+                if floating is float:
+                    rowloss[r] = fastrnn_softmax_xent_f32(O + r * V, Y + r, 1, V, scale)
+                else:
+                    rowloss[r] = fastrnn_softmax_xent_f64(O + r * V, Y + r, 1, V, scale)
+    fastrnn_fp_restore(mode)
+
+
+def head_backward(Hh, dO, W_hq, dW_hq, db_q, dH, int num_threads):
+    """Gradients through the output head: dW_hq = Hh^T dO, db_q = column sums of dO,
+    dH = dO W_hq^T.
+
+    Hh (N, H), dO (N, V), W_hq (H, V) in; dW_hq (H, V), db_q (V,), dH (N, H) out."""
+    dt = _float_dtype("Hh", Hh)
+    if Hh.ndim != 2 or not isinstance(dO, np.ndarray) or dO.ndim != 2:
+        raise ValueError("Hh and dO must be 2-D numpy.ndarrays")
+    if num_threads < 1:
+        raise ValueError(f"num_threads must be >= 1, got {num_threads}")
+    cdef Py_ssize_t N = Hh.shape[0], H = Hh.shape[1], V = dO.shape[1]
+    seen = []
+    _arr("Hh", Hh, dt, (N, H), False, seen)
+    _arr("dO", dO, dt, (N, V), False, seen)
+    _arr("W_hq", W_hq, dt, (H, V), False, seen)
+    _arr("dW_hq", dW_hq, dt, (H, V), True, seen)
+    _arr("db_q", db_q, dt, (V,), True, seen)
+    _arr("dH", dH, dt, (N, H), True, seen)
+    _no_overlap(seen)
+    if H == 0 or V == 0:
+        dH[...] = 0
+        dW_hq[...] = 0
+        db_q[...] = 0
+        return
+    if dt == np.float32:
+        _head_back_run(<float*>_addr(Hh), <float*>_addr(dO), <float*>_addr(W_hq),
+                       <float*>_addr(dW_hq), <float*>_addr(db_q), <float*>_addr(dH),
+                       N, H, V, num_threads)
+    else:
+        _head_back_run(<double*>_addr(Hh), <double*>_addr(dO), <double*>_addr(W_hq),
+                       <double*>_addr(dW_hq), <double*>_addr(db_q), <double*>_addr(dH),
+                       N, H, V, num_threads)
+
+
+cdef int _head_back_run(const floating* Hh, const floating* dO, const floating* W_hq,
+                        floating* dW_hq, floating* db_q, floating* dH, Py_ssize_t N,
+                        Py_ssize_t H, Py_ssize_t V, int num_threads) except -1:
+    cdef Py_ssize_t nr = _pack_width(<floating>0)
+    cdef int nc = _seq_threads(num_threads, 4.0 * N * H * V, max(N, H)), c
+    cdef floating* WpT = _alloc(_packed_size(V, H, <floating>0), <floating>0)
+    try:
+        with nogil:
+            _pack(W_hq, V, 1, V, H, nr, WpT)
+            for c in prange(nc, num_threads=nc, schedule='static'):
+                _head_back_chunk(Hh, dO, WpT, dW_hq, db_q, dH, N, H, V, c, nc)
+    finally:
+        free(WpT)
+    return 0
+
+
+cdef void _head_back_chunk(const floating* Hh, const floating* dO, const floating* WpT,
+                           floating* dW_hq, floating* db_q, floating* dH, Py_ssize_t N,
+                           Py_ssize_t H, Py_ssize_t V, int c, int nc) noexcept nogil:
+    cdef Py_ssize_t i0, i1
+    cdef fastrnn_fpmode_t mode = fastrnn_ftz_on()
+    _part(N, nc, c, &i0, &i1)           # dH rows
+    if i1 > i0:
+        _pgemm(i1 - i0, H, V, dO + i0 * V, V, WpT, dH + i0 * H, H, 0, NULL)
+    _part(H, nc, c, &i0, &i1)           # dW_hq rows
+    if i1 > i0:
+        _tngemm(i1 - i0, V, N, Hh + i0, H, dO, V, dW_hq + i0 * V, V, 0)
+    _part(V, nc, c, &i0, &i1)           # db_q columns
+    if floating is float:
+        fastrnn_bias_scatter_f32(dO, N, V, i0, i1, db_q, NULL, NULL, 0, 0)
+    else:
+        fastrnn_bias_scatter_f64(dO, N, V, i0, i1, db_q, NULL, NULL, 0, 0)
+    fastrnn_fp_restore(mode)
+
+
+def layer_weight_grads(int cell, h0, Hs, dA, dAn, ids, X, dW_xh, dW_hh, db_h, db_hn,
+                       int num_threads):
+    """A layer's weight gradients from its BPTT (layer_backward's dA, dAn_rec).
+
+    The products call BLAS from each thread: the caller limits BLAS to one thread
+    (fastrnn._core.blas_single_thread) when num_threads > 1.
+
+        h0       (B, H)       IN   the initial state (H_{-1})
+        Hs       (T, B, H)    IN   h_t
+        dA       (T, B, G*H)  IN
+        dAn      (T, B, H)    IN   GRU only (dL/dhn), else None
+        ids      (T*B,) int32 IN   token ids of the input (layer 0 with ids), or None
+        X        (T*B, D)     IN   dense input, or None (exactly one of ids, X)
+        dW_xh    (D, G*H)     OUT  X^T dA, or the rows of dA added at their ids
+        dW_hh    (H, G*H)     OUT  H_prev^T dA_rec (GRU: the n block from dAn)
+        db_h     (G*H,)       OUT  column sums of dA
+        db_hn    (H,)         OUT  GRU: column sums of dAn, else None
+    """
+    _check_cell(cell, FASTRNN_NONLIN_TANH)
+    dt = _float_dtype("dA", dA)
+    if dA.ndim != 3 or not isinstance(dW_hh, np.ndarray) or dW_hh.ndim != 2:
+        raise ValueError("dA must be (T, B, G*H) and dW_hh (H, G*H)")
+    if num_threads < 1:
+        raise ValueError(f"num_threads must be >= 1, got {num_threads}")
+    cdef Py_ssize_t G = fastrnn_cell_gates(cell)
+    cdef Py_ssize_t T = dA.shape[0], B = dA.shape[1], H = dW_hh.shape[0], D
+    gru = cell == FASTRNN_CELL_GRU
+    if (ids is None) == (X is None):
+        raise ValueError("give exactly one of ids and X")
+    if ids is not None:
+        if not isinstance(dW_xh, np.ndarray) or dW_xh.ndim != 2:
+            raise ValueError("dW_xh must be a 2-D numpy.ndarray")
+        D = dW_xh.shape[0]
+    else:
+        if not isinstance(X, np.ndarray) or X.ndim != 2:
+            raise ValueError("X must be a 2-D numpy.ndarray")
+        D = X.shape[1]
+    seen = []
+    _arr("h0", h0, dt, (B, H), False, seen)
+    _arr("Hs", Hs, dt, (T, B, H), False, seen)
+    _arr("dA", dA, dt, (T, B, G * H), False, seen)
+    _opt("dAn", dAn, gru, "with CELL_GRU", dt, (T, B, H), False, seen)
+    if ids is not None:
+        _check_ids("ids", ids, T * B, D, seen)
+    else:
+        _arr("X", X, dt, (T * B, D), False, seen)
+    _arr("dW_xh", dW_xh, dt, (D, G * H), True, seen)
+    _arr("dW_hh", dW_hh, dt, (H, G * H), True, seen)
+    _arr("db_h", db_h, dt, (G * H,), True, seen)
+    _opt("db_hn", db_hn, gru, "with CELL_GRU", dt, (H,), True, seen)
+    _no_overlap(seen)
+    if T * B > 2147483647 or D * G * H > 2147483647:
+        raise ValueError("layer_weight_grads: T*B and the sizes must fit BLAS's int")
+    if T * B == 0 or H == 0:
+        dW_xh[...] = 0
+        dW_hh[...] = 0
+        db_h[...] = 0
+        if db_hn is not None:
+            db_hn[...] = 0
+        return
+    if dt == np.float32:
+        _wgrad_run(cell, <float*>_addr(h0), <float*>_addr(Hs), <float*>_addr(dA),
+                   <float*>_addr(dAn), <int32_t*>_addr(ids), <float*>_addr(X),
+                   <float*>_addr(dW_xh), <float*>_addr(dW_hh), <float*>_addr(db_h),
+                   <float*>_addr(db_hn), T, B, H, D, num_threads)
+    else:
+        _wgrad_run(cell, <double*>_addr(h0), <double*>_addr(Hs), <double*>_addr(dA),
+                   <double*>_addr(dAn), <int32_t*>_addr(ids), <double*>_addr(X),
+                   <double*>_addr(dW_xh), <double*>_addr(dW_hh), <double*>_addr(db_h),
+                   <double*>_addr(db_hn), T, B, H, D, num_threads)
+
+
+cdef void _wgrad_run(int cell, const floating* h0, const floating* Hs, const floating* dA,
+                     const floating* dAn, const int32_t* ids, const floating* X,
+                     floating* dW_xh, floating* dW_hh, floating* db_h, floating* db_hn,
+                     Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, Py_ssize_t D,
+                     int num_threads) noexcept nogil:
+    cdef Py_ssize_t GH = fastrnn_cell_gates(cell) * H, N = T * B
+    cdef double flops = 2.0 * N * H * GH * (1 if ids != NULL else 2)
+    cdef int nc = _seq_threads(num_threads, flops, max(H, GH)), c
+    for c in prange(nc, num_threads=nc, schedule='static'):
+        _wgrad_chunk(cell, h0, Hs, dA, dAn, ids, X, dW_xh, dW_hh, db_h, db_hn, T, B, H, D,
+                     c, nc)
+
+
+cdef void _wgrad_chunk(int cell, const floating* h0, const floating* Hs, const floating* dA,
+                       const floating* dAn, const int32_t* ids, const floating* X,
+                       floating* dW_xh, floating* dW_hh, floating* db_h, floating* db_hn,
+                       Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, Py_ssize_t D, int c,
+                       int nc) noexcept nogil:
+    cdef Py_ssize_t G = fastrnn_cell_gates(cell), GH = G * H, N = T * B
+    cdef Py_ssize_t Gr = 2 if cell == FASTRNN_CELL_GRU else G, i0, i1
+    cdef fastrnn_fpmode_t mode = fastrnn_ftz_on()
+    # dW_hh rows [i0, i1): h0^T dA_0 + Hs[:T-1]^T dA[1:]  (rows in time order), by
+    # one-thread BLAS (the caller holds BLAS at one thread): at lstm-medium's shapes
+    # (4096 rows, 256 x 1024) 17.5 ms against _tngemm's 37 on one core
+    _part(H, nc, c, &i0, &i1)
+    if i1 > i0:
+        gemm(c'T', c'N', <int>(i1 - i0), <int>(Gr * H), <int>B, <floating>1.0, h0 + i0,
+             <int>H, dA, <int>GH, <floating>0.0, dW_hh + i0 * GH, <int>GH)
+        if T > 1:
+            gemm(c'T', c'N', <int>(i1 - i0), <int>(Gr * H), <int>((T - 1) * B),
+                 <floating>1.0, Hs + i0, <int>H, dA + B * GH, <int>GH, <floating>1.0,
+                 dW_hh + i0 * GH, <int>GH)
+        if cell == FASTRNN_CELL_GRU:
+            gemm(c'T', c'N', <int>(i1 - i0), <int>H, <int>B, <floating>1.0, h0 + i0,
+                 <int>H, dAn, <int>H, <floating>0.0, dW_hh + i0 * GH + 2 * H, <int>GH)
+            if T > 1:
+                gemm(c'T', c'N', <int>(i1 - i0), <int>H, <int>((T - 1) * B),
+                     <floating>1.0, Hs + i0, <int>H, dAn + B * H, <int>H, <floating>1.0,
+                     dW_hh + i0 * GH + 2 * H, <int>GH)
+    # db_h columns [i0, i1), with the ids' scatter-add into dW_xh
+    _part(GH, nc, c, &i0, &i1)
+    if floating is float:
+        fastrnn_bias_scatter_f32(dA, N, GH, i0, i1, db_h, ids, dW_xh, D, 0)
+    else:
+        fastrnn_bias_scatter_f64(dA, N, GH, i0, i1, db_h, ids, dW_xh, D, 0)
+    if cell == FASTRNN_CELL_GRU:
+        _part(H, nc, c, &i0, &i1)
+        if floating is float:
+            fastrnn_bias_scatter_f32(dAn, N, H, i0, i1, db_hn, NULL, NULL, 0, 0)
+        else:
+            fastrnn_bias_scatter_f64(dAn, N, H, i0, i1, db_hn, NULL, NULL, 0, 0)
+    if ids == NULL:                              # dense input: dW_xh rows [i0, i1)
+        _part(D, nc, c, &i0, &i1)
+        if i1 > i0:
+            gemm(c'T', c'N', <int>(i1 - i0), <int>GH, <int>N, <floating>1.0, X + i0,
+                 <int>D, dA, <int>GH, <floating>0.0, dW_xh + i0 * GH, <int>GH)
+    fastrnn_fp_restore(mode)

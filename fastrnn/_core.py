@@ -633,6 +633,23 @@ def clear_workspace() -> None:
     """Free the calling thread's cached activation buffers."""
     _workspace.key = None
     _workspace.bufs = None
+    _workspace.stack = None
+
+
+def _ws(name, shape, dtype):
+    """An uninitialised work array of the layer stack, this thread's, reused by the
+    next call that asks for the same name with the same shape and dtype (a training
+    loop): steady-state steps neither allocate nor page-fault fresh memory (3,300
+    page faults, about 6% of an lstm-medium step, before). Never returned to the
+    caller."""
+    d = getattr(_workspace, "stack", None)
+    if d is None:
+        d = _workspace.stack = {}
+    a = d.get(name)
+    if a is None or a.shape != shape or a.dtype != dtype:
+        d[name] = None                      # drop the old array before the new one
+        a = d[name] = np.empty(shape, dtype)
+    return a
 
 
 def _run_forward(p, X_ids, X_dense, h, Yt, B, T, nonlinearity, nt, keep_logits,
@@ -909,33 +926,39 @@ def _rnn_loss_and_grad(p, X, X_ids, X_dense, h, Yt, B, T, nonlinearity, nt, out)
 # ---------------------------------------------------------------------------
 # the layer stack: every configuration but cell="rnn" with one layer
 
-def _layer_forward(cell, nonlin, XW, W_hh, b_hn, h0, c0, nt):
-    """One layer's time loop: (Hs (T, B, H), Cs or None, Gs: the gate cache)."""
+def _layer_forward(cell, nonlin, XW, W_hh, b_hn, h0, c0, nt, cache=True, ws=None):
+    """One layer's time loop: (Hs (T, B, H), Cs or None, Gs: the gate cache, None
+    without ``cache``: no backward follows). ws: the layer's index, to take the
+    arrays from this thread's workspace (the caller must not return them)."""
     if _layers is None:
         return reference.layer_forward(cell, XW, W_hh, b_hn, h0, c0, nonlinearity=nonlin)
     T, B, _ = XW.shape
     H = W_hh.shape[0]
+    dt = XW.dtype
     cid = _layer_cell_id(cell)
-    Hs = np.empty((T, B, H), XW.dtype)
-    Cs = np.empty((T, B, H), XW.dtype) if cell == "lstm" else None
+    new = np.empty if ws is None else (lambda shape, dt, n=None: _ws((n, ws), shape, dt))
+    Hs = new((T, B, H), dt, "Hs")
+    Cs = new((T, B, H), dt, "Cs") if cell == "lstm" else None
     w = _layers.gate_cache_width(cid, H)
-    Gs = np.empty((T, B, w), XW.dtype) if w else None
+    Gs = new((T, B, w), dt, "Gs") if w and cache else None
     _layers.layer_forward(cid, _layer_nonlin_id(nonlin), XW, W_hh, b_hn, h0, c0, Hs, Cs,
                           Gs, nt)
     return Hs, Cs, Gs
 
 
-def _layer_backward(cell, nonlin, dHs, Hs, Cs, Gs, h0, c0, W_hh, nt):
+def _layer_backward(cell, nonlin, dHs, Hs, Cs, Gs, h0, c0, W_hh, nt, ws=False):
     """One layer's BPTT: (dA (T, B, G*H), dAn_rec (T, B, H): GRU's dL/dhn else None,
-    dh0, dc0 or None). dHs may be overwritten."""
+    dh0, dc0 or None). dHs may be overwritten. ws: dA and dAn_rec from this thread's
+    workspace (the caller must not return them)."""
     H = W_hh.shape[0]
     if _layers is None:
         dA, dA_rec, dh0, dc0 = reference.layer_backward(cell, dHs, Hs, Cs, Gs, h0, c0, W_hh,
                                                         nonlinearity=nonlin)
         return dA, (dA_rec[:, :, 2 * H:] if cell == "gru" else None), dh0, dc0
     T, B, _ = dHs.shape
-    dA = np.empty((T, B, W_hh.shape[1]), dHs.dtype)
-    dAn = np.empty((T, B, H), dHs.dtype) if cell == "gru" else None
+    new = np.empty if not ws else (lambda shape, dt, n=None: _ws(n, shape, dt))
+    dA = new((T, B, W_hh.shape[1]), dHs.dtype, "dA")
+    dAn = new((T, B, H), dHs.dtype, "dAn") if cell == "gru" else None
     dh0 = np.empty((B, H), dHs.dtype)
     dc0 = np.empty((B, H), dHs.dtype) if cell == "lstm" else None
     _layers.layer_backward(_layer_cell_id(cell), _layer_nonlin_id(nonlin), dHs, Hs, Cs, Gs,
@@ -973,7 +996,100 @@ def _stack(p, cell, L, nonlin, X_ids, X_dense, B, T, h, c, Yt, p_drop, seed, row
     Without targets (Yt None): returns (logits (B, T, V), h_T, c_T). With targets:
     fills the gradient dict g (keys of params, "h0", "c0" in the state's form) and
     returns (loss, h_T, c_T). h_T, c_T are (L, B, H).
+
+    Every product runs in the compiled kernels (fastrnn._layers), whose OpenMP threads
+    are the only thread owner of the step: no BLAS call sits between two parallel
+    regions (its threads would spin against ours).
     """
+    if _layers is None:
+        return _stack_numpy(p, cell, L, nonlin, X_ids, X_dense, B, T, h, c, Yt, p_drop,
+                            seed, row_offset, nt, g)
+    with blas_single_thread():      # layer_weight_grads calls BLAS from our threads
+        return _stack_compiled(p, cell, L, nonlin, X_ids, X_dense, B, T, h, c, Yt, p_drop,
+                               seed, row_offset, nt, g)
+
+
+def _stack_compiled(p, cell, L, nonlin, X_ids, X_dense, B, T, h, c, Yt, p_drop, seed,
+                    row_offset, nt, g):
+    dtype = p["W_hh"].dtype
+    H = p["W_hh"].shape[0]
+    V = p["W_hq"].shape[1]
+    N = T * B
+    ids = X_ids.reshape(N) if X_ids.size else None
+    hT = np.empty((L, B, H), dtype)
+    cT = np.empty((L, B, H), dtype) if c is not None else None
+    inputs, caches, masks = [], [], []
+    inp = None                                  # (N, H): the input of layer k >= 1
+    for k in range(L):
+        s = "" if k == 0 else f"_l{k}"
+        W_xh, W_hh, b_h = p["W_xh" + s], p["W_hh" + s], p["b_h" + s]
+        # the input projection of every step, hoisted out of the time loop
+        XW = _ws("XW", (T, B, W_hh.shape[1]), dtype)
+        if k == 0 and ids is not None:          # a row gather of W_xh, plus b_h
+            _layers.gather_rows(W_xh, b_h, ids, XW.reshape(N, -1), nt)
+            inputs.append(ids)
+        else:
+            x = X_dense.reshape(N, -1) if k == 0 else inp
+            _layers.seq_matmul(x, W_xh, b_h, XW.reshape(N, -1), False, nt)
+            inputs.append(x)
+        ck = c[k] if c is not None else None
+        Hs, Cs, Gs = _layer_forward(cell, nonlin, XW, W_hh, p.get("b_hn" + s), h[k], ck, nt,
+                                    Yt is not None, k)
+        del XW
+        caches.append((Hs, Cs, Gs))
+        hT[k] = Hs[T - 1]
+        if cT is not None:
+            cT[k] = Cs[T - 1]
+        inp = Hs.reshape(N, H)
+        if p_drop > 0 and k < L - 1:            # inverted dropout between layers
+            masks.append(_params.dropout_mask(seed, k, T, row_offset, B, H, p_drop, dtype)
+                         .reshape(N, H))
+            inp = inp * masks[k]
+    O = _ws("O", (N, V), dtype)                 # logits, time-major
+    if Yt is None:
+        _layers.head_xent(inp, p["W_hq"], p["b_q"], None, O, nt)
+        return O.reshape(T, B, V).transpose(1, 0, 2).copy(), hT, cT
+    # softmax cross-entropy, averaged over the N predictions: O becomes dL/dO
+    loss = _layers.head_xent(inp, p["W_hq"], p["b_q"], Yt.reshape(N), O, nt) / N
+    dInp = _ws("dH", (T, B, H), dtype)          # dL/dH_t of the top layer
+    _layers.head_backward(inp, O, p["W_hq"], g["W_hq"], g["b_q"], dInp.reshape(N, H), nt)
+    del O, inp
+    dh0 = np.empty((L, B, H), dtype)
+    dc0 = np.empty((L, B, H), dtype) if c is not None else None
+    cid = _layer_cell_id(cell)
+    for k in reversed(range(L)):
+        s = "" if k == 0 else f"_l{k}"
+        W_xh, W_hh = p["W_xh" + s], p["W_hh" + s]
+        Hs, Cs, Gs = caches[k]
+        ck = c[k] if c is not None else None
+        dA, dAn, dh0[k], dck = _layer_backward(cell, nonlin, dInp, Hs, Cs, Gs, h[k], ck,
+                                               W_hh, nt, True)
+        if dc0 is not None:
+            dc0[k] = dck
+        x = inputs[k]
+        xi = x if x.ndim == 1 else None
+        _layers.layer_weight_grads(cid, h[k], Hs, dA, dAn, xi, None if xi is not None else x,
+                                   g["W_xh" + s], g["W_hh" + s], g["b_h" + s],
+                                   g.get("b_hn" + s), nt)
+        caches[k] = inputs[k] = x = xi = None
+        del Hs, Cs, Gs
+        if k > 0:                               # dL/d(input of layer k), (N, H)
+            dInp = _ws("dH", (T, B, H), dtype)
+            _layers.seq_matmul(dA.reshape(N, -1), W_xh, None, dInp.reshape(N, H), True, nt)
+            if masks:
+                dInp *= masks[k - 1].reshape(T, B, H)   # through the dropout below
+        del dA, dAn
+    if "h0" in g:
+        g["h0"][...] = dh0.reshape(g["h0"].shape)
+    if dc0 is not None:
+        g["c0"][...] = dc0.reshape(g["c0"].shape)
+    return loss, hT, cT
+
+
+def _stack_numpy(p, cell, L, nonlin, X_ids, X_dense, B, T, h, c, Yt, p_drop, seed, row_offset,
+           nt, g):
+    """_stack without the compiled kernels (the NumPy fallback): the same steps, with
+    the layers' time loops of fastrnn.reference and numpy's products."""
     dtype = p["W_hh"].dtype
     H = p["W_hh"].shape[0]
     V = p["W_hq"].shape[1]

@@ -78,8 +78,10 @@ def every_thread_gets_work():
         yield
         return
     old = _core._rnn.set_min_flops_per_thread(0)
+    old_seq = _core._layers.set_seq_min_flops_per_thread(0)
     yield
     _core._rnn.set_min_flops_per_thread(old)
+    _core._layers.set_seq_min_flops_per_thread(old_seq)
 
 
 @pytest.fixture

@@ -657,3 +657,121 @@ def test_property_any_shape_matches_oracle_bitwise_across_threads(config, B, T, 
     for a, b in zip(one + g1, many + gn):
         if a is not None:
             np.testing.assert_array_equal(a, b)
+
+
+# ---------------------------------------------------------------------------
+# the whole-sequence products of the stack driver (gather, matmul, head, weight
+# gradients) against numpy in float64, and bitwise the same for 1, 2, 3 threads
+
+SEQ_SHAPES = [(1, 1, 1, 1), (3, 5, 7, 4), (2, 9, 33, 11), (4, 3, 70, 29), (16, 32, 128, 65)]
+# (T, B, H, V); the last is large enough for the threads to overlap in time
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+@pytest.mark.parametrize("T,B,H,V", SEQ_SHAPES)
+@pytest.mark.parametrize("dense", [False, True])
+def test_layer_weight_grads(cell, T, B, H, V, dense):
+    rng = np.random.default_rng(T * 1000 + B * 100 + H)
+    cid = {"rnn": L.CELL_RNN, "gru": L.CELL_GRU, "lstm": L.CELL_LSTM}[cell]
+    G = L.gate_count(cid)
+    N, GH, D = T * B, G * H, V
+    h0 = rng.standard_normal((B, H))
+    Hs = rng.standard_normal((T, B, H))
+    dA = rng.standard_normal((T, B, GH))
+    dAn = rng.standard_normal((T, B, H)) if cell == "gru" else None
+    ids = rng.integers(0, D, N).astype(np.int32)
+    X = rng.standard_normal((N, D)) if dense else None
+    Hp = np.concatenate([h0[None], Hs[:-1]]).reshape(N, H)
+    dA2 = dA.reshape(N, GH)
+    want_hh = Hp.T @ dA2
+    if cell == "gru":
+        want_hh[:, 2 * H:] = Hp.T @ dAn.reshape(N, H)
+    if dense:
+        want_xh = X.T @ dA2
+    else:
+        want_xh = np.zeros((D, GH))
+        np.add.at(want_xh, ids, dA2)
+    results = []
+    for nt in (1, 2, 3):
+        out = [np.full((D, GH), np.nan), np.full((H, GH), np.nan), np.full(GH, np.nan),
+               np.full(H, np.nan) if cell == "gru" else None]
+        L.layer_weight_grads(cid, h0, Hs, dA, dAn, None if dense else ids, X, *out, nt)
+        np.testing.assert_allclose(out[0], want_xh, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(out[1], want_hh, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(out[2], dA2.sum(0), rtol=1e-12, atol=1e-12)
+        if cell == "gru":
+            np.testing.assert_allclose(out[3], dAn.reshape(N, H).sum(0), rtol=1e-12,
+                                       atol=1e-12)
+        results.append(out)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            if a is not None:
+                assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("T,B,H,V", SEQ_SHAPES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_head_and_products(T, B, H, V, dtype):
+    rng = np.random.default_rng(V * 7 + H)
+    N = T * B
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    Hh = rng.standard_normal((N, H)).astype(dtype)
+    W = rng.standard_normal((H, V)).astype(dtype)
+    b = rng.standard_normal(V).astype(dtype)
+    Y = rng.integers(0, V, N).astype(np.int32)
+    ids = rng.integers(0, H, N).astype(np.int32)
+    h64, w64, b64 = (a.astype(np.float64) for a in (Hh, W, b))
+    Z = h64 @ w64 + b64
+    P = np.exp(Z - Z.max(1, keepdims=True))
+    P /= P.sum(1, keepdims=True)
+    want_loss = -np.log(P[np.arange(N), Y]).sum()
+    dO_want = P.copy()
+    dO_want[np.arange(N), Y] -= 1
+    dO_want /= N
+    runs = []
+    for nt in (1, 2, 3):
+        O = np.empty((N, V), dtype)
+        assert L.head_xent(Hh, W, b, None, O, nt) is None
+        np.testing.assert_allclose(O, Z, rtol=tol, atol=tol)
+        loss = L.head_xent(Hh, W, b, Y, O, nt)
+        np.testing.assert_allclose(loss, want_loss, rtol=tol)
+        np.testing.assert_allclose(O, dO_want, rtol=tol, atol=tol / N)
+        dW, db, dH = np.empty((H, V), dtype), np.empty(V, dtype), np.empty((N, H), dtype)
+        L.head_backward(Hh, O, W, dW, db, dH, nt)
+        d64 = O.astype(np.float64)
+        np.testing.assert_allclose(dW, h64.T @ d64, rtol=tol, atol=tol)
+        np.testing.assert_allclose(db, d64.sum(0), rtol=tol, atol=tol)
+        np.testing.assert_allclose(dH, d64 @ w64.T, rtol=tol, atol=tol)
+        M1 = np.empty((N, V), dtype)
+        L.seq_matmul(Hh, W, b, M1, False, nt)
+        np.testing.assert_allclose(M1, Z, rtol=tol, atol=tol)
+        M2 = np.empty((N, H), dtype)
+        L.seq_matmul(O, W, None, M2, True, nt)
+        np.testing.assert_allclose(M2, d64 @ w64.T, rtol=tol, atol=tol)
+        Gt = np.empty((N, V), dtype)
+        L.gather_rows(W, b, ids, Gt, nt)
+        assert np.array_equal(Gt, W[ids] + b)
+        runs.append((loss, O, dW, db, dH, M1, M2))
+    for other in runs[1:]:
+        assert other[0] == runs[0][0]
+        for a, b_ in zip(runs[0][1:], other[1:]):
+            assert np.array_equal(a, b_)
+
+
+def test_seq_products_refuse_bad_input():
+    W = np.zeros((4, 3))
+    with pytest.raises(ValueError, match="ids must lie in"):
+        L.gather_rows(W, np.zeros(3), np.array([0, 4], np.int32), np.empty((2, 3)), 1)
+    with pytest.raises(ValueError, match="Y must lie in"):
+        L.head_xent(np.zeros((2, 4)), W, np.zeros(3), np.array([0, -1], np.int32),
+                    np.empty((2, 3)), 1)
+    with pytest.raises(ValueError, match="out must have shape"):
+        L.seq_matmul(np.zeros((2, 4)), W, None, np.empty((2, 4)), False, 1)
+    with pytest.raises(ValueError, match="dW_hh must have dtype"):
+        L.layer_weight_grads(L.CELL_RNN, np.zeros((1, 4)), np.zeros((1, 1, 4)),
+                             np.zeros((1, 1, 4)), None, np.zeros(1, np.int32), None,
+                             np.zeros((3, 4)), np.zeros((4, 4), np.float32), np.zeros(4),
+                             None, 1)
+    with pytest.raises(ValueError, match="must not overlap"):
+        buf = np.zeros((2, 3))
+        L.seq_matmul(buf, np.zeros((3, 3)), None, buf, False, 1)
