@@ -36,7 +36,7 @@ ranks and a run resumes on any number.
 
 Every decision is taken on reduced values, so all ranks take it at the same step: the
 loss (divergence, spikes) is the reduced mean, validation the reduced sum
-(:func:`shared_ce`), Ctrl-C and the ``_after_step``/``_after_epoch`` stop decisions
+(:func:`shared_totals`), Ctrl-C and the ``_after_step``/``_after_epoch`` stop decisions
 (early stopping, keep-best) go through :meth:`reduce_flags`. Failures: an exception in
 a rank's step is reported through the loss reduction (the failing rank raises its own
 error, the others :class:`PeerFailed`), setup and checkpoint writes reduce a failure
@@ -285,31 +285,18 @@ def make_dist(distributed: bool = False, comm=None):
                           "install them with: pip install 'fastrnn[mpi]'") from exc
 
 
-def shared_ce(dist, model, ids: np.ndarray, sampling: str, num_steps: int, batch_size: int,
-              num_threads) -> tuple[float, int]:
-    """Validation totals ``(summed cross-entropy, predictions)`` of one process, computed
-    on the ranks' shares and summed (every rank gets them).
+def shared_totals(dist, measure, *args, **kwargs) -> tuple[float, int]:
+    """The ``(summed cross-entropy, predictions)`` of one process, computed on the ranks'
+    shares and summed (every rank gets them).
 
-    ``"windows"`` sampling: the stride-1 windows are independent, each rank evaluates a
-    contiguous block of them (1/N of the work; the sum differs from one process's only
-    in rounding). The other samplings evaluate one stream whose state is carried from
-    the first character to the last, which cannot be split: the root evaluates it and
-    the others add zeros (the exact value of one process).
+    ``measure`` is one of the model's validation measures, a sum over independent rows
+    (the stride-1 windows, the carried streams, the blocks): called with
+    ``rows=dist.rows`` it evaluates this rank's contiguous share of the rows (a last,
+    shorter row goes to the last rank), about 1/N of the work; the sum differs from one
+    process's only in rounding. With one process it is called as is.
     """
-    from .. import _core, datasets as _ds
-    from ..model import _mean_ce
-    total, count = 0.0, 0
-    if sampling == "windows":
-        X, Y = _ds.windows(ids, num_steps)
-        r0, r1 = dist.rows(len(X))
-        with _core.blas_single_thread(), model._param_lock:
-            for i in range(r0, r1, batch_size):
-                j = min(i + batch_size, r1)
-                logits, _ = _core.forward(model.params, np.ascontiguousarray(X[i:j]),
-                                          num_threads=num_threads, **model._fn_kw())
-                s, c = _mean_ce(logits, Y[i:j])
-                total, count = total + s, count + c
-    elif dist.is_root:
-        total, count = model._stream_ce(ids, 1, num_threads)
-    s, c = dist.reduce_sum([total, count])
+    if dist.size == 1:
+        return measure(*args, **kwargs)
+    s, c = measure(*args, rows=dist.rows, **kwargs)
+    s, c = dist.reduce_sum([s, c])
     return float(s), int(round(c))
