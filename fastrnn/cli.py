@@ -274,6 +274,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "validation blocks, each from a zero state (nanoGPT's measure)")
     g.add_argument("--eval-blocks", type=_positive_int, default=None, metavar="N",
                    help="evaluate only N evenly spaced blocks (default: all)")
+    g.add_argument("--val-streams", type=_positive_int, default=None, metavar="N",
+                   help="per-epoch validation of sequential/random sampling: N contiguous "
+                        "streams, each from a zero state (default: 1, the whole text as "
+                        "one stream; --distributed splits the streams among the ranks)")
     g.add_argument("--keep-best", action="store_true", default=None,
                    help="save the parameters with the lowest validation loss to "
                         "<out stem>.best.npz (the --out file holds the last ones)")
@@ -613,7 +617,7 @@ def _cmd_train(args) -> int:
     extra = {}
     for key in ("weight_decay", "schedule", "warmup_steps", "min_lr", "decay_factor",
                 "decay_after", "max_steps", "time_budget", "eval_interval", "eval_blocks",
-                "keep_best", "patience", "on_spike"):
+                "val_streams", "keep_best", "patience", "on_spike"):
         v = getattr(args, key, None)
         if v is None and key in cfg:
             v = cfg[key]

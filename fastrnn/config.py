@@ -267,6 +267,14 @@ class TrainConfig(_DictMixin):
     eval_blocks : int, optional
         Use only this many blocks, evenly spaced over the validation text and the
         same at every evaluation (None: all of them).
+    val_streams : int, default 1
+        The per-epoch validation of ``"sequential"`` and ``"random"`` sampling cuts the
+        validation text into this many contiguous streams, each predicted from a zero
+        state with the state carried through it (:meth:`CharLM.perplexity` with
+        ``batch_size=val_streams``). 1 is the exact value of one stream carried from
+        the first character to the last. A data-parallel run splits the streams among
+        its ranks (the value does not depend on the number of ranks): give at least as
+        many streams as ranks for each to evaluate a share.
     keep_best : bool, default False
         Save the parameters with the lowest validation loss (of the step evaluations
         when ``eval_interval`` is set, else of the epochs) to
@@ -328,6 +336,7 @@ class TrainConfig(_DictMixin):
     eval_interval: int | None = None
     eval_block: int = 256
     eval_blocks: int | None = None
+    val_streams: int = 1
     keep_best: bool = False
     patience: int | None = None
     on_spike: str = "skip"
@@ -387,6 +396,7 @@ class TrainConfig(_DictMixin):
         if self.time_budget is not None:
             s(self, "time_budget", _float("time_budget", self.time_budget, positive=True))
         s(self, "eval_block", _pos_int("eval_block", self.eval_block, minimum=2))
+        s(self, "val_streams", _pos_int("val_streams", self.val_streams))
         if not isinstance(self.keep_best, (bool, np.bool_)):
             raise TypeError(f"keep_best must be a bool, got {type(self.keep_best).__name__}")
         s(self, "keep_best", bool(self.keep_best))

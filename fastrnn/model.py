@@ -119,6 +119,15 @@ def _mean_ce(logits: np.ndarray, Y: np.ndarray) -> tuple[float, int]:
     return float((lse - o[np.arange(len(y)), y]).sum()), len(y)
 
 
+def _share(rows, n: int, tail: bool) -> tuple[int, int, bool]:
+    """``(r0, r1, takes_tail)``: the full rows ``r0:r1`` of ``n`` that ``rows`` (a
+    ``dist.rows``; None: all) gives this process, and whether it also evaluates the
+    last, shorter row (counted as row ``n`` when ``tail``)."""
+    total = n + (1 if tail else 0)
+    r0, r1 = (0, total) if rows is None else rows(total)
+    return min(r0, n), min(r1, n), tail and r0 <= n < r1
+
+
 # ---------------------------------------------------------------------------
 # the model
 
@@ -417,22 +426,30 @@ class CharLM:
             total, count = self._stream_ce(ids, bs, num_threads)
         return math.exp(total / count)
 
+    # The three measures below are sums over independent rows (blocks, streams,
+    # windows). ``rows`` (a data-parallel run's ``dist.rows``: ``n -> (r0, r1)``) picks
+    # this process's contiguous share of them, in the same order as one process; the
+    # sum over every process's share is the total of one process up to summation order.
+    # A last, shorter row (the remainder of the text) counts as the last row.
+
     def _block_ce(self, ids: np.ndarray, block: int, num_threads,
-                  blocks: int | None = None) -> tuple[float, int]:
+                  blocks: int | None = None, rows=None) -> tuple[float, int]:
         """Summed CE and count over contiguous blocks of ids, each from a zero state; with
-        ``blocks``, only that many full blocks, evenly spaced (the remainder left out)."""
+        ``blocks``, only that many full blocks, evenly spaced (the remainder left out);
+        with ``rows``, only this process's share of the blocks."""
         n = len(ids) - 1                       # predictions
         nb = n // block
         X = ids[: nb * block].reshape(nb, block)
         Y = ids[1: nb * block + 1].reshape(nb, block)
         tail = n - nb * block
         if blocks is not None and blocks < nb:
-            rows = np.unique(np.linspace(0, nb - 1, blocks).round().astype(np.int64))
-            X, Y, tail = X[rows], Y[rows], 0
+            sel = np.unique(np.linspace(0, nb - 1, blocks).round().astype(np.int64))
+            X, Y, tail = X[sel], Y[sel], 0
+        r0, r1, mine = _share(rows, len(X), bool(tail))
         rows_per_call = max(1, 65536 // block)
-        parts = [(X[r: r + rows_per_call], Y[r: r + rows_per_call])
-                 for r in range(0, len(X), rows_per_call)]
-        if tail:
+        parts = [(X[r: min(r + rows_per_call, r1)], Y[r: min(r + rows_per_call, r1)])
+                 for r in range(r0, r1, rows_per_call)]
+        if mine:
             parts.append((ids[nb * block: n][None, :], ids[nb * block + 1:][None, :]))
         total, count = 0.0, 0
         with blas_single_thread(), self._param_lock:
@@ -443,13 +460,19 @@ class CharLM:
                 total, count = total + s, count + c
         return total, count
 
-    def _stream_ce(self, ids: np.ndarray, bs: int, num_threads) -> tuple[float, int]:
-        """Summed CE and count over ids, cut into bs streams (plus a remainder stream)."""
+    def _stream_ce(self, ids: np.ndarray, bs: int, num_threads,
+                   rows=None) -> tuple[float, int]:
+        """Summed CE and count over ids, cut into bs streams (plus a remainder stream),
+        the state carried through each; with ``rows``, only this process's streams."""
         n = len(ids) - 1                       # predictions
         bs = min(bs, n)
         L = n // bs
-        parts = [(ids[: bs * L].reshape(bs, L), ids[1: bs * L + 1].reshape(bs, L))]
-        if n - bs * L:
+        r0, r1, mine = _share(rows, bs, n - bs * L > 0)
+        parts = []
+        if r1 > r0:
+            parts.append((ids[r0 * L: r1 * L].reshape(r1 - r0, L),
+                          ids[r0 * L + 1: r1 * L + 1].reshape(r1 - r0, L)))
+        if mine:
             parts.append((ids[bs * L: n][None, :], ids[bs * L + 1:][None, :]))
         total, count = 0.0, 0
         with blas_single_thread(), self._param_lock:
@@ -464,15 +487,18 @@ class CharLM:
         return total, count
 
     def _windows_ce(self, ids: np.ndarray, num_steps: int, bs: int,
-                    num_threads) -> tuple[float, int]:
-        """Summed CE over every stride-1 window of ids, each from a zero state."""
+                    num_threads, rows=None) -> tuple[float, int]:
+        """Summed CE over every stride-1 window of ids, each from a zero state; with
+        ``rows``, only this process's share of the windows."""
         X, Y = _ds.windows(ids, num_steps)
+        r0, r1, _ = _share(rows, len(X), False)
         total, count = 0.0, 0
         with blas_single_thread(), self._param_lock:
-            for i in range(0, len(X), bs):
-                logits, _ = _core.forward(self.params, np.ascontiguousarray(X[i: i + bs]),
+            for i in range(r0, r1, bs):
+                j = min(i + bs, r1)
+                logits, _ = _core.forward(self.params, np.ascontiguousarray(X[i:j]),
                                           num_threads=num_threads, **self._fn_kw())
-                s, c = _mean_ce(logits, Y[i: i + bs])
+                s, c = _mean_ce(logits, Y[i:j])
                 total, count = total + s, count + c
         return total, count
 
@@ -760,6 +786,10 @@ class CharLM:
             (char-rnn) or ``"cosine"`` (nanoGPT); see :class:`fastrnn.TrainConfig`.
         max_steps, time_budget
             Stop after that many optimizer steps / seconds.
+        val_streams : int, default 1
+            Sequential and random sampling's per-epoch validation cuts ``val_text``
+            into this many contiguous streams, each from a zero state (a distributed
+            run splits them among its ranks; see :class:`fastrnn.TrainConfig`).
         eval_interval, eval_block, eval_blocks, keep_best, patience
             Evaluate every ``eval_interval`` steps on ``val_text`` (mean loss over
             ``eval_block``-character blocks from a zero state; results in
@@ -781,7 +811,8 @@ class CharLM:
             ``"windows"``: the current d2l edition's stride-1 windows, shuffled,
             state reset each minibatch; validation then uses every stride-1
             window of ``val_text``, each from a zero state.
-            Sequential and random validation is :meth:`perplexity` of ``val_text``.
+            Sequential and random validation is :meth:`perplexity` of ``val_text``
+            with ``batch_size=val_streams`` (default 1: one carried stream).
         num_threads : int, optional
             OpenMP threads for the kernels (default: all available cores).
         progress : bool, default True

@@ -8,9 +8,13 @@ checkpoint path), ``distributed`` (default True) and fault injection:
 ``fail`` = {"rank", "step"} raises in loss_and_grad, ``nan`` = {"rank", "step"} returns
 a NaN loss there, ``stop`` = {"rank", "step"} stops from _after_step on that rank only,
 ``sleep`` seconds per step (slow runs for signals), ``callback_error`` raises in the
-root's epoch callback. Each rank writes ``<out>.rank<k>.json`` (status, history, sha1 of
-the parameters, threads), rank 0 also ``<out>.npy`` (the parameters).
+root's epoch callback. Each rank writes ``<out>.rank<k>.json`` (status, history,
+eval_history, best_step/best_loss of the training state, sha1 of the parameters,
+threads, and ``evaluated``: the tokens this rank fed to the forward pass in the
+per-epoch validations and in the step evaluations), rank 0 also ``<out>.npy`` (the
+parameters).
 """
+import contextlib
 import hashlib
 import json
 import os
@@ -51,10 +55,20 @@ def run(job):
 
     trainer_mod.loss_and_grad = lag
     stop = job.get("stop")
+    evaluated, phase = count_evaluations()
 
     class T(Trainer):
         def _after_step(self, st):
-            return bool(stop and stop["rank"] == rank and st.step == stop["step"])
+            return (super()._after_step(st)
+                    or bool(stop and stop["rank"] == rank and st.step == stop["step"]))
+
+        def _validate(self):
+            with phase("epoch"):
+                return super()._validate()
+
+        def _block_totals(self, *args, **kwargs):
+            with phase("step"):
+                return super()._block_totals(*args, **kwargs)
 
     def cb(model, rec):
         if job.get("callback_error"):
@@ -81,8 +95,12 @@ def run(job):
         status = "error: " + str(exc)
     finally:
         trainer_mod.loss_and_grad = real
+        phase.restore()
     out = job["out"]
+    st = lm.training_state or {}
     res = {"rank": rank, "size": dist.size, "status": status, "history": lm.history,
+           "eval_history": lm.eval_history, "evaluated": evaluated,
+           "best_step": st.get("best_step"), "best_loss": st.get("best_loss"),
            "sha1": hashlib.sha1(lm._flat.tobytes()).hexdigest(),
            "num_threads": dist.default_num_threads(),
            "local_size": getattr(dist, "local_size", 1),
@@ -91,6 +109,35 @@ def run(job):
         json.dump(res, f)
     if rank == 0:
         np.save(f"{out}.npy", lm._flat)
+
+
+def count_evaluations():
+    """Count the tokens fed to ``fastrnn._core.forward`` (the evaluations' forward pass;
+    training uses loss_and_grad) inside ``phase(name)``: ``(counts, phase)``."""
+    from fastrnn import _core
+    real = _core.forward
+    counts = {"epoch": 0, "step": 0}
+    current = []
+
+    def forward(params, X, *args, **kwargs):
+        if current:
+            counts[current[-1]] += int(np.asarray(X).size)
+        return real(params, X, *args, **kwargs)
+
+    @contextlib.contextmanager
+    def phase(name):
+        current.append(name)
+        try:
+            yield
+        finally:
+            current.pop()
+
+    def restore():
+        _core.forward = real
+
+    _core.forward = forward
+    phase.restore = restore
+    return counts, phase
 
 
 def main():

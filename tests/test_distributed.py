@@ -20,6 +20,7 @@ import pytest
 
 from fastrnn import CharLM, TrainConfig
 from fastrnn.train import Trainer
+from fastrnn.train import trainer as trainer_mod
 from fastrnn.train.dist import SingleProcess, split_rows
 
 WORKER = Path(__file__).with_name("mpi_worker.py")
@@ -247,6 +248,140 @@ def test_threads_default_divides_the_cores_among_local_ranks(corpus, tmp_path):
     for r in results(j["out"], 2):
         assert r["local_size"] == 2
         assert r["num_threads"] == max(1, cores // 2)
+
+
+# -- validation on the ranks' shares ------------------------------------------------------
+
+def _val_jobs(corpus, tmp_path):
+    """Every validation mode, with counts of streams / blocks / windows that 2 and 3
+    do not divide (300 validation characters: 299 predictions)."""
+    def ck(name):
+        return str(tmp_path / f"{name}.npz")
+    return [
+        # sequential: 7 carried streams of 42 + a remainder of 5; step evaluations on
+        # 18 blocks of 16 + a tail of 11; keep-best on the step evaluations
+        job(corpus, tmp_path / "seq", val_chars=300, model={"cell": "gru"},
+            fit={"epochs": 2, "val_streams": 7, "eval_interval": 10, "eval_block": 16,
+                 "keep_best": True, "checkpoint": ck("seq")}),
+        # random: 4 streams + remainder; 5 evenly spaced blocks of 20; dropout, Adam
+        job(corpus, tmp_path / "random", val_chars=300,
+            model={"cell": "lstm", "num_layers": 2, "dropout": 0.2},
+            fit={"sampling": "random", "epochs": 2, "optimizer": "adam", "lr": 0.01,
+                 "val_streams": 4, "eval_interval": 8, "eval_block": 20, "eval_blocks": 5,
+                 "keep_best": True, "checkpoint": ck("random")}),
+        # windows: 114 stride-1 windows; blocks of 16 + a tail
+        job(corpus, tmp_path / "windows", val_chars=120,
+            fit={"sampling": "windows", "epochs": 1, "batch_size": 16, "eval_interval": 20,
+                 "eval_block": 16}),
+        # per-epoch keep-best and patience (no step evaluations): 5 streams + remainder
+        job(corpus, tmp_path / "epochs", val_chars=300, model={"cell": "lstm"},
+            fit={"epochs": 4, "val_streams": 5, "keep_best": True, "patience": 1,
+                 "lr": 2.0, "checkpoint": ck("epochs")}),
+        # float32
+        job(corpus, tmp_path / "f32", val_chars=300, model={"dtype": "float32"},
+            fit={"epochs": 2, "val_streams": 3, "eval_interval": 10, "eval_block": 32}),
+    ]
+
+
+def _val_figures(res):
+    return ([r["val_loss"] for r in res["history"]]
+            + [r["val_loss"] for r in res["eval_history"]] + [res["best_loss"] or 0.0])
+
+
+def _one_process(j, tmp_path):
+    """The job run in this process by the same worker code, without MPI."""
+    import mpi_worker
+    name = Path(j["out"]).name
+    fit = dict(j["fit"])
+    if fit.get("checkpoint"):
+        fit["checkpoint"] = str(tmp_path / f"one-{name}.npz")
+    one = {**j, "fit": fit, "distributed": False, "out": str(tmp_path / f"one-{name}")}
+    mpi_worker.run(one)
+    return results(one["out"], 1)[0], fit.get("checkpoint")
+
+
+@pytest.fixture(scope="module", params=[2, 3], ids=["2ranks", "3ranks"])
+def val_runs(request, corpus, tmp_path_factory):
+    """The validation jobs run on 2 and 3 ranks (once for the tests below), and each in
+    this process: ``(n, jobs, {out: one-process result}, {out: its checkpoint})``."""
+    n = request.param
+    tmp_path = tmp_path_factory.mktemp(f"val{n}")
+    jobs = _val_jobs(corpus, tmp_path)
+    mpirun(n, jobs, tmp_path)
+    one = {j["out"]: _one_process(j, tmp_path) for j in jobs}
+    return n, jobs, one
+
+
+def test_validation_on_shares_is_the_one_process_value(val_runs):
+    """Per-epoch validation (carried streams and windows) and the step evaluations on
+    blocks, reduced from the ranks' shares, give one process's figures on every rank,
+    and so the same keep-best choice and early stop."""
+    n, jobs, one = val_runs
+    worst = {"float64": 0.0, "float32": 0.0}
+    for j in jobs:
+        res = results(j["out"], n)
+        want, ck1 = one[j["out"]]
+        assert want["status"] == "ok"
+        assert all(r["status"] == "ok" for r in res), [r["status"] for r in res]
+        assert len({r["sha1"] for r in res}) == 1
+        for r in res:                               # every rank took the same decisions
+            assert _val_figures(r) == _val_figures(res[0])
+            assert r["best_step"] == res[0]["best_step"]
+        got = res[0]
+        assert len(got["history"]) == len(want["history"]) >= 1
+        assert len(got["eval_history"]) == len(want["eval_history"])
+        assert [e["step"] for e in got["eval_history"]] == \
+            [e["step"] for e in want["eval_history"]]
+        assert [e["best"] for e in got["eval_history"]] == \
+            [e["best"] for e in want["eval_history"]]
+        assert got["best_step"] == want["best_step"]
+        a, b = np.array(_val_figures(got)), np.array(_val_figures(want))
+        dtype = j["model"]["dtype"]
+        if dtype == "float64":
+            d = maxabs_rel(a, b)
+            assert d <= 1e-12, (j["out"], a, b)
+        else:
+            d = normwise(a, b)
+            assert d <= 1e-6, (j["out"], a, b)
+        worst[dtype] = max(worst[dtype], d)
+        if j["fit"].get("keep_best"):               # the same parameters kept as best
+            best_n = CharLM.load(trainer_mod.best_path(j["fit"]["checkpoint"]))._flat
+            best_1 = CharLM.load(trainer_mod.best_path(ck1))._flat
+            assert maxabs_rel(best_n, best_1) <= 1e-10
+    print(f"{n} ranks vs one process, validation figures: float64 max-abs relative "
+          f"{worst['float64']:.2e}, float32 normwise {worst['float32']:.2e}")
+
+
+def _row_tokens(j, phase):
+    """The longest row (stream, block, window) of an evaluation, in tokens."""
+    f = j["fit"]
+    n_pred = j["val_chars"] - 1
+    if phase == "step":
+        return f["eval_block"]
+    if f.get("sampling") == "windows":
+        return f["num_steps"]
+    return n_pred // f.get("val_streams", 1) + f.get("val_streams", 1)
+
+
+def test_each_rank_evaluates_only_its_share(val_runs):
+    """Counted in the forward pass: every rank evaluates part of every validation and
+    step evaluation, at most an even share plus one row, and the shares add up to
+    exactly the tokens one process evaluates."""
+    n, jobs, one = val_runs
+    for j in jobs:
+        res = results(j["out"], n)
+        want, _ = one[j["out"]]
+        for phase, evals in (("epoch", len(want["history"])),
+                             ("step", len(want["eval_history"]))):
+            counts = [r["evaluated"][phase] for r in res]
+            total = want["evaluated"][phase]
+            assert sum(counts) == total, (j["out"], phase, counts, total)
+            if not evals:
+                assert total == 0
+                continue
+            assert min(counts) > 0, (j["out"], phase, counts)
+            assert max(counts) <= evals * (total / evals / n + _row_tokens(j, phase)), \
+                (j["out"], phase, counts, total)
 
 
 # -- checkpoints and resume with another number of ranks --------------------------------

@@ -16,7 +16,8 @@ import fastrnn
 
 MODULES = ["fastrnn", "fastrnn._core", "fastrnn.model", "fastrnn.vocab", "fastrnn.datasets",
            "fastrnn.checkpoint", "fastrnn.reference", "fastrnn.cli", "fastrnn.params",
-           "fastrnn.config", "fastrnn.export", "fastrnn.train.trainer"]
+           "fastrnn.config", "fastrnn.export", "fastrnn.train.trainer",
+           "fastrnn.train.dist"]
 FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 
 

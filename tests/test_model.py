@@ -175,6 +175,17 @@ def test_val_perplexity_matches(sampling):
     assert r["val_loss"] == pytest.approx(math.log(r["val_ppl"]))
 
 
+@pytest.mark.parametrize("sampling", ["sequential", "random"])
+def test_val_streams_is_perplexity_with_that_batch_size(sampling):
+    lm = tiny()
+    val = TEXT[:200]
+    r = lm.fit(TEXT, val_text=val, **FIT, lr=0.01, optimizer="adam", sampling=sampling,
+               val_streams=6)[-1]
+    want = lm.perplexity(val, batch_size=6)
+    assert r["val_ppl"] == pytest.approx(want, rel=1e-12)
+    assert abs(want - lm.perplexity(val)) > 1e-6 * want     # another measure than 1 stream
+
+
 def _record_calls(monkeypatch):
     calls = []
     real = trainer_mod.loss_and_grad

@@ -72,8 +72,9 @@ def test_config_validation_of_new_fields():
                      (dict(decay_factor=1.5), ValueError), (dict(min_lr=2.0, lr=1.0), ValueError),
                      (dict(weight_decay=0.1), ValueError), (dict(on_spike="ignore"), ValueError),
                      (dict(eval_interval=0), ValueError), (dict(keep_best=True), ValueError),
-                     (dict(keep_best=1), TypeError), (dict(time_budget=0), ValueError)]:
-        with pytest.raises(err):
+                     (dict(keep_best=1), TypeError), (dict(time_budget=0), ValueError),
+                     (dict(val_streams=0), ValueError), (dict(val_streams=2.0), TypeError)]:
+        with pytest.raises(err, match=next(iter(bad))):
             TrainConfig(**bad)
     c = TrainConfig(optimizer="adamw", schedule="cosine", eval_interval=5, patience=2)
     assert TrainConfig.from_dict(c.to_dict()) == c
@@ -408,7 +409,8 @@ def test_cli_schedule_eval_keep_best_and_block_eval(tmp_path, capsys):
                "--optimizer", "adamw", "--weight-decay", "0.05", "--lr", "0.01",
                "--schedule", "cosine", "--warmup-steps", "3", "--min-lr", "0.001",
                "--eval-interval", "4", "--eval-blocks", "2", "--keep-best", "--patience", "100",
-               "--on-spike", "rollback", "--val-fraction", "0.2", "--out", str(out)])
+               "--on-spike", "rollback", "--val-fraction", "0.2", "--val-streams", "3",
+               "--out", str(out)])
     o = capsys.readouterr().out
     assert rc == 0, o
     assert "nats/char" in o and "step 4: val loss" in o and "best parameters saved" in o
@@ -416,8 +418,8 @@ def test_cli_schedule_eval_keep_best_and_block_eval(tmp_path, capsys):
     cfg = lm.training_state["config"]
     assert (cfg["optimizer"], cfg["weight_decay"], cfg["schedule"], cfg["warmup_steps"],
             cfg["min_lr"], cfg["eval_interval"], cfg["eval_blocks"], cfg["keep_best"],
-            cfg["patience"], cfg["on_spike"]) == ("adamw", 0.05, "cosine", 3, 0.001, 4, 2,
-                                                  True, 100, "rollback")
+            cfg["patience"], cfg["on_spike"], cfg["val_streams"]) == (
+                "adamw", 0.05, "cosine", 3, 0.001, 4, 2, True, 100, "rollback", 3)
     assert best_path(out).is_file() and lm.eval_history
     assert main(["eval", str(out), "--block", "16"]) == 0
     o = capsys.readouterr().out

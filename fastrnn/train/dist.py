@@ -36,7 +36,7 @@ ranks and a run resumes on any number.
 
 Every decision is taken on reduced values, so all ranks take it at the same step: the
 loss (divergence, spikes) is the reduced mean, validation the reduced sum
-(:func:`shared_ce`), Ctrl-C and the ``_after_step``/``_after_epoch`` stop decisions
+(:func:`shared_totals`), Ctrl-C and the ``_after_step``/``_after_epoch`` stop decisions
 (early stopping, keep-best) go through :meth:`reduce_flags`. Failures: an exception in
 a rank's step is reported through the loss reduction (the failing rank raises its own
 error, the others :class:`PeerFailed`), setup and checkpoint writes reduce a failure
@@ -64,49 +64,151 @@ __all__ = ["SingleProcess", "MPIDist", "PeerFailed", "make_dist", "split_rows"]
 
 
 class SingleProcess:
-    """The trainer's peers when there are none: every collective is the identity."""
+    """The trainer's peers when there are none: every collective is the identity.
+
+    The default ``dist`` of :class:`~fastrnn.train.Trainer` (:func:`make_dist` without
+    ``distributed`` or ``comm``). It has the methods of :class:`MPIDist`, each returning
+    one process's value unchanged, so the training loop is written once and a plain run
+    is bitwise a loop without collectives.
+
+    Attributes
+    ----------
+    rank : int
+        0.
+    size : int
+        1.
+    is_root : bool
+        True: this process prints, runs the callbacks and writes the files.
+
+    Examples
+    --------
+    >>> from fastrnn.train.dist import SingleProcess
+    >>> d = SingleProcess()
+    >>> d.rows(8), d.reduce_mean(2.5, 16), d.reduce_flags([0, 1])
+    ((0, 8), 2.5, [False, True])
+    """
 
     rank = 0
     size = 1
     is_root = True
 
     def rows(self, batch_size: int) -> tuple[int, int]:
-        """``(r0, r1)``: the rows of a global minibatch this rank computes."""
+        """The rows of a global minibatch that this rank computes: all of them.
+
+        Parameters
+        ----------
+        batch_size : int
+            Rows of the global minibatch (or of any list of independent rows, such as
+            the validation streams or blocks).
+
+        Returns
+        -------
+        tuple of int
+            ``(0, batch_size)``.
+        """
         return 0, batch_size
 
     def default_num_threads(self) -> int:
-        """Threads when ``num_threads`` is None (:func:`fastrnn.default_num_threads`)."""
+        """Threads when ``num_threads`` is None.
+
+        Returns
+        -------
+        int
+            :func:`fastrnn.default_num_threads`.
+        """
         from .._core import default_num_threads
         return default_num_threads()
 
     def reduce_mean(self, value: float, count: int, failed: bool = False) -> float:
-        """The mean over all ranks of ``value`` (a mean over ``count`` items here);
-        ``failed`` says this rank's step failed (it raises its own error next)."""
+        """The mean over all ranks of a mean over ``count`` items: ``value`` itself.
+
+        Parameters
+        ----------
+        value : float
+            This rank's mean (the minibatch loss over its rows).
+        count : int
+            The items it is a mean over.
+        failed : bool, default False
+            This rank's step failed (it raises its own error next).
+
+        Returns
+        -------
+        float
+            ``value``.
+        """
         return value
 
     def reduce_gradient(self, gflat: np.ndarray, count: int, total: int) -> None:
-        """Make ``gflat`` (the gradient of the mean loss over this rank's ``count``
-        predictions) the gradient of the mean over all ``total``, in place, on every rank."""
+        """Make ``gflat`` the gradient of the global mean loss, in place: nothing to do.
+
+        Parameters
+        ----------
+        gflat : numpy.ndarray
+            The flat gradient of the mean loss over this rank's ``count`` predictions.
+        count : int
+            This rank's predictions.
+        total : int
+            The global batch's predictions (``count`` here).
+        """
 
     def reduce_sum(self, values: np.ndarray) -> np.ndarray:
-        """Element-wise sum of ``values`` over the ranks (every rank gets it)."""
+        """Element-wise sum of ``values`` over the ranks: ``values``.
+
+        Parameters
+        ----------
+        values : array_like of float
+            This rank's numbers (validation totals).
+
+        Returns
+        -------
+        array_like
+            ``values``.
+        """
         return values
 
     def reduce_flags(self, flags) -> list[bool]:
-        """Logical OR of each flag over the ranks, in one reduction (every rank gets it)."""
+        """Logical OR of each flag over the ranks: the flags as bools.
+
+        Parameters
+        ----------
+        flags : sequence of bool
+            This rank's flags (Ctrl-C, stop).
+
+        Returns
+        -------
+        list of bool
+        """
         return [bool(f) for f in flags]
 
     def gather_rows(self, local, batch_size: int):
-        """The recurrent state of the whole batch from each rank's rows, on the root
-        (any state form: ``(B, H)``, ``(L, B, H)`` or an LSTM's pair; rows are axis 0 of
-        a 2-D array, axis 1 of a 3-D one; see ``trainer.state_rows``)."""
+        """The recurrent state of the whole batch on the root: ``local``.
+
+        Parameters
+        ----------
+        local : numpy.ndarray or tuple of numpy.ndarray or None
+            This rank's rows of the state, in any form: ``(B, H)``, ``(L, B, H)`` or
+            an LSTM's pair (rows are axis 0 of a 2-D array, axis 1 of a 3-D one).
+        batch_size : int
+            Rows of the whole batch.
+
+        Returns
+        -------
+        numpy.ndarray or tuple of numpy.ndarray or None
+            ``local``.
+        """
         return local
 
     def barrier(self) -> None:
-        """Wait for every rank."""
+        """Wait for every rank (nothing to wait for)."""
 
     def abort(self, code: int = 1) -> None:
-        """End every rank now (nothing to do with one process: the error propagates)."""
+        """End every rank now: nothing to do with one process (the error propagates).
+
+        Parameters
+        ----------
+        code : int, default 1
+            The exit status an MPI job would end with.
+        """
 
 
 # ---------------------------------------------------------------------------------------
@@ -121,10 +223,32 @@ class PeerFailed(RuntimeError):
 
 
 def split_rows(batch_size: int, size: int, rank: int) -> tuple[int, int]:
-    """Rows ``(r0, r1)`` of a batch of ``batch_size`` rows that rank ``rank`` of
-    ``size`` holds: contiguous blocks in rank order, the first ``batch_size % size``
-    ranks one row more (uneven splits; a rank may hold none when ``size`` exceeds
-    ``batch_size``)."""
+    """The rows of a batch that one rank of a data-parallel run holds.
+
+    Contiguous blocks in rank order, the first ``batch_size % size`` ranks one row more
+    (uneven splits; a rank holds none when ``size`` exceeds ``batch_size``). The
+    validation's streams, blocks and windows are shared out the same way.
+
+    Parameters
+    ----------
+    batch_size : int
+        Rows of the batch.
+    size : int
+        Ranks.
+    rank : int
+        This rank, in ``[0, size)``.
+
+    Returns
+    -------
+    tuple of int
+        ``(r0, r1)``: rows ``r0:r1`` are this rank's.
+
+    Examples
+    --------
+    >>> from fastrnn.train.dist import split_rows
+    >>> [split_rows(5, 3, k) for k in range(3)]
+    [(0, 2), (2, 4), (4, 5)]
+    """
     q, r = divmod(batch_size, size)
     r0 = rank * q + min(rank, r)
     return r0, r0 + q + (1 if rank < r else 0)
@@ -144,13 +268,43 @@ class MPIDist:
     global minibatch are this rank's. Collectives per training step: one small
     allreduce of ``[loss sum, count, failed]`` (:meth:`reduce_mean`), one in-place
     allreduce of the flat gradient buffer (:meth:`reduce_gradient`), one of the stop
-    flags (:meth:`reduce_flags`). MPI's sums run in a fixed order for every rank, so
-    all ranks see the same reduced numbers and take the same decisions.
+    flags (:meth:`reduce_flags`); per validation, one of the totals
+    (:meth:`reduce_sum`). MPI's sums run in a fixed order for every rank, so all ranks
+    see the same reduced numbers and take the same decisions. Every method is a
+    collective operation (except :meth:`rows`, :meth:`default_num_threads` and
+    :meth:`abort`): every rank calls it at the same point, or the job hangs.
 
     Parameters
     ----------
     comm : mpi4py.MPI.Intracomm, optional
         Default ``MPI.COMM_WORLD``.
+
+    Attributes
+    ----------
+    comm : mpi4py.MPI.Intracomm
+        The communicator.
+    rank, size : int
+        This process's rank and the number of ranks in ``comm``.
+    is_root : bool
+        Rank 0: the one that prints, runs the callbacks and writes the files.
+    local_rank, local_size : int
+        This rank and the number of ranks on this host (an MPI shared-memory split).
+
+    Raises
+    ------
+    ImportError
+        mpi4py (or its MPI library) cannot be imported.
+    TypeError
+        ``comm`` is not an mpi4py intracommunicator.
+
+    Examples
+    --------
+    Under ``mpiexec -n 2 python script.py``::
+
+        from fastrnn.train.dist import MPIDist
+        dist = MPIDist()
+        r0, r1 = dist.rows(5)           # rank 0: (0, 3), rank 1: (3, 5)
+        dist.reduce_sum([1.0, 2.0])     # every rank: array([2., 4.])
     """
 
     def __init__(self, comm=None):
@@ -173,10 +327,15 @@ class MPIDist:
         return f"MPIDist(rank={self.rank}, size={self.size}, local_size={self.local_size})"
 
     def default_num_threads(self) -> int:
-        """Threads per rank when ``num_threads`` is None: FASTRNN_NUM_THREADS or
-        OMP_NUM_THREADS when set, else this host's cores divided among its ranks
-        (at least one each; never more threads than cores in total unless there are
-        more ranks than cores)."""
+        """Threads per rank when ``num_threads`` is None (not a collective).
+
+        Returns
+        -------
+        int
+            FASTRNN_NUM_THREADS or OMP_NUM_THREADS when set, else this host's cores
+            divided among its ranks (at least one each; never more threads than cores
+            in total unless there are more ranks than cores).
+        """
         from .._core import _env_threads, resolve_num_threads
         n = _env_threads()
         if n is not None:
@@ -184,11 +343,49 @@ class MPIDist:
         return resolve_num_threads(max(1, _cores() // self.local_size))
 
     def rows(self, batch_size: int) -> tuple[int, int]:
+        """The rows of a global minibatch that this rank computes (not a collective).
+
+        Also this rank's share of any list of independent rows: the validation's
+        streams, blocks or windows.
+
+        Parameters
+        ----------
+        batch_size : int
+            Rows of the global minibatch.
+
+        Returns
+        -------
+        tuple of int
+            ``(r0, r1)``: :func:`split_rows` of ``batch_size`` for this rank
+            (contiguous, in rank order, uneven splits allowed; empty when there are
+            more ranks than rows).
+        """
         return split_rows(batch_size, self.size, self.rank)
 
     def reduce_mean(self, value: float, count: int, failed: bool = False) -> float:
-        """The mean over the whole batch; raises :class:`PeerFailed` when another rank
-        reports ``failed`` (a failing rank raises its own error after this call)."""
+        """The mean over the whole batch of the ranks' means (one allreduce).
+
+        Parameters
+        ----------
+        value : float
+            This rank's mean over its ``count`` items (ignored when ``count`` is 0).
+        count : int
+            Its items (predictions).
+        failed : bool, default False
+            This rank's step failed: the others raise :class:`PeerFailed`, this one
+            raises its own error after the call.
+
+        Returns
+        -------
+        float
+            ``sum(value * count) / sum(count)`` over the ranks (0.0 without items);
+            with one rank, ``value`` unchanged.
+
+        Raises
+        ------
+        PeerFailed
+            Another rank reported ``failed``.
+        """
         if self.size == 1:
             return value                   # exactly one process's value
         buf = np.array([float(value) * count if count else 0.0, float(count),
@@ -200,23 +397,78 @@ class MPIDist:
         return float(buf[0] / buf[1]) if buf[1] else 0.0
 
     def reduce_gradient(self, gflat: np.ndarray, count: int, total: int) -> None:
+        """Make ``gflat`` the gradient of the global mean loss on every rank, in place.
+
+        ``gflat`` is scaled by ``count / total`` and summed over the ranks by one
+        in-place allreduce.
+
+        Parameters
+        ----------
+        gflat : numpy.ndarray
+            The flat gradient buffer (float32 or float64) of the mean loss over this
+            rank's ``count`` predictions; overwritten.
+        count : int
+            This rank's predictions.
+        total : int
+            The global batch's predictions (the sum of ``count`` over the ranks).
+        """
         if count != total:
             gflat *= gflat.dtype.type(count / total)
         self.comm.Allreduce(self.MPI.IN_PLACE, gflat, op=self.MPI.SUM)
 
     def reduce_sum(self, values) -> np.ndarray:
+        """Element-wise sum of ``values`` over the ranks, in float64 (one allreduce).
+
+        Parameters
+        ----------
+        values : array_like of float
+            This rank's numbers, the same length on every rank (validation totals:
+            summed cross-entropy and predictions of its share).
+
+        Returns
+        -------
+        numpy.ndarray
+            The sums, the same on every rank.
+        """
         buf = np.array(values, dtype=np.float64)
         self.comm.Allreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM)
         return buf
 
     def reduce_flags(self, flags) -> list[bool]:
+        """Logical OR of each flag over the ranks, in one allreduce.
+
+        Parameters
+        ----------
+        flags : sequence of bool
+            This rank's flags, the same number on every rank (Ctrl-C, stop).
+
+        Returns
+        -------
+        list of bool
+            Each flag, True when it is set on any rank; the same on every rank.
+        """
         buf = np.array([1 if f else 0 for f in flags], dtype=np.int32)
         self.comm.Allreduce(self.MPI.IN_PLACE, buf, op=self.MPI.MAX)
         return [bool(f) for f in buf]
 
     def gather_rows(self, local, batch_size: int):
-        """The state of every row on the root (None elsewhere); a rank without rows
-        may pass None."""
+        """The recurrent state of every row of the batch, gathered on the root.
+
+        Parameters
+        ----------
+        local : numpy.ndarray or tuple of numpy.ndarray or None
+            This rank's rows of the state, in any form: ``(B, H)``, ``(L, B, H)`` or
+            an LSTM's pair (rows are axis 0 of a 2-D array, axis 1 of a 3-D one);
+            None on a rank without rows.
+        batch_size : int
+            Rows of the whole batch.
+
+        Returns
+        -------
+        numpy.ndarray or tuple of numpy.ndarray or None
+            On the root, the ranks' rows concatenated in rank order (the state of one
+            process); None on the other ranks.
+        """
         parts = [p for p in self.comm.gather(local, root=0) or [] if p is not None]
         if not self.is_root:
             return None
@@ -228,11 +480,20 @@ class MPIDist:
         return cat(parts)
 
     def barrier(self) -> None:
+        """Wait until every rank has called it (MPI_Barrier)."""
         self.comm.Barrier()
 
     def abort(self, code: int = 1) -> None:
-        """End every rank of the job now (MPI_Abort): for an error that struck one rank
-        outside the coordinated points of the loop."""
+        """End every rank of the job now (MPI_Abort; not a collective).
+
+        For an error that struck one rank outside the coordinated points of the loop,
+        where the others may be waiting for it in a collective operation.
+
+        Parameters
+        ----------
+        code : int, default 1
+            The job's exit status (the launcher may report its own).
+        """
         self.comm.Abort(code)
 
 
@@ -285,31 +546,18 @@ def make_dist(distributed: bool = False, comm=None):
                           "install them with: pip install 'fastrnn[mpi]'") from exc
 
 
-def shared_ce(dist, model, ids: np.ndarray, sampling: str, num_steps: int, batch_size: int,
-              num_threads) -> tuple[float, int]:
-    """Validation totals ``(summed cross-entropy, predictions)`` of one process, computed
-    on the ranks' shares and summed (every rank gets them).
+def shared_totals(dist, measure, *args, **kwargs) -> tuple[float, int]:
+    """The ``(summed cross-entropy, predictions)`` of one process, computed on the ranks'
+    shares and summed (every rank gets them).
 
-    ``"windows"`` sampling: the stride-1 windows are independent, each rank evaluates a
-    contiguous block of them (1/N of the work; the sum differs from one process's only
-    in rounding). The other samplings evaluate one stream whose state is carried from
-    the first character to the last, which cannot be split: the root evaluates it and
-    the others add zeros (the exact value of one process).
+    ``measure`` is one of the model's validation measures, a sum over independent rows
+    (the stride-1 windows, the carried streams, the blocks): called with
+    ``rows=dist.rows`` it evaluates this rank's contiguous share of the rows (a last,
+    shorter row goes to the last rank), about 1/N of the work; the sum differs from one
+    process's only in rounding. With one process it is called as is.
     """
-    from .. import _core, datasets as _ds
-    from ..model import _mean_ce
-    total, count = 0.0, 0
-    if sampling == "windows":
-        X, Y = _ds.windows(ids, num_steps)
-        r0, r1 = dist.rows(len(X))
-        with _core.blas_single_thread(), model._param_lock:
-            for i in range(r0, r1, batch_size):
-                j = min(i + batch_size, r1)
-                logits, _ = _core.forward(model.params, np.ascontiguousarray(X[i:j]),
-                                          num_threads=num_threads, **model._fn_kw())
-                s, c = _mean_ce(logits, Y[i:j])
-                total, count = total + s, count + c
-    elif dist.is_root:
-        total, count = model._stream_ce(ids, 1, num_threads)
-    s, c = dist.reduce_sum([total, count])
+    if dist.size == 1:
+        return measure(*args, **kwargs)
+    s, c = measure(*args, rows=dist.rows, **kwargs)
+    s, c = dist.reduce_sum([s, c])
     return float(s), int(round(c))

@@ -618,19 +618,18 @@ class Trainer:
         return True
 
     def _validate(self) -> float | None:
-        """Mean cross-entropy on the validation text (None without one)."""
+        """Mean cross-entropy on the validation text (None without one): every stride-1
+        window (``"windows"`` sampling) or ``val_streams`` carried streams; with several
+        ranks each evaluates its share and the totals are summed (one process's value)."""
         if self.val_ids is None:
             return None
         model, cfg = self.model, self.state.config
-        if self.dist.size > 1:                  # shares of the same windows, summed
-            from .dist import shared_ce
-            s, c = shared_ce(self.dist, model, self.val_ids, cfg.sampling, cfg.num_steps,
-                             cfg.batch_size, cfg.num_threads)
-        elif cfg.sampling == "windows":
-            s, c = model._windows_ce(self.val_ids, cfg.num_steps, cfg.batch_size,
-                                     cfg.num_threads)
+        if cfg.sampling == "windows":
+            s, c = _dist.shared_totals(self.dist, model._windows_ce, self.val_ids,
+                                       cfg.num_steps, cfg.batch_size, cfg.num_threads)
         else:
-            s, c = model._stream_ce(self.val_ids, 1, cfg.num_threads)
+            s, c = _dist.shared_totals(self.dist, model._stream_ce, self.val_ids,
+                                       cfg.val_streams, cfg.num_threads)
         return s / c
 
     def _after_step(self, st: TrainState) -> bool:
@@ -666,10 +665,12 @@ class Trainer:
     # -- evaluation every N steps, keep-best, early stopping -------------------------------
     def _block_totals(self, ids: np.ndarray, block: int, blocks: int | None):
         """(summed cross-entropy, count) over contiguous ``block``-token blocks of ``ids``,
-        each from a zero state; ``blocks`` evenly spaced full blocks when given. A
-        data-parallel trainer may split the blocks and ``dist.reduce_sum`` the totals."""
+        each from a zero state; ``blocks`` evenly spaced full blocks when given. With
+        several ranks each evaluates its share of the blocks (``dist.rows``) and the
+        totals are summed (``dist.reduce_sum``): every rank gets one process's value."""
         cfg = self.state.config
-        return self.model._block_ce(ids, block, cfg.num_threads, blocks=blocks)
+        return _dist.shared_totals(self.dist, self.model._block_ce, ids, block,
+                                   cfg.num_threads, blocks=blocks)
 
     def _step_eval(self, st: TrainState) -> bool:
         """Evaluate on the validation text now; record it; True stops early."""
