@@ -1053,6 +1053,19 @@ from _rowops cimport (_tngemm, fastrnn_gather_f32, fastrnn_gather_f64,
 
 # below about this many flops per thread a parallel region costs more than it saves
 cdef double SEQ_MIN_FLOPS_PER_THREAD = 2e6
+# The BLAS products go in blocks (of rows of the output for seq_matmul, of columns
+# for the weight gradients) whose sizes follow from the shapes alone, never from the
+# thread count, and threads take the blocks in turn: so every BLAS call, and its
+# rounding, is the same for any thread count (BLAS's summation order may depend on
+# a call's sizes). At most 8 blocks of at least 256: each block re-packs the
+# operand that is not cut, 5-10% of the product at these sizes.
+cdef inline Py_ssize_t _blk_width(Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t w = ((n + 7) // 8 + 63) // 64 * 64
+    return w if w > 256 else 256
+
+
+cdef inline Py_ssize_t _blk_count(Py_ssize_t n) noexcept nogil:
+    return (n + _blk_width(n) - 1) // _blk_width(n) if n > 0 else 0
 
 
 def set_seq_min_flops_per_thread(double flops):
@@ -1161,8 +1174,8 @@ cdef void _gather_chunk(const floating* W, const floating* b, const int32_t* ids
 
 
 def seq_matmul(A, W, b, out, bint trans_w, int num_threads):
-    """out = A @ W (+ b), or A @ W.T with trans_w, over row blocks in parallel with W
-    packed once.
+    """out = A @ W (+ b), or A @ W.T with trans_w, over row blocks in parallel, each by
+    one-thread BLAS (the caller limits BLAS to one thread when num_threads > 1).
 
     A (M, K), W (K, N) (trans_w: (N, K)), b (N,) or None, out (M, N)."""
     dt = _float_dtype("A", A)
@@ -1179,7 +1192,12 @@ def seq_matmul(A, W, b, out, bint trans_w, int num_threads):
         _arr("b", b, dt, (N,), False, seen)
     _arr("out", out, dt, (M, N), True, seen)
     _no_overlap(seen)
+    if M > 2147483647 or N > 2147483647 or K > 2147483647:
+        raise ValueError("seq_matmul: the sizes must fit BLAS's int")
     if M == 0 or N == 0:
+        return
+    if K == 0:
+        out[...] = 0 if b is None else b
         return
     if dt == np.float32:
         _matmul_run(<float*>_addr(A), <float*>_addr(W), <float*>_addr(b), <float*>_addr(out),
@@ -1192,27 +1210,36 @@ def seq_matmul(A, W, b, out, bint trans_w, int num_threads):
 cdef int _matmul_run(const floating* A, const floating* W, const floating* b, floating* out,
                      Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, bint trans_w,
                      int num_threads) except -1:
-    cdef Py_ssize_t nr = _pack_width(<floating>0)
-    cdef int nc = _seq_threads(num_threads, 2.0 * M * N * K, M), c
-    cdef floating* Wp = _alloc(_packed_size(K, N, <floating>0), <floating>0)
-    try:
-        with nogil:
-            _pack(W, K if trans_w else N, trans_w, K, N, nr, Wp)
-            for c in prange(nc, num_threads=nc, schedule='static'):
-                _matmul_chunk(A, Wp, b, out, M, N, K, c, nc)
-    finally:
-        free(Wp)
+    cdef int nc = _seq_threads(num_threads, 2.0 * M * N * K, _blk_count(M)), c
+    with nogil:
+        for c in prange(nc, num_threads=nc, schedule='static'):
+            _matmul_chunk(A, W, b, out, M, N, K, trans_w, c, nc)
     return 0
 
 
-cdef void _matmul_chunk(const floating* A, const floating* Wp, const floating* b,
-                        floating* out, Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, int c,
-                        int nc) noexcept nogil:
-    cdef Py_ssize_t i0, i1
+cdef void _matmul_chunk(const floating* A, const floating* W, const floating* b,
+                        floating* out, Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
+                        bint trans_w, int c, int nc) noexcept nogil:
+    """Thread c's blocks of rows of out (_blk_width), each by one one-thread BLAS
+    call: these products have thousands of rows, where BLAS's cache blocking beats
+    the packed kernel made for a step's few rows (lstm-charrnn's layer-1 products:
+    2.4x faster). The blocks are the same for any thread count, so each BLAS call,
+    and its rounding, is too (BLAS's summation order may depend on the row count)."""
+    cdef Py_ssize_t i0, i1, r, blk, nblk = _blk_count(M), bw = _blk_width(M)
+    cdef floating beta = 0.0
     cdef fastrnn_fpmode_t mode = fastrnn_ftz_on()
-    _part(M, nc, c, &i0, &i1)
-    if i1 > i0:
-        _pgemm(i1 - i0, N, K, A + i0 * K, K, Wp, out + i0 * N, N, 0, b)
+    blk = c
+    while blk < nblk:
+        i0 = blk * bw
+        i1 = min(M, i0 + bw)
+        beta = 0.0
+        if b != NULL:
+            for r in range(i0, i1):
+                memcpy(out + r * N, b, N * sizeof(floating))
+            beta = 1.0
+        gemm(c'N', c'T' if trans_w else c'N', <int>(i1 - i0), <int>N, <int>K, <floating>1.0,
+             A + i0 * K, <int>K, W, <int>(K if trans_w else N), beta, out + i0 * N, <int>N)
+        blk += nc
     fastrnn_fp_restore(mode)
 
 
@@ -1441,7 +1468,7 @@ cdef void _wgrad_run(int cell, const floating* h0, const floating* Hs, const flo
                      int num_threads) noexcept nogil:
     cdef Py_ssize_t GH = fastrnn_cell_gates(cell) * H, N = T * B
     cdef double flops = 2.0 * N * H * GH * (1 if ids != NULL else 2)
-    cdef int nc = _seq_threads(num_threads, flops, max(H, GH)), c
+    cdef int nc = _seq_threads(num_threads, flops, 2 * _blk_count(GH) + 1), c
     for c in prange(nc, num_threads=nc, schedule='static'):
         _wgrad_chunk(cell, h0, Hs, dA, dAn, ids, X, dW_xh, dW_hh, db_h, db_hn, T, B, H, D,
                      c, nc)
@@ -1453,26 +1480,41 @@ cdef void _wgrad_chunk(int cell, const floating* h0, const floating* Hs, const f
                        Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, Py_ssize_t D, int c,
                        int nc) noexcept nogil:
     cdef Py_ssize_t G = fastrnn_cell_gates(cell), GH = G * H, N = T * B
-    cdef Py_ssize_t Gr = 2 if cell == FASTRNN_CELL_GRU else G, i0, i1
+    cdef Py_ssize_t Gr = 2 if cell == FASTRNN_CELL_GRU else G, i0, i1, blk
     cdef fastrnn_fpmode_t mode = fastrnn_ftz_on()
-    # dW_hh rows [i0, i1): h0^T dA_0 + Hs[:T-1]^T dA[1:]  (rows in time order), by
+    # dW_hh = h0^T dA_0 + Hs[:T-1]^T dA[1:] (rows in time order; GRU's n block from
+    # dAn) and, for a dense input, dW_xh = X^T dA: blocks of columns (_blk_width), by
     # one-thread BLAS (the caller holds BLAS at one thread): at lstm-medium's shapes
     # (4096 rows, 256 x 1024) 17.5 ms against _tngemm's 37 on one core
-    _part(H, nc, c, &i0, &i1)
-    if i1 > i0:
-        gemm(c'T', c'N', <int>(i1 - i0), <int>(Gr * H), <int>B, <floating>1.0, h0 + i0,
-             <int>H, dA, <int>GH, <floating>0.0, dW_hh + i0 * GH, <int>GH)
-        if T > 1:
-            gemm(c'T', c'N', <int>(i1 - i0), <int>(Gr * H), <int>((T - 1) * B),
-                 <floating>1.0, Hs + i0, <int>H, dA + B * GH, <int>GH, <floating>1.0,
-                 dW_hh + i0 * GH, <int>GH)
-        if cell == FASTRNN_CELL_GRU:
-            gemm(c'T', c'N', <int>(i1 - i0), <int>H, <int>B, <floating>1.0, h0 + i0,
-                 <int>H, dAn, <int>H, <floating>0.0, dW_hh + i0 * GH + 2 * H, <int>GH)
+    cdef Py_ssize_t w1 = _blk_width(Gr * H), n1 = _blk_count(Gr * H)
+    cdef Py_ssize_t wn = _blk_width(H), nn = _blk_count(H) if cell == FASTRNN_CELL_GRU else 0
+    cdef Py_ssize_t wd = _blk_width(GH), nd = _blk_count(GH) if ids == NULL else 0
+    blk = c
+    while blk < n1 + nn + nd:
+        if blk < n1:
+            i0 = blk * w1
+            i1 = min(Gr * H, i0 + w1)
+            gemm(c'T', c'N', <int>H, <int>(i1 - i0), <int>B, <floating>1.0, h0, <int>H,
+                 dA + i0, <int>GH, <floating>0.0, dW_hh + i0, <int>GH)
             if T > 1:
-                gemm(c'T', c'N', <int>(i1 - i0), <int>H, <int>((T - 1) * B),
-                     <floating>1.0, Hs + i0, <int>H, dAn + B * H, <int>H, <floating>1.0,
-                     dW_hh + i0 * GH + 2 * H, <int>GH)
+                gemm(c'T', c'N', <int>H, <int>(i1 - i0), <int>((T - 1) * B), <floating>1.0,
+                     Hs, <int>H, dA + B * GH + i0, <int>GH, <floating>1.0, dW_hh + i0,
+                     <int>GH)
+        elif blk < n1 + nn:
+            i0 = (blk - n1) * wn
+            i1 = min(H, i0 + wn)
+            gemm(c'T', c'N', <int>H, <int>(i1 - i0), <int>B, <floating>1.0, h0, <int>H,
+                 dAn + i0, <int>H, <floating>0.0, dW_hh + 2 * H + i0, <int>GH)
+            if T > 1:
+                gemm(c'T', c'N', <int>H, <int>(i1 - i0), <int>((T - 1) * B), <floating>1.0,
+                     Hs, <int>H, dAn + B * H + i0, <int>H, <floating>1.0,
+                     dW_hh + 2 * H + i0, <int>GH)
+        else:
+            i0 = (blk - n1 - nn) * wd
+            i1 = min(GH, i0 + wd)
+            gemm(c'T', c'N', <int>D, <int>(i1 - i0), <int>N, <floating>1.0, X, <int>D,
+                 dA + i0, <int>GH, <floating>0.0, dW_xh + i0, <int>GH)
+        blk += nc
     # db_h columns [i0, i1), with the ids' scatter-add into dW_xh
     _part(GH, nc, c, &i0, &i1)
     if floating is float:
@@ -1485,9 +1527,4 @@ cdef void _wgrad_chunk(int cell, const floating* h0, const floating* Hs, const f
             fastrnn_bias_scatter_f32(dAn, N, H, i0, i1, db_hn, NULL, NULL, 0, 0)
         else:
             fastrnn_bias_scatter_f64(dAn, N, H, i0, i1, db_hn, NULL, NULL, 0, 0)
-    if ids == NULL:                              # dense input: dW_xh rows [i0, i1)
-        _part(D, nc, c, &i0, &i1)
-        if i1 > i0:
-            gemm(c'T', c'N', <int>(i1 - i0), <int>GH, <int>N, <floating>1.0, X + i0,
-                 <int>D, dA, <int>GH, <floating>0.0, dW_xh + i0 * GH, <int>GH)
     fastrnn_fp_restore(mode)

@@ -524,8 +524,9 @@ SIZES = st.one_of(st.integers(-3, 40), st.sampled_from(
 def init_params_invalid_arguments(d, h, v, dtype, init, scale) -> list[str]:
     """The arguments of init_params(d, h, v, dtype=, init=, scale=) that the docstring
     rules out: sizes are ints >= 1 (not bool), dtype is float32 or float64 (numpy's
-    default, float64, for None), init is "d2l" or "uniform", and for "d2l" scale is a
-    finite real >= 0 (not bool; "uniform" ignores scale)."""
+    default, float64, for None), init is "d2l", "uniform" or None (the default: "d2l"
+    for the one-layer Elman cell these tests use), and for "d2l" scale is a finite real
+    >= 0 (not bool; "uniform" ignores scale)."""
     bad = []
     for name, n in (("input_size", d), ("hidden_size", h),
                     ("output_size", d if v is None else v)):
@@ -538,7 +539,7 @@ def init_params_invalid_arguments(d, h, v, dtype, init, scale) -> list[str]:
         ok = False
     if not ok:
         bad.append("dtype")
-    if init == "d2l":
+    if init is None or (isinstance(init, str) and init == "d2l"):
         if (isinstance(scale, (bool, np.bool_))
                 or not isinstance(scale, (int, float, np.integer, np.floating))
                 or not np.isfinite(scale) or scale < 0):
