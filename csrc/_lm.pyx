@@ -43,6 +43,8 @@ from _omp cimport FASTRNN_OMP_ENABLED, fastrnn_omp_thread_id
 
 # the same vectorised one-row product and tanh as the training kernels (csrc/_rnn.pyx)
 from _rowops cimport _vecmat, _tanh_vec, fastrnn_sumsq_f32, fastrnn_sumsq_f64
+# the sampler (xoshiro256**, top-k / nucleus draw), shared with fastrnn._layers
+from _sampling cimport _xoshiro_next, _uniform, _partial_logits, _draw
 
 from _steps cimport (fastrnn_steps_t, fastrnn_steps_init, fastrnn_steps_claim,
                     fastrnn_steps_done, fastrnn_steps_next, fastrnn_steps_wait,
@@ -64,28 +66,6 @@ cdef inline uint64_t _splitmix64(uint64_t* x) noexcept nogil:
     z = (z ^ (z >> 30)) * <uint64_t>0xBF58476D1CE4E5B9ULL
     z = (z ^ (z >> 27)) * <uint64_t>0x94D049BB133111EBULL
     return z ^ (z >> 31)
-
-
-cdef inline uint64_t _rotl(uint64_t x, int k) noexcept nogil:
-    return (x << k) | (x >> (64 - k))
-
-
-cdef inline uint64_t _xoshiro_next(uint64_t* s) noexcept nogil:
-    """Next xoshiro256** output; advances the 4-word state s."""
-    cdef uint64_t result = _rotl(s[1] * 5, 7) * 9
-    cdef uint64_t t = s[1] << 17
-    s[2] ^= s[0]
-    s[3] ^= s[1]
-    s[1] ^= s[2]
-    s[0] ^= s[3]
-    s[2] ^= t
-    s[3] = _rotl(s[3], 45)
-    return result
-
-
-cdef inline double _uniform(uint64_t* s) noexcept nogil:
-    """Uniform double in [0, 1): the top 53 bits of one xoshiro256** output."""
-    return <double>(_xoshiro_next(s) >> 11) * (1.0 / 9007199254740992.0)
 
 
 def rng_seed(uint64_t seed, uint64_t[::1] state):
@@ -312,98 +292,6 @@ def adamw_update(floating[::1] param,         # IN/OUT (P,)
 # ---------------------------------------------------------------------------
 # generation
 
-cdef floating _kth_largest(floating* a, Py_ssize_t n, Py_ssize_t k) noexcept nogil:
-    """The k-th largest of a[0:n] (1 <= k <= n) by quickselect; permutes a."""
-    cdef Py_ssize_t lo = 0, hi = n - 1, i, j, target = k - 1
-    cdef floating pivot, tmp
-    while lo < hi:
-        pivot = a[(lo + hi) // 2]
-        i = lo
-        j = hi
-        while i <= j:            # Hoare partition, descending order
-            while a[i] > pivot:
-                i += 1
-            while a[j] < pivot:
-                j -= 1
-            if i <= j:
-                tmp = a[i]
-                a[i] = a[j]
-                a[j] = tmp
-                i += 1
-                j -= 1
-        if target <= j:
-            hi = j
-        elif target >= i:
-            lo = i
-        else:
-            return a[target]
-    return a[target]
-
-
-cdef int32_t _sample(const floating* o,       # IN  (V,) logits
-                     floating* work,          # WORK (V,)
-                     double* ex,              # WORK (V,) the kept exponentials
-                     Py_ssize_t V, double inv_temp, Py_ssize_t top_k, bint greedy,
-                     uint64_t* rng) noexcept nogil:
-    """Draw an id from softmax(o / T) over the logits >= the top_k-th largest."""
-    cdef Py_ssize_t v, best = 0
-    cdef floating mx = o[0], thresh
-    cdef double total, u, acc
-    for v in range(1, V):
-        if o[v] > mx:             # first maximum on ties, like numpy.argmax
-            mx = o[v]
-            best = v
-    if greedy:
-        return <int32_t>best
-    if 0 < top_k < V:
-        for v in range(V):
-            work[v] = o[v]
-        thresh = _kth_largest(work, V, top_k)
-    else:
-        thresh = mx
-        for v in range(V):
-            if o[v] < thresh:
-                thresh = o[v]
-    total = 0.0
-    for v in range(V):        # each exponential once (libm exp is most of a draw)
-        if o[v] >= thresh:
-            ex[v] = exp((<double>o[v] - <double>mx) * inv_temp)
-            total += ex[v]
-    u = _uniform(rng) * total
-    acc = 0.0
-    for v in range(V):
-        if o[v] >= thresh:
-            acc += ex[v]
-            best = v              # the last kept id absorbs rounding at the top end
-            if u < acc:
-                break
-    return <int32_t>best
-
-
-cdef inline void _partial_logits(const floating* h, const floating* Wq, floating* out,
-                                 Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t Vp) noexcept nogil:
-    """out(Vp) = h[j0:j1] W_hq[j0:j1] over the padded columns: one part's share of
-    the logits (zeros for an empty part)."""
-    cdef Py_ssize_t v
-    if j1 <= j0:
-        for v in range(Vp):
-            out[v] = 0
-        return
-    _vecmat(h + j0, Wq + j0 * Vp, Vp, out, j1 - j0, Vp, 0)
-
-
-cdef int32_t _draw(const floating* p0, const floating* p1, const floating* bq,
-                   floating* op, floating* sel, double* ex, Py_ssize_t V, Py_ssize_t Vp,
-                   double inv_temp, Py_ssize_t top_k, bint greedy,
-                   uint64_t* rng) noexcept nogil:
-    """One draw from O = (b_q + p0) + p1, p0 and p1 the two parts' shares of
-    H_t W_hq (_partial_logits): the same sums whether one thread or two made them."""
-    cdef Py_ssize_t v
-    for v in range(Vp):
-        op[v] = (bq[v] + p0[v]) + p1[v]
-    return _sample(op, sel, ex, V, inv_temp, top_k, greedy, rng)
-
-
 cdef inline void _step_part(const floating* W_xh, const floating* W_hh, const floating* b_h,
                             int32_t x, const floating* h, floating* hnew, floating* z,
                             Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1,
@@ -481,7 +369,7 @@ cdef void _generate_split(
                             drawn += 1
                         drawn += 1           # _draw takes draw d
                     x = _draw(lp + (s % 2) * 2 * Lp, lp + ((s % 2) * 2 + 1) * Lp, bq, op,
-                              sel, ex, V, Vp, inv_temp, top_k, greedy, r)
+                              sel, ex, NULL, V, Vp, inv_temp, top_k, 1.0, greedy, r)
                 have = s
             if k == 0 and s >= P:
                 out[s - P] = x
@@ -611,8 +499,8 @@ def generate(const floating[:, ::1] W_xh,     # IN (V, H)
                 for i in range(n - 1):
                     _xoshiro_next(&rng[0])
             k = (P + n - 1) % 2
-            out[n - 1] = _draw(lp + 2 * k * Lp, lp + (2 * k + 1) * Lp, bq, op, sel, ex, V,
-                               Vp, inv_temp, top_k, greedy, &rng[0])
+            out[n - 1] = _draw(lp + 2 * k * Lp, lp + (2 * k + 1) * Lp, bq, op, sel, ex, NULL,
+                               V, Vp, inv_temp, top_k, 1.0, greedy, &rng[0])
             fastrnn_fp_restore(mode)
         else:
             mode = fastrnn_ftz_on()
@@ -625,7 +513,7 @@ def generate(const floating[:, ::1] W_xh,     # IN (V, H)
                                z, H, 0, H, nonlin)
                 _partial_logits(&h[0], Wq, lp, 0, cut, Vp)
                 _partial_logits(&h[0], Wq, lp + Lp, cut, H, Vp)
-                out[i] = _draw(lp, lp + Lp, bq, op, sel, ex, V, Vp, inv_temp, top_k, greedy,
-                               &rng[0])
+                out[i] = _draw(lp, lp + Lp, bq, op, sel, ex, NULL, V, Vp, inv_temp, top_k,
+                               1.0, greedy, &rng[0])
             fastrnn_fp_restore(mode)
     free(mem)

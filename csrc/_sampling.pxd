@@ -1,9 +1,8 @@
 # The generator's random numbers and sampler, as inline functions for the compiled
-# sampling loops. fastrnn._layers.generate_stack uses them; the code is that of
-# fastrnn._lm.generate (csrc/_lm.pyx: _xoshiro_next, _uniform, _kth_largest, _sample,
-# _partial_logits, _draw), operation for operation, so that for the Elman cell the
-# two give the same ids for the same seed (tests/test_layers.py checks it). _sample
-# adds nucleus sampling (top_p); with top_p >= 1 it takes exactly _lm's path.
+# sampling loops: the one copy, cimported by fastrnn._lm.generate (the Elman cell's
+# loop, which passes top_p = 1 and no sort buffer) and fastrnn._layers.generate_stack
+# (every cell and depth), so the two give the same ids for the same seed
+# (tests/test_layers.py checks it). With top_p >= 1, _sample never touches srt.
 from cython cimport floating
 from libc.math cimport exp
 from libc.stdint cimport int32_t, uint64_t
