@@ -441,6 +441,27 @@ def test_cli_preset_fills_defaults_and_flags_override():
         assert flag in h
 
 
+def test_cli_preset_shakespeare_30min_expands_to_its_flags():
+    from fastrnn.cli import PRESETS, apply_preset, build_parser
+    p = build_parser()
+    a = p.parse_args(["train", "--preset", "shakespeare-30min"])
+    apply_preset(a)
+    want = p.parse_args(["train", "--corpus", "shakespeare", "--cell", "gru", "--layers", "2",
+                         "--hidden", "256", "--dropout", "0.2", "--batch", "32", "--steps",
+                         "64", "--optimizer", "adamw", "--lr", "0.008", "--weight-decay",
+                         "0.01", "--schedule", "cosine", "--warmup-steps", "100",
+                         "--max-steps", "3000", "--time-budget", "1740", "--clip",
+                         "1", "--eval-interval", "500", "--keep-best", "--epochs", "100"])
+    assert {**vars(a), "preset": None} == vars(want)
+    assert a.eval_blocks is None          # step evaluations on all validation blocks
+    b = p.parse_args(["train", "--preset", "shakespeare-30min", "--max-steps", "100",
+                      "--dropout", "0.3"])
+    apply_preset(b)
+    assert (b.max_steps, b.dropout, b.layers) == (100, 0.3, 2)
+    assert "shakespeare-30min" in p._subparsers._group_actions[0].choices["train"].format_help()
+    assert set(PRESETS) == {"shakespeare", "shakespeare-30min"}
+
+
 def test_cli_plot_with_step_evaluations(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     from fastrnn.cli import main
