@@ -1,0 +1,49 @@
+"""benches/d2l_end_to_end.py (issue 13's d2l current-edition row) keeps working: one
+epoch of its three runs. Nothing here is timed or compared with a time."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+
+pytestmark = pytest.mark.skipif(not (DATA / "timemachine.txt").is_file(),
+                                reason=f"{DATA / 'timemachine.txt'} not present")
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("d2l_end_to_end",
+                                                  ROOT / "benches" / "d2l_end_to_end.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_quick_run_checks_out(tmp_path, capsys):
+    bench = _bench()
+    out = tmp_path / "r.json"
+    assert bench.main(["--quick", "--epochs", "1", "--data-dir", str(DATA),
+                       "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    text = capsys.readouterr().out
+    assert "(a)/(b) fit / steps alone" in text
+    assert r["protocol"]["steps"] == 10 and r["protocol"]["train_windows"] == 10_000
+    assert r["protocol"]["val_windows"] == 5_000
+    # (a) fit and (b) the bare steps ran the same optimizer steps on the same batches
+    assert r["params_max_abs_diff_fit_vs_steps"] == 0.0
+    vp = r["val_ppl"]
+    assert vp["steps"] == vp["fit_recomputed"]
+    # fit's validation (the fused kernel for this Elman model) against an independent
+    # float64 NumPy cross-entropy over forward's logits
+    assert vp["fit"] == pytest.approx(vp["fit_recomputed"], rel=1e-5)
+    assert 1 < vp["fit"] < 28                     # better than uniform over 28 tokens
+    names = ["fit", "steps"] + (["torch"] if r["torch"] else [])
+    assert sorted(r["seconds"]) == sorted(names)
+    assert all(len(v) == 1 and v[0] > 0 for v in r["seconds"].values())
+    assert r["ratio_fit_over_steps"] > 0
+    bd = r["fit_breakdown_median_s"]
+    assert bd["train_loop_s"] > 0 and bd["validation_s"] > 0
+    if r["torch"]:
+        assert r["ratio_torch_over_fit"] > 0 and 1 < vp["torch"] < 28
