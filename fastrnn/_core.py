@@ -906,6 +906,20 @@ def _rnn_loss_and_grad(p, X, X_ids, X_dense, h, Yt, B, T, nonlinearity, nt, out)
     return loss_sum / (B * T), g, Hs[T].copy()
 
 
+def _rnn_ce_sum(p, X_ids, Yt, nonlinearity, nt):
+    """Summed cross-entropy of the T*B predictions of checked one-layer Elman params
+    ``p`` from a zero state, without gradients: the forward kernel with its fused
+    softmax cross-entropy (what loss_and_grad's forward computes); no logits are copied
+    out. ``X_ids`` (T, B) and ``Yt`` (T*B,) are C-contiguous int32 ids already in range
+    (as _check_x / _check_y make them). Needs the compiled kernels (_rnn)."""
+    T, B = X_ids.shape
+    dtype = p["W_hh"].dtype
+    no_dense = np.empty((0, 0), dtype)
+    _align_for_rows(p, B, nt)
+    with _blas_guard(p, no_dense):
+        return _run_forward(p, X_ids, no_dense, 0, Yt, B, T, nonlinearity, nt, True)[3]
+
+
 # ---------------------------------------------------------------------------
 # the layer stack: every configuration but cell="rnn" with one layer
 

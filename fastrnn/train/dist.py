@@ -296,19 +296,10 @@ def shared_ce(dist, model, ids: np.ndarray, sampling: str, num_steps: int, batch
     the first character to the last, which cannot be split: the root evaluates it and
     the others add zeros (the exact value of one process).
     """
-    from .. import _core, datasets as _ds
-    from ..model import _mean_ce
     total, count = 0.0, 0
     if sampling == "windows":
-        X, Y = _ds.windows(ids, num_steps)
-        r0, r1 = dist.rows(len(X))
-        with _core.blas_single_thread(), model._param_lock:
-            for i in range(r0, r1, batch_size):
-                j = min(i + batch_size, r1)
-                logits, _ = _core.forward(model.params, np.ascontiguousarray(X[i:j]),
-                                          num_threads=num_threads, **model._fn_kw())
-                s, c = _mean_ce(logits, Y[i:j])
-                total, count = total + s, count + c
+        rows = dist.rows(len(ids) - num_steps)          # the number of windows
+        total, count = model._windows_ce(ids, num_steps, batch_size, num_threads, rows)
     elif dist.is_root:
         total, count = model._stream_ce(ids, 1, num_threads)
     s, c = dist.reduce_sum([total, count])

@@ -424,6 +424,7 @@ class Trainer:
         schedule = make_schedule(cfg, st.horizon, st.steps_per_epoch)
         self._lr = cfg.lr                                 # the last step's rate
         self._eval_subset, self._last_val, self._n_batches = None, None, 0
+        self._val_batches = None                          # validation windows, cut once
         if model.eval_history:
             self._last_val = model.eval_history[-1]["val_loss"]
         gen = np.random.Generator(np.random.PCG64())
@@ -618,17 +619,28 @@ class Trainer:
         return True
 
     def _validate(self) -> float | None:
-        """Mean cross-entropy on the validation text (None without one)."""
+        """Mean cross-entropy on the validation text (None without one).
+
+        ``"windows"`` sampling: every stride-1 window of the validation text, each from
+        a zero state; the windows (this rank's share of them) are cut into batches in
+        the kernels' layout once per ``fit`` and reused every epoch."""
         if self.val_ids is None:
             return None
-        model, cfg = self.model, self.state.config
-        if self.dist.size > 1:                  # shares of the same windows, summed
+        model, cfg, dist = self.model, self.state.config, self.dist
+        if cfg.sampling == "windows":
+            if self._val_batches is None:
+                rows = (dist.rows(len(self.val_ids) - cfg.num_steps) if dist.size > 1
+                        else None)
+                self._val_batches = model._window_batches(self.val_ids, cfg.num_steps,
+                                                          cfg.batch_size, rows)
+            s, c = model._batches_ce(self._val_batches, cfg.num_threads)
+            if dist.size > 1:                   # shares of the same windows, summed
+                s, c = dist.reduce_sum([s, c])
+                s, c = float(s), int(round(c))
+        elif dist.size > 1:                     # one stream: the root evaluates it
             from .dist import shared_ce
-            s, c = shared_ce(self.dist, model, self.val_ids, cfg.sampling, cfg.num_steps,
+            s, c = shared_ce(dist, model, self.val_ids, cfg.sampling, cfg.num_steps,
                              cfg.batch_size, cfg.num_threads)
-        elif cfg.sampling == "windows":
-            s, c = model._windows_ce(self.val_ids, cfg.num_steps, cfg.batch_size,
-                                     cfg.num_threads)
         else:
             s, c = model._stream_ce(self.val_ids, 1, cfg.num_threads)
         return s / c
