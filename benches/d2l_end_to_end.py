@@ -333,6 +333,13 @@ def main(argv=None) -> int:
         "fit_breakdown_median_s": {
             k: _median([x[k] for x in last["fit"]])
             for k in ("train_loop_s", "validation_s", "outside_epochs_s")},
+        "fit_breakdown_per_round_s": [
+            {k: x[k] for k in ("train_loop_s", "validation_s", "outside_epochs_s")}
+            for x in last["fit"]],
+        # validation over fit's own training loop, epoch by epoch in one run: the
+        # figure least disturbed by a load that changes between runs
+        "fit_validation_over_train_loop": _median([x["validation_s"] / x["train_loop_s"]
+                                                   for x in last["fit"]]),
         "val_ppl": {"fit": fit_last["val_ppl"], "fit_recomputed": val_ppl_a_ref,
                     "steps": val_ppl_b,
                     "torch": last["torch"][-1]["val_ppl"] if use_torch else None},
@@ -345,6 +352,8 @@ def main(argv=None) -> int:
           f"{bd['train_loop_s']:.2f} s, validation {bd['validation_s']:.2f} s, outside "
           f"the epochs {bd['outside_epochs_s']:.2f} s), steps alone {med['steps']:.2f} s"
           + (f", torch {med['torch']:.2f} s" if use_torch else ""))
+    print(f"fit's validation / fit's training loop: "
+          f"{result['fit_validation_over_train_loop']:.3f}")
     rr = result["ratio_fit_over_steps_per_round"]
     print(f"(a)/(b) fit / steps alone: {result['ratio_fit_over_steps']:.3f} "
           f"(rounds {min(rr):.3f}..{max(rr):.3f})")
