@@ -177,9 +177,20 @@ def run_steps(vocab, batches, *, threads, seed):
 # (c) a lean PyTorch loop
 
 def run_torch(vocab, train, val, orders, init, *, threads):
-    F = torch.nn.functional
+    """(c), with PyTorch's thread count and flush-denormal mode set for the run and
+    restored after it (both are process-wide)."""
+    old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     torch.set_flush_denormal(True)
+    try:
+        return _run_torch(vocab, train, val, orders, init)
+    finally:
+        torch.set_flush_denormal(False)    # the process default (hypothesis checks it)
+        torch.set_num_threads(old_threads)
+
+
+def _run_torch(vocab, train, val, orders, init):
+    F = torch.nn.functional
     V = len(vocab)
     t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
     rnn, lin = torch.nn.RNN(V, H, batch_first=True), torch.nn.Linear(H, V)
