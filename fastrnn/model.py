@@ -488,17 +488,55 @@ class CharLM:
 
     def _windows_ce(self, ids: np.ndarray, num_steps: int, bs: int,
                     num_threads, rows=None) -> tuple[float, int]:
-        """Summed CE over every stride-1 window of ids, each from a zero state; with
-        ``rows``, only this process's share of the windows."""
+        """Summed CE over every stride-1 window of ids, each from a zero state, in
+        batches of ``bs`` windows; with ``rows`` (a ``dist.rows``), only this process's
+        share of the windows."""
+        return self._batches_ce(self._window_batches(ids, num_steps, bs, rows), num_threads)
+
+    def _fused_ce(self) -> bool:
+        """Evaluation runs the Elman kernel's fused softmax cross-entropy (cell "rnn",
+        one layer, compiled kernels) rather than forward + :func:`_mean_ce`."""
+        return (self._config.cell == "rnn" and self._config.num_layers == 1
+                and _core._rnn is not None)
+
+    def _window_batches(self, ids: np.ndarray, num_steps: int, bs: int,
+                        rows=None) -> list[tuple]:
+        """The stride-1 windows of ``ids`` (checked ids of this model, e.g. from
+        :meth:`_ids`; with ``rows``, a ``dist.rows``, this process's share) cut into batches of
+        ``bs`` windows once, in the layout :meth:`_batches_ce` reads, so that an
+        evaluation repeated every epoch neither re-slices nor re-checks them.
+
+        Fused models (:meth:`_fused_ce`) get ``(X_ids (T, b), Y (T*b,))``, the int32
+        arrays of the kernels' step-major layout; others ``(X (b, T), Y (b, T))``."""
         X, Y = _ds.windows(ids, num_steps)
         r0, r1, _ = _share(rows, len(X), False)
+        fused = self._fused_ce()
+        out = []
+        for i in range(r0, r1, bs):
+            j = min(i + bs, r1)
+            if fused:
+                out.append((np.ascontiguousarray(X[i:j].T, np.int32),
+                            np.ascontiguousarray(Y[i:j].T, np.int32).reshape(-1)))
+            else:
+                out.append((np.ascontiguousarray(X[i:j]), Y[i:j]))
+        return out
+
+    def _batches_ce(self, batches: list[tuple], num_threads) -> tuple[float, int]:
+        """(summed CE, count) over batches of :meth:`_window_batches`, each window from
+        a zero state. The parameters are checked (shapes, finite values) once per call."""
         total, count = 0.0, 0
         with blas_single_thread(), self._param_lock:
-            for i in range(r0, r1, bs):
-                j = min(i + bs, r1)
-                logits, _ = _core.forward(self.params, np.ascontiguousarray(X[i:j]),
-                                          num_threads=num_threads, **self._fn_kw())
-                s, c = _mean_ce(logits, Y[i:j])
+            if batches and self._fused_ce():
+                nt = resolve_num_threads(num_threads)
+                p, _ = _core._check_params(self.params, "rnn")
+                for X_ids, Yt in batches:
+                    total += _core._rnn_ce_sum(p, X_ids, Yt, self._nonlinearity, nt)
+                    count += Yt.size
+                return total, count
+            for X, Y in batches:
+                logits, _ = _core.forward(self.params, X, num_threads=num_threads,
+                                          **self._fn_kw())
+                s, c = _mean_ce(logits, Y)
                 total, count = total + s, count + c
         return total, count
 

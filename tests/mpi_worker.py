@@ -112,7 +112,8 @@ def run(job):
 
 
 def count_evaluations():
-    """Count the tokens fed to ``fastrnn._core.forward`` (the evaluations' forward pass;
+    """Count the tokens fed to ``fastrnn._core.forward`` and ``_core._rnn_ce_sum`` (the
+    evaluations' forward passes: the fused cross-entropy scores the Elman windows;
     training uses loss_and_grad) inside ``phase(name)``: ``(counts, phase)``."""
     from fastrnn import _core
     real = _core.forward
@@ -132,10 +133,19 @@ def count_evaluations():
         finally:
             current.pop()
 
+    real_ce = _core._rnn_ce_sum
+
+    def rnn_ce_sum(p, X_ids, *args, **kwargs):
+        if current:
+            counts[current[-1]] += int(np.asarray(X_ids).size)
+        return real_ce(p, X_ids, *args, **kwargs)
+
     def restore():
         _core.forward = real
+        _core._rnn_ce_sum = real_ce
 
     _core.forward = forward
+    _core._rnn_ce_sum = rnn_ce_sum
     phase.restore = restore
     return counts, phase
 

@@ -408,6 +408,37 @@ def test_work_area_rows_checked():
                      np.empty((6, 5)), np.empty(0, np.int32), np.zeros(2), "tanh", 1)
 
 
+def test_workspace_reused_for_smaller_batches(rng):
+    """A shorter batch (an epoch's last, a validation batch) takes the leading part of
+    the buffers a larger call left; a call needing under half of them gets its own;
+    the results are those of fresh buffers, bit for bit, in any order of calls."""
+    from fastrnn import _core
+    p = fastrnn.init_params(7, 12, dtype="float32", seed=0)
+    X, Y = rng.integers(0, 7, (40, 9)), rng.integers(0, 7, (40, 9))
+
+    def run(b):
+        loss, g, h = fastrnn.loss_and_grad(p, X[:b], Y[:b], num_threads=2)
+        logits, _ = fastrnn.forward(p, X[:b], num_threads=2)
+        return [loss, h, logits] + [g[k] for k in sorted(g)]
+
+    fresh = {}
+    for b in (40, 31, 12):
+        _core.clear_workspace()
+        fresh[b] = run(b)
+    _core.clear_workspace()
+    for b in (40, 31, 12, 31, 40, 12, 40):
+        for got, want in zip(run(b), fresh[b]):
+            assert np.array_equal(got, want)
+    _core.clear_workspace()
+    big = _core._buffers(np.float32, 9, 40, 12, 7)
+    part = _core._buffers(np.float32, 9, 31, 12, 7)
+    assert all(np.shares_memory(a, b) for a, b in zip(big, part))
+    assert [a.shape for a in part] == [(10, 31, 12), (_core._dz_steps(9, 31, 12) * 31, 12),
+                                       (9 * 31, 7)]
+    small = _core._buffers(np.float32, 9, 12, 12, 7)
+    assert not any(np.shares_memory(a, b) for a, b in zip(big, small))
+
+
 def _misaligned(a, offset_bytes=16):
     """A C-contiguous copy of a that starts offset_bytes past a 64-byte line."""
     buf = np.empty(a.nbytes + 128, np.uint8)

@@ -186,6 +186,32 @@ def test_val_streams_is_perplexity_with_that_batch_size(sampling):
     assert abs(want - lm.perplexity(val)) > 1e-6 * want     # another measure than 1 stream
 
 
+@pytest.mark.parametrize("cell,dtype,rel", [("rnn", "float32", 1e-5), ("rnn", "float64", 1e-12),
+                                            ("gru", "float32", 1e-5)])
+def test_windows_validation_every_epoch_is_the_reference(cell, dtype, rel):
+    """Windows validation (the batches cut once per fit, the Elman kernel's fused
+    cross-entropy) after EVERY epoch equals the float64 reference's mean cross-entropy
+    over every stride-1 window with that epoch's parameters; 7 windows per batch leave
+    a shorter last batch."""
+    lm = tiny(dtype=dtype, cell=cell)
+    val = TEXT[:120]
+    X, Y = fastrnn.datasets.windows(lm.vocab.encode(val), 8)
+    seen = []
+
+    def check(model, record):
+        p = {k: v.astype(np.float64) for k, v in model.params.items()}
+        logits, _ = reference.forward(p, np.asarray(X), cell=cell)
+        lp = logits - logits.max(-1, keepdims=True)
+        lp -= np.log(np.exp(lp).sum(-1, keepdims=True))
+        ce = -np.take_along_axis(lp, np.asarray(Y)[..., None], -1).mean()
+        assert record["val_loss"] == pytest.approx(ce, rel=rel)
+        seen.append(record["val_loss"])
+
+    lm.fit(TEXT, val_text=val, **{**FIT, "epochs": 3, "batch_size": 7}, lr=0.05,
+           optimizer="adam", sampling="windows", callbacks=[check])
+    assert len(seen) == 3 and len(set(seen)) == 3      # the parameters moved each epoch
+
+
 def _record_calls(monkeypatch):
     calls = []
     real = trainer_mod.loss_and_grad

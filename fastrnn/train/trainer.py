@@ -424,6 +424,7 @@ class Trainer:
         schedule = make_schedule(cfg, st.horizon, st.steps_per_epoch)
         self._lr = cfg.lr                                 # the last step's rate
         self._eval_subset, self._last_val, self._n_batches = None, None, 0
+        self._val_batches = None                          # validation windows, cut once
         if model.eval_history:
             self._last_val = model.eval_history[-1]["val_loss"]
         gen = np.random.Generator(np.random.PCG64())
@@ -620,13 +621,21 @@ class Trainer:
     def _validate(self) -> float | None:
         """Mean cross-entropy on the validation text (None without one): every stride-1
         window (``"windows"`` sampling) or ``val_streams`` carried streams; with several
-        ranks each evaluates its share and the totals are summed (one process's value)."""
+        ranks each evaluates its share and the totals are summed (one process's value).
+        The windows (this rank's share of them) are cut into batches in the kernels'
+        layout once per ``fit`` and reused every epoch."""
         if self.val_ids is None:
             return None
-        model, cfg = self.model, self.state.config
+        model, cfg, dist = self.model, self.state.config, self.dist
         if cfg.sampling == "windows":
-            s, c = _dist.shared_totals(self.dist, model._windows_ce, self.val_ids,
-                                       cfg.num_steps, cfg.batch_size, cfg.num_threads)
+            if self._val_batches is None:
+                self._val_batches = model._window_batches(
+                    self.val_ids, cfg.num_steps, cfg.batch_size,
+                    dist.rows if dist.size > 1 else None)
+            s, c = model._batches_ce(self._val_batches, cfg.num_threads)
+            if dist.size > 1:                   # shares of the same windows, summed
+                s, c = dist.reduce_sum([s, c])
+                s, c = float(s), int(round(c))
         else:
             s, c = _dist.shared_totals(self.dist, model._stream_ce, self.val_ids,
                                        cfg.val_streams, cfg.num_threads)
