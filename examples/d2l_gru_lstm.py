@@ -33,7 +33,7 @@ GRU     5.04               6.61
 LSTM    5.64               6.87
 ======  =================  ======================
 
-(the Elman RNN with d2l's settings for it, 100 epochs at lr 1, reaches 7.23:
+(the Elman RNN with d2l's settings for it, 100 epochs at lr 1, reaches 7.25:
 ``d2l_time_machine.py``). Greedy continuations of "time traveller":
 GRU ``time traveller and the time traveller and the time traveller and``,
 LSTM ``time traveller the there the that the time traveller the there t``.

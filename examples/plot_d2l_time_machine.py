@@ -8,7 +8,7 @@ Scratch") trains a 32-unit RNN on H. G. Wells' *The Time Machine*: d2l's preproc
 characters, the first 10,000 windows for training and the next 5,000 for validation,
 batch 1024, SGD with learning rate 1, gradient clipping at norm 1, the state reset for
 every minibatch. d2l reports a validation perplexity of about 7.4 (PyTorch) / 7.3
-(TensorFlow) after 100 epochs; fastrnn reaches 7.23 in 18 s on 2 cores with
+(TensorFlow) after 100 epochs; fastrnn reaches 7.25 in about 5 s on 2 cores with
 ``python examples/d2l_time_machine.py --run current``.
 
 This example runs the same model for 30 epochs so the documentation builds quickly.
