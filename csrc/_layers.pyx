@@ -801,7 +801,7 @@ cdef int _backward_run(int cell, int nonlin, floating* dHs, const floating* Hs,
 from _sampling cimport _xoshiro_next, _draw, _partial_logits
 
 
-cdef void _gen_layer_step(
+cdef void _gen_part(
         int cell, int nonlin,
         const floating* W_xh,      # IN  (D, G*H) layer 0 (row gather), (H, G*H) above
         const floating* W_hh,      # IN  (H, G*H)
@@ -809,80 +809,175 @@ cdef void _gen_layer_step(
         const floating* b_hn,      # IN  (H,) GRU, else NULL
         int32_t x_id,              # IN  the token (layer 0), when x is NULL
         const floating* x,         # IN  (H,) the layer below's new state, or NULL
-        floating* h,               # IN/OUT (H,) this layer's state
-        floating* c,               # IN/OUT (H,) LSTM cell state, else NULL
-        floating* a,               # WORK (G*H,)
-        floating* hn,              # WORK (H,)
-        floating* hnew,            # WORK (H,)
-        floating* wk,              # WORK (4H,)
-        Py_ssize_t H) noexcept nogil:
-    """One step of one layer for one sequence: W_hh is read once (GRU: its r, z
-    columns into A, its n columns into hn). For the Elman cell this is _lm's
+        const floating* hp,        # IN  (H,) this layer's state before the step
+        const floating* cp,        # IN  (H,) LSTM cell state before, else NULL
+        floating* h,               # OUT (H,) units [j0, j1) of the new state (not hp)
+        floating* c,               # OUT (H,) LSTM, units [j0, j1) (not cp), else NULL
+        floating* a,               # WORK (G*H,) this thread's
+        floating* hn,              # WORK (H,) this thread's
+        floating* wk,              # WORK (4H,) this thread's
+        Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1) noexcept nogil:
+    """Units [j0, j1) of one step of one layer for one sequence: every gate's columns
+    of those units, W_xh's and W_hh's read in place (GRU: W_hh's n columns into hn).
+    Products and transcendentals run gate by gate from the part's first unit, as in
+    layer_forward's one sequence, so with j0 on a multiple of 64 each unit's value
+    is bitwise that of a step done whole. For the Elman cell this is _lm's
     _step_part operation for operation (same sums, same tanh)."""
-    cdef Py_ssize_t j, GH = fastrnn_cell_gates(cell) * H
+    cdef Py_ssize_t j, g, G = fastrnn_cell_gates(cell), GH = G * H, nj = j1 - j0
     cdef const floating* w
-    if x == NULL:
-        w = W_xh + <Py_ssize_t>x_id * GH
-        for j in range(GH):
-            a[j] = w[j] + b_h[j]
-    else:
-        memcpy(a, b_h, GH * sizeof(floating))
-        _vecmat(x, W_xh, GH, a, H, GH, 1)
+    if nj <= 0:
+        return
+    for g in range(G):
+        if x == NULL:
+            w = W_xh + <Py_ssize_t>x_id * GH + g * H
+            for j in range(j0, j1):
+                a[g * H + j] = w[j] + b_h[g * H + j]
+        else:
+            memcpy(a + g * H + j0, b_h + g * H + j0, nj * sizeof(floating))
+            _vecmat(x, W_xh + g * H + j0, GH, a + g * H + j0, H, nj, 1)
     if cell == FASTRNN_CELL_GRU:
-        memcpy(hn, b_hn, H * sizeof(floating))
-    _rec_part(cell, h, W_hh, a, hn, H, 0, H)       # as layer_forward's one sequence
-    _cell_fwd(cell, nonlin, H, H, a, hn, h, c, hnew, c, NULL, wk)
-    memcpy(h, hnew, H * sizeof(floating))
+        memcpy(hn + j0, b_hn + j0, nj * sizeof(floating))
+    _rec_part(cell, hp, W_hh, a, hn, H, j0, j1)
+    _cell_fwd(cell, nonlin, nj, H, a + j0, (hn + j0) if cell == FASTRNN_CELL_GRU else NULL,
+              hp + j0, (cp + j0) if cp != NULL else NULL, h + j0,
+              (c + j0) if c != NULL else NULL, NULL, wk + j0)
 
 
-cdef void _gen_run(
-        int cell, int nonlin, Py_ssize_t nL,
-        const uintptr_t* lp,       # IN  (nL, 4) addresses of W_xh, W_hh, b_h, b_hn per layer
-        const floating* Wq,        # IN  (H, Vp) W_hq zero-padded to Vp columns
-        const floating* bq,        # IN  (Vp,)
-        const int32_t* feed, Py_ssize_t P,
-        int32_t* out, Py_ssize_t n,
-        floating* hs,              # IN/OUT (nL, H)
-        floating* cs,              # IN/OUT (nL, H) LSTM, else NULL
-        floating* logits,          # OUT (n, V) or NULL
-        floating* fw,              # WORK floats (see generate_stack)
-        double* ex, double* srt,   # WORK (V,) each
-        uint64_t* rng,
-        Py_ssize_t H, Py_ssize_t V, Py_ssize_t Vp, Py_ssize_t Lp,
-        double inv_temp, Py_ssize_t top_k, double top_p, bint greedy) noexcept nogil:
-    cdef Py_ssize_t i, k, s, GH = fastrnn_cell_gates(cell) * H
-    cdef Py_ssize_t cut = fastrnn_split_point(H)
-    cdef int32_t x
-    cdef floating* a = fw
+cdef struct _gen_t:
+    # what every thread of a generation reads (set once per call; pointers as
+    # addresses so one struct serves float and double)
+    int cell
+    int nonlin
+    Py_ssize_t nL
+    const uintptr_t* lp        # (nL, 4) addresses of W_xh, W_hh, b_h, b_hn per layer
+    uintptr_t Wq               # (H, Vp) W_hq zero-padded to Vp columns
+    uintptr_t bq               # (Vp,)
+    uintptr_t hbuf             # (2, nL, H) the state before step s is hbuf[s % 2]
+    uintptr_t cbuf             # (2, nL, H) LSTM cell states, else 0
+    uintptr_t lsh              # (2, 2, Lp) logit shares of the top state, per parity, part
+    uintptr_t logits           # (n, V) OUT or 0
+    Py_ssize_t H
+    Py_ssize_t V
+    Py_ssize_t Vp
+    Py_ssize_t Lp
+    Py_ssize_t cut             # the parts' boundary (fastrnn_split_point(H))
+    double inv_temp
+    Py_ssize_t top_k
+    double top_p
+    bint greedy
+
+
+cdef void _gen_steps(const _gen_t* q, const int32_t* feed, Py_ssize_t P, int32_t* out,
+                     Py_ssize_t S,                # steps (S >= P), sub-steps S * nL < 2^31
+                     char* tw,                  # WORK this thread's area (_gen_call)
+                     const uint64_t* rng0,      # the sampler's state before the first draw
+                     int me, fastrnn_steps_t* steps, floating dummy) noexcept nogil:
+    """Steps 0 .. S-1 of a generation: with S = P + n - 1, all but the last draw
+    (n - 1), which is left to the caller. By one thread or two. Sub-step u = s * nL + k is layer k of step s; each one's
+    hidden units [0, cut) and [cut, H) are two parts claimed as in the training
+    kernels (csrc/_steps.h): a thread takes its own part first, then the other if it
+    is still free, so a thread alone (me = 0 outside a parallel region) does every
+    part. Step s feeds feed[s] (s < P) or draw s - P, which each thread claiming a
+    part of layer 0 of step s draws itself, from the logit shares of the state
+    before step s, with its own copy of the sampler advanced to that draw: both draw
+    the same id. The top layer's parts add their shares of the new state's logits."""
+    cdef Py_ssize_t H = q.H, nL = q.nL, GH = fastrnn_cell_gates(q.cell) * H
+    cdef Py_ssize_t V = q.V, Vp = q.Vp, Lp = q.Lp, cut = q.cut, fs = sizeof(floating)
+    cdef Py_ssize_t U = S * nL, s, k, j0, j1, d, drawn = 0, have = -1
+    cdef int u = 0, i, part
+    cdef int32_t x = 0
+    cdef uint64_t r[4]
+    cdef const uintptr_t* lay
+    cdef floating* hbuf = <floating*>q.hbuf
+    cdef floating* cbuf = <floating*>q.cbuf
+    cdef floating* lsh = <floating*>q.lsh
+    cdef floating* Wq = <floating*>q.Wq
+    cdef floating* bq = <floating*>q.bq
+    cdef floating* logits = <floating*>q.logits
+    cdef double* ex = <double*>tw
+    cdef double* srt = ex + V
+    cdef floating* a = <floating*>(tw + (2 * V * sizeof(double) + 63) // 64 * 64)
     cdef floating* hn = a + GH
-    cdef floating* hnew = hn + H
-    cdef floating* wk = hnew + H
+    cdef floating* wk = hn + H
     cdef floating* op = wk + 4 * H
     cdef floating* sel = op + Vp
-    cdef floating* lpart = sel + V          # (2, Lp) the two shares of the logits
+    cdef floating* sh
     cdef fastrnn_fpmode_t mode = fastrnn_ftz_on()
-    for s in range(P + n):
-        # step s feeds feed[s], or (s >= P) the draw s - P after making it
-        if s < P:
-            x = feed[s]
-        else:
-            i = s - P
-            _partial_logits(hs + (nL - 1) * H, Wq, lpart, 0, cut, Vp)
-            _partial_logits(hs + (nL - 1) * H, Wq, lpart + Lp, cut, H, Vp)
-            out[i] = _draw(lpart, lpart + Lp, bq, op, sel, ex, srt, V, Vp, inv_temp, top_k,
-                           top_p, greedy, rng)
-            if logits != NULL:
-                memcpy(logits + i * V, op, V * sizeof(floating))
-            if i == n - 1:
-                break                       # the last draw is not fed
-            x = out[i]
-        for k in range(nL):
-            _gen_layer_step(cell, nonlin, <const floating*>lp[4 * k],
-                            <const floating*>lp[4 * k + 1], <const floating*>lp[4 * k + 2],
-                            <const floating*>lp[4 * k + 3], x,
-                            (hs + (k - 1) * H) if k > 0 else NULL, hs + k * H,
-                            (cs + k * H) if cs != NULL else NULL, a, hn, hnew, wk, H)
+    for i in range(4):
+        r[i] = rng0[i]
+    while True:
+        u = fastrnn_steps_next(steps, u)
+        if u >= U:
+            break
+        if u > 0:
+            fastrnn_steps_wait(steps, u - 1)    # every state this sub-step reads is done
+        s = u // nL
+        k = u - s * nL
+        lay = q.lp + 4 * k
+        for i in range(2):
+            part = me ^ i
+            if not fastrnn_steps_claim(steps, part, u):
+                continue
+            if k == 0 and have != s:
+                if s < P:
+                    x = feed[s]
+                else:
+                    d = s - P
+                    if not q.greedy:
+                        while drawn < d:        # skip the draws of steps others took
+                            _xoshiro_next(r)
+                            drawn += 1
+                        drawn += 1              # _draw takes draw d
+                    sh = lsh + (s % 2) * 2 * Lp
+                    x = _draw(sh, sh + Lp, bq, op, sel, ex, srt, V, Vp, q.inv_temp, q.top_k,
+                              q.top_p, q.greedy, r)
+                have = s
+            if k == 0 and part == 0 and s >= P:
+                out[s - P] = x
+                if logits != NULL:
+                    memcpy(logits + (s - P) * V, op, V * fs)
+            j0 = cut if part else 0
+            j1 = H if part else cut
+            _gen_part(q.cell, q.nonlin, <const floating*>lay[0], <const floating*>lay[1],
+                      <const floating*>lay[2], <const floating*>lay[3], x,
+                      (hbuf + ((s + 1) % 2 * nL + k - 1) * H) if k > 0 else NULL,
+                      hbuf + (s % 2 * nL + k) * H,
+                      (cbuf + (s % 2 * nL + k) * H) if cbuf != NULL else NULL,
+                      hbuf + ((s + 1) % 2 * nL + k) * H,
+                      (cbuf + ((s + 1) % 2 * nL + k) * H) if cbuf != NULL else NULL,
+                      a, hn, wk, H, j0, j1)
+            if k == nL - 1 and s + 1 >= P:      # the new top state feeds draw s + 1 - P
+                _partial_logits(hbuf + ((s + 1) % 2 * nL + k) * H, Wq,
+                                lsh + ((s + 1) % 2 * 2 + part) * Lp, j0, j1, Vp)
+            fastrnn_steps_done(steps, part, u)
+        u += 1
     fastrnn_fp_restore(mode)
+
+
+# generate_stack splits its steps across two threads from this many sub-steps (steps
+# times layers; a parallel region costs a few microseconds to start), when a step's
+# work G*H*H reaches SPLIT_MIN_WORK (the training rule) and the parts are not empty
+cdef Py_ssize_t GEN_SPLIT_MIN_STEPS = 32
+# sub-steps per piece: the step counters are C ints
+cdef Py_ssize_t GEN_PIECE = 1 << 30
+
+
+def set_gen_split_min_steps(Py_ssize_t steps):
+    """Set generate_stack's minimum number of sub-steps for splitting across two
+    threads; returns the old value (tests set 1). The ids never depend on it."""
+    global GEN_SPLIT_MIN_STEPS
+    old = GEN_SPLIT_MIN_STEPS
+    GEN_SPLIT_MIN_STEPS = steps
+    return old
+
+
+def _set_gen_piece(Py_ssize_t steps):
+    """Set the sub-steps per piece (tests: a long run cut into pieces gives the ids
+    of one); returns the old value."""
+    global GEN_PIECE
+    old = GEN_PIECE
+    GEN_PIECE = max(steps, 1)
+    return old
 
 
 def generate_stack(int cell, int nonlin, layers, W_hq, b_q, feed, out, h, c, rng,
@@ -907,8 +1002,10 @@ def generate_stack(int cell, int nonlin, layers, W_hq, b_q, feed, out, h, c, rng
         top_k    0 = all ids, else the top_k largest logits (ties kept)
         top_p    in (0, 1]: nucleus sampling after top_k; 1 = off
         greedy   argmax instead of a draw
-        num_threads  accepted for the model's signature; generation runs on the
-                 calling thread (the ids never depend on it)
+        num_threads  with 2 or more (and OpenMP), long enough runs with G*H*H of
+                 at least SPLIT_MIN_WORK split each step's hidden units across two
+                 threads; the ids, states, logits and the sampler's state are
+                 bitwise those of one thread
         logits   (n, V) OUT or None: the logits each draw was made from
 
     Each generated id is fed back before the next draw, except the last, so a
@@ -988,40 +1085,87 @@ def generate_stack(int cell, int nonlin, layers, W_hq, b_q, feed, out, h, c, rng
     if dt == np.float32:
         _gen_call(cell, nonlin, addrs, W_hq, b_q, feed, out, h, c, rng, logits,
                   <float*>_addr(W_hq), <float*>_addr(b_q), <float*>_addr(h), <float*>_addr(c),
-                  <float*>_addr(logits), H, V, temperature, top_k, top_p, greedy)
+                  <float*>_addr(logits), H, V, temperature, top_k, top_p, greedy,
+                  num_threads)
     else:
         _gen_call(cell, nonlin, addrs, W_hq, b_q, feed, out, h, c, rng, logits,
                   <double*>_addr(W_hq), <double*>_addr(b_q), <double*>_addr(h),
                   <double*>_addr(c), <double*>_addr(logits), H, V, temperature, top_k,
-                  top_p, greedy)
+                  top_p, greedy, num_threads)
+
+
+cdef inline Py_ssize_t _up64(Py_ssize_t nbytes) noexcept nogil:
+    """nbytes rounded up to whole 64-byte cache lines."""
+    return (nbytes + 63) // 64 * 64
 
 
 cdef int _gen_call(int cell, int nonlin, object addrs, object W_hq, object b_q, object feed,
                    object out, object h, object c, object rng, object logits,
                    const floating* Whq, const floating* b_qp, floating* hp, floating* cp,
                    floating* lg, Py_ssize_t H, Py_ssize_t V, double temperature,
-                   Py_ssize_t top_k, double top_p, bint greedy) except -1:
+                   Py_ssize_t top_k, double top_p, bint greedy, int num_threads) except -1:
     cdef Py_ssize_t G = fastrnn_cell_gates(cell), GH = G * H
     cdef Py_ssize_t nL = addrs.shape[0], P = feed.shape[0], n = out.shape[0]
     cdef Py_ssize_t Vp = (V + 15) // 16 * 16, fs = sizeof(floating), k, v
-    cdef Py_ssize_t Lp = (Vp * fs + 63) // 64 * 64 // fs
-    cdef double inv_temp = 1.0 / temperature if not greedy else 1.0
-    # W_hq and b_q zero-padded to Vp columns (as _lm.generate), the layer work
-    # (a, hn, hnew, wk), the logits (op, sel, two shares), and the doubles ex, srt
-    cdef Py_ssize_t nfl = H * Vp + Vp + GH + 2 * H + 4 * H + Vp + V + 2 * Lp
-    cdef char* mem = <char*>malloc(nfl * fs + 2 * V * sizeof(double) + 128)
+    cdef Py_ssize_t Lp = _up64(Vp * fs) // fs
+    cdef Py_ssize_t cut = fastrnn_split_point(H)
+    cdef bint lstm = cell == FASTRNN_CELL_LSTM
+    cdef bint can_split = (FASTRNN_OMP_ENABLED and num_threads >= 2 and 0 < cut < H
+                           and G * H * H >= SPLIT_MIN_WORK)
+    # One buffer, allocated once per call, every piece on its own cache lines (threads
+    # writing one line would pass it back and forth every step): W_hq and b_q
+    # zero-padded to Vp columns (as _lm.generate), the double-buffered states, the
+    # logit shares, then each thread's work area (the doubles ex, srt; the floats a,
+    # hn, wk, op, sel).
+    cdef Py_ssize_t o_wq = 0
+    cdef Py_ssize_t o_h = _up64((H + 1) * Vp * fs)
+    cdef Py_ssize_t o_c = o_h + _up64(2 * nL * H * fs)
+    cdef Py_ssize_t o_l = o_c + (_up64(2 * nL * H * fs) if lstm else 0)
+    cdef Py_ssize_t o_t = o_l + 4 * Lp * fs
+    cdef Py_ssize_t tb = _up64(2 * V * sizeof(double)) + _up64((GH + 5 * H + Vp + V) * fs)
+    cdef char* mem = <char*>malloc(o_t + (2 if can_split else 1) * tb + 64)
     if mem == NULL:
         raise MemoryError("cannot allocate the sampler's work buffers")
     cdef char* base = mem + (64 - (<size_t>mem) % 64) % 64
-    cdef double* ex = <double*>base
-    cdef double* srt = ex + V
-    cdef floating* Wq = <floating*>(base + (2 * V * sizeof(double) + 63) // 64 * 64)
+    cdef floating* Wq = <floating*>(base + o_wq)
     cdef floating* bq = Wq + H * Vp
-    cdef floating* fw = bq + Vp
+    cdef floating* hbuf = <floating*>(base + o_h)
+    cdef floating* cbuf = <floating*>(base + o_c) if lstm else NULL
+    cdef floating* lsh = <floating*>(base + o_l)
+    cdef char* tw0 = base + o_t
+    cdef double* ex = <double*>tw0
+    cdef double* srt = ex + V
+    cdef floating* op = <floating*>(tw0 + _up64(2 * V * sizeof(double))) + GH + 5 * H
+    cdef floating* sel = op + Vp
     cdef uintptr_t[:, ::1] av = addrs
-    cdef int32_t[::1] fv = feed
-    cdef int32_t[::1] ov = out
-    cdef uint64_t[::1] rv = rng
+    cdef const int32_t* fv = <const int32_t*>_addr(feed)
+    cdef int32_t* ov = <int32_t*>_addr(out)
+    cdef uint64_t* rv = <uint64_t*>_addr(rng)
+    cdef _gen_t q
+    cdef fastrnn_steps_t steps
+    cdef Py_ssize_t maxs = max(GEN_PIECE // nL, 1), fpos = 0, opos = 0, Pp, np_, S, i
+    cdef const int32_t* fp
+    cdef bint split, feeding
+    cdef int tid = 0
+    cdef fastrnn_fpmode_t mode
+    q.cell = cell
+    q.nonlin = nonlin
+    q.nL = nL
+    q.lp = &av[0, 0]
+    q.Wq = <uintptr_t>Wq
+    q.bq = <uintptr_t>bq
+    q.hbuf = <uintptr_t>hbuf
+    q.cbuf = <uintptr_t>cbuf
+    q.lsh = <uintptr_t>lsh
+    q.H = H
+    q.V = V
+    q.Vp = Vp
+    q.Lp = Lp
+    q.cut = cut
+    q.inv_temp = 1.0 / temperature if not greedy else 1.0
+    q.top_k = top_k
+    q.top_p = top_p
+    q.greedy = greedy
     try:
         with nogil:
             for k in range(H):
@@ -1029,8 +1173,54 @@ cdef int _gen_call(int cell, int nonlin, object addrs, object W_hq, object b_q, 
                     Wq[k * Vp + v] = Whq[k * V + v] if v < V else 0
             for v in range(Vp):
                 bq[v] = b_qp[v] if v < V else 0
-            _gen_run(cell, nonlin, nL, &av[0, 0], Wq, bq, &fv[0], P, &ov[0], n, hp, cp, lg,
-                     fw, ex, srt, &rv[0], H, V, Vp, Lp, inv_temp, top_k, top_p, greedy)
+            # pieces of at most maxs steps (each a continuation of the one before,
+            # which gives the ids of one run): feed-only pieces while the feed is
+            # longer than a piece, then pieces that each end with a draw here
+            while fpos < P or opos < n:
+                feeding = fpos < P
+                if P - fpos > maxs:
+                    fp, Pp, np_, S = fv + fpos, maxs, 0, maxs
+                elif fpos < P:
+                    fp, Pp = fv + fpos, P - fpos
+                    np_ = min(n, maxs - Pp + 1)
+                    S = Pp + np_ - 1
+                else:
+                    fp, Pp = ov + opos - 1, 1
+                    np_ = min(n - opos, maxs)
+                    S = np_
+                q.logits = <uintptr_t>(lg + opos * V) if lg != NULL else 0
+                memcpy(hbuf, hp, nL * H * fs)
+                if lstm:
+                    memcpy(cbuf, cp, nL * H * fs)
+                fastrnn_steps_init(&steps)
+                split = can_split and S * nL >= GEN_SPLIT_MIN_STEPS
+                if split:
+                    with parallel(num_threads=2):
+                        tid = fastrnn_omp_thread_id() & 1
+                        _gen_steps(&q, fp, Pp, ov + opos, S, tw0 + tid * tb, rv, tid, &steps,
+                                   <floating>0)
+                elif S > 0:
+                    _gen_steps(&q, fp, Pp, ov + opos, S, tw0, rv, 0, &steps, <floating>0)
+                memcpy(hp, hbuf + (S % 2) * nL * H, nL * H * fs)
+                if lstm:
+                    memcpy(cp, cbuf + (S % 2) * nL * H, nL * H * fs)
+                if feeding:
+                    fpos += Pp
+                if np_ > 0:
+                    # the last draw of the piece, from the state after its last step,
+                    # with the caller's sampler advanced past the draws the steps took
+                    mode = fastrnn_ftz_on()
+                    if not greedy:
+                        for i in range(np_ - 1):
+                            _xoshiro_next(rv)
+                    k = S % 2
+                    ov[opos + np_ - 1] = _draw(lsh + 2 * k * Lp, lsh + (2 * k + 1) * Lp, bq,
+                                               op, sel, ex, srt, V, Vp, q.inv_temp, top_k,
+                                               top_p, greedy, rv)
+                    if lg != NULL:
+                        memcpy(lg + (opos + np_ - 1) * V, op, V * fs)
+                    fastrnn_fp_restore(mode)
+                    opos += np_
     finally:
         free(mem)
     return 0

@@ -699,9 +699,11 @@ class CharLM:
             Seed of the sampler (xoshiro256**); the same seed gives the same text.
             None draws a fresh seed from the OS.
         num_threads : int, optional
-            OpenMP threads (default: all available cores). With two or more and a
-            hidden size of at least 125, each step's hidden units are split across
-            two threads; the text is the same for every thread count.
+            OpenMP threads (default: all available cores). With two or more, each
+            step's hidden units are split across two threads when a step reads
+            enough weights (G*H*H >= 15,625 for G gates: H >= 125 for the Elman
+            cell, 73 for GRU, 63 for LSTM); the text is the same for every thread
+            count.
 
         Returns
         -------

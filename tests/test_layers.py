@@ -421,7 +421,7 @@ def np_stack_step(cell, nonlin, layers, x_id, hs, cs):
 
 
 def run_gen(cell, nonlin, stack, feed, n, seed, *, h=None, c=None, temperature=1.0, top_k=0,
-            top_p=1.0, greedy=False, logits=False, rng_state=None):
+            top_p=1.0, greedy=False, logits=False, rng_state=None, num_threads=2):
     from fastrnn import _lm
     layers, W_hq, b_q = stack
     nL, H, dt = len(layers), W_hq.shape[0], W_hq.dtype
@@ -435,7 +435,7 @@ def run_gen(cell, nonlin, stack, feed, n, seed, *, h=None, c=None, temperature=1
     lg = np.empty((n, W_hq.shape[1]), dt) if logits else None
     L.generate_stack(CELLS[cell], NONLIN[nonlin], layers, W_hq, b_q,
                      np.asarray(feed, np.int32), out, h, c, rng_state, temperature, top_k,
-                     top_p, greedy, 2, lg)
+                     top_p, greedy, num_threads, lg)
     return out, h, c, lg, rng_state
 
 
@@ -509,6 +509,66 @@ def test_generate_stack_pieces_equal_one_call(cell):
     np.testing.assert_array_equal(np.concatenate([first, rest]), whole)
     np.testing.assert_array_equal(h, h1)
     np.testing.assert_array_equal(r, r1)
+
+
+@pytest.fixture
+def split_every_generation():
+    """generate_stack splits runs of at least GEN_SPLIT_MIN_STEPS sub-steps (and G*H*H
+    of at least the training threshold, 0 here): split every run."""
+    old = L.set_gen_split_min_steps(1)
+    yield
+    L.set_gen_split_min_steps(old)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("H", [65, 130, 200])
+@pytest.mark.parametrize("nL", [1, 2, 3])
+@pytest.mark.parametrize("cell,nonlin", CONFIGS)
+def test_generate_stack_two_threads_and_pieces_are_bitwise_one_thread(
+        cell, nonlin, nL, H, dtype, split_every_generation):
+    """With two threads each step's units are cut at a multiple of 64 (H = 65 leaves
+    one unit to the second part) and each thread draws the ids itself: the ids, the
+    states, the logits and the sampler's state are bitwise one thread's. A run cut
+    into pieces of a few sub-steps (a long feed included) gives them too."""
+    rng = np.random.default_rng(zlib.crc32(repr((cell, nonlin, nL, H)).encode()))
+    V = 11
+    stack = make_stack(rng, cell, V, H, nL, dtype)
+    feed = rng.integers(0, V, 9)
+    for kw in (dict(temperature=0.9, top_k=5, top_p=0.95), dict(greedy=True)):
+        one = run_gen(cell, nonlin, stack, feed, 40, 7, logits=True, num_threads=1, **kw)
+        two = run_gen(cell, nonlin, stack, feed, 40, 7, logits=True, num_threads=2, **kw)
+        old = L._set_gen_piece(4)         # feed of 9 ids: feed-only pieces first
+        try:
+            pieces = run_gen(cell, nonlin, stack, feed, 40, 7, logits=True, num_threads=2,
+                             **kw)
+        finally:
+            L._set_gen_piece(old)
+        for got, what in ((two, "two threads"), (pieces, "pieces")):
+            for a, b, name in zip(one, got, ("ids", "h", "c", "logits", "rng")):
+                if a is not None:
+                    np.testing.assert_array_equal(b, a, err_msg=f"{what}: {name} {kw}")
+
+
+@pytest.mark.parametrize("cell,nonlin", CONFIGS)
+def test_split_generation_matches_numpy(cell, nonlin, split_every_generation):
+    """The two-thread loop against the NumPy oracle (H = 130: parts of 128 and 2)."""
+    rng = np.random.default_rng(zlib.crc32(repr(("split", cell, nonlin)).encode()))
+    V, H, nL = 9, 130, 2
+    stack = make_stack(rng, cell, V, H, nL)
+    feed = [3, 0, 6, 1]
+    out, h, c, lg, _ = run_gen(cell, nonlin, stack, feed, 30, 2, temperature=0.8,
+                               logits=True, num_threads=2)
+    hs = np.zeros((nL, H))
+    cs = np.zeros((nL, H)) if cell == "lstm" else None
+    for s, x in enumerate(list(feed) + list(out[:-1])):
+        hs, cs = np_stack_step(cell, nonlin, stack[0], x, hs, cs)
+        i = s - len(feed) + 1
+        if i >= 0:
+            np.testing.assert_allclose(lg[i], hs[-1] @ stack[1] + stack[2], rtol=1e-9,
+                                       atol=1e-10, err_msg=f"logits {i}")
+    np.testing.assert_allclose(h, hs, rtol=1e-9, atol=1e-10)
+    if cell == "lstm":
+        np.testing.assert_allclose(c, cs, rtol=1e-9, atol=1e-10)
 
 
 def fixed_distribution_stack(probs, dtype=np.float64):
