@@ -75,8 +75,8 @@ FASTRNN_DEFINE_PACK(fastrnn_pack_f64, double)
  * the micro-kernel loop nest, generic over the accumulator type.
  *
  * ACC(r, h) is accumulator h (0 or 1, each VW wide) of tile row r; the tile is
- * MR x (2*VW). Rows past M repeat row M-1 (their results are not stored), so
- * every row goes through the same instructions. */
+ * MR x (2*VW). (_tngemm's tiles: rows past M repeat row M-1, their results are
+ * not stored, so every row goes through the same instructions.) */
 
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__) || defined(__aarch64__)) \
     && !defined(FASTRNN_PG_SCALAR)
@@ -154,6 +154,31 @@ FASTRNN_DEFINE_PACK(fastrnn_pack_f64, double)
         (c1)[r] += s_ * (b1);                                                            \
     } } while (0)
 
+/* One MRX x NR tile of C at rows i0.., columns j0.. over this k block (the names
+ * A, lda, Bp's panel bp, C, ldc, bias, k0, kc, acc_in, w, NR of the loop nest). */
+#define FASTRNN_PG_TILE(T, VT, VW, MRX, LOADN, STOREN) do {                              \
+    const T *a[MRX];                                                                     \
+    VT c0[MRX], c1[MRX];                                                                 \
+    for (int r = 0; r < (MRX); r++) {                                                    \
+        a[r] = A + (i0 + r) * lda + k0;                                                  \
+        const T *src = (k0 == 0 && bias) ? bias + j0 : acc_in ? C + (i0 + r) * ldc + j0 \
+                                                           : NULL;                       \
+        FASTRNN_PG_TILE_LOAD(VT, T, VW, LOADN, c0[r], c1[r], src, w);                    \
+    }                                                                                    \
+    for (ptrdiff_t k = 0; k < kc; k++) {                                                 \
+        VT b0, b1;                                                                       \
+        memcpy(&b0, bp + k * NR, sizeof(VT));                                            \
+        memcpy(&b1, bp + k * NR + (VW), sizeof(VT));                                     \
+        FASTRNN_PG_RANK1(T, MRX, c0, c1, b0, b1, a, k);                                  \
+    }                                                                                    \
+    for (int r = 0; r < (MRX); r++)                                                      \
+        FASTRNN_PG_TILE_STORE(VT, T, VW, STOREN, C + (i0 + r) * ldc + j0, c0[r], c1[r], w); \
+    } while (0)
+
+/* Whole MR-row tiles, then the last M % MR rows as one tile of exactly that many
+ * rows (a padded tile would run MR rows' multiply-adds for them: 20% of the work at
+ * 25 rows per thread). Every C value gets the same multiply-adds in the same order
+ * whatever tile it falls in, so results do not depend on M or on the split. */
 #define FASTRNN_DEFINE_PGEMM(NAME, T, VT, VW, MR, ATTR, LOADN, STOREN)                   \
 ATTR static void NAME(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T *restrict A,       \
                       ptrdiff_t lda, const T *restrict Bp, T *restrict C, ptrdiff_t ldc, \
@@ -165,26 +190,16 @@ ATTR static void NAME(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T *restrict A
         for (ptrdiff_t j0 = 0; j0 < N; j0 += NR) {                                       \
             ptrdiff_t w = N - j0 < NR ? N - j0 : NR;                                     \
             const T *bp = Bp + (j0 / NR) * K * NR + k0 * NR;                             \
-            for (ptrdiff_t i0 = 0; i0 < M; i0 += (MR)) {                                 \
-                ptrdiff_t m = M - i0 < (MR) ? M - i0 : (MR);                             \
-                const T *a[MR];                                                          \
-                VT c0[MR], c1[MR];                                                       \
-                for (int r = 0; r < (MR); r++) {                                         \
-                    ptrdiff_t i = i0 + (r < m ? r : m - 1);                              \
-                    a[r] = A + i * lda + k0;                                             \
-                    const T *src = (k0 == 0 && bias) ? bias + j0 : acc_in ? C + i * ldc + j0 \
-                                                                       : NULL;           \
-                    FASTRNN_PG_TILE_LOAD(VT, T, VW, LOADN, c0[r], c1[r], src, w);        \
-                }                                                                        \
-                for (ptrdiff_t k = 0; k < kc; k++) {                                     \
-                    VT b0, b1;                                                           \
-                    memcpy(&b0, bp + k * NR, sizeof(VT));                                \
-                    memcpy(&b1, bp + k * NR + (VW), sizeof(VT));                         \
-                    FASTRNN_PG_RANK1(T, MR, c0, c1, b0, b1, a, k);                       \
-                }                                                                        \
-                for (int r = 0; r < m; r++)                                              \
-                    FASTRNN_PG_TILE_STORE(VT, T, VW, STOREN, C + (i0 + r) * ldc + j0,    \
-                                          c0[r], c1[r], w);                              \
+            ptrdiff_t i0 = 0;                                                            \
+            for (; i0 + (MR) <= M; i0 += (MR))                                           \
+                FASTRNN_PG_TILE(T, VT, VW, MR, LOADN, STOREN);                           \
+            switch (M - i0) {                                                            \
+            case 5: FASTRNN_PG_TILE(T, VT, VW, 5, LOADN, STOREN); break;                 \
+            case 4: FASTRNN_PG_TILE(T, VT, VW, 4, LOADN, STOREN); break;                 \
+            case 3: FASTRNN_PG_TILE(T, VT, VW, 3, LOADN, STOREN); break;                 \
+            case 2: FASTRNN_PG_TILE(T, VT, VW, 2, LOADN, STOREN); break;                 \
+            case 1: FASTRNN_PG_TILE(T, VT, VW, 1, LOADN, STOREN); break;                 \
+            default: break;                                                              \
             }                                                                            \
         }                                                                                \
     }                                                                                    \
