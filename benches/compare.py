@@ -773,7 +773,7 @@ def main(argv=None):
             mib = 4 * G * H * H * (2 * L - 1) / 2**20
             print(f"{'':<16}(each generated character reads W_hh and the dense W_xh: "
                   f"{mib:.2f} MiB of float32 weights; {name} is bound by their reads from "
-                  f"cache, not by flops)")
+                  f"cache, not by flops; with 2 threads each reads half)")
         sys.stdout.flush()
     onnx_ok = ort is not None and not args.no_onnx
     if onnx_ok:
