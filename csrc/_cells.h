@@ -126,9 +126,11 @@ static void fastrnn_cell_fwd_##SFX(int cell, int nonlin, ptrdiff_t n, ptrdiff_t 
  *   wk   (n)   WORK */                                                                  \
 FASTRNN_CLONES                                                                           \
 static void fastrnn_cell_bwd_##SFX(int cell, int nonlin, ptrdiff_t n, ptrdiff_t ld,     \
-                                   const T *dh, const T *h, const T *hp, const T *c,     \
-                                   const T *cp, const T *g, T *dc, T *da, T *dan,        \
-                                   T *dhp, T *wk) {                                      \
+                                   const T *restrict dh, const T *restrict h,            \
+                                   const T *restrict hp, const T *restrict c,            \
+                                   const T *restrict cp, const T *restrict g,            \
+                                   T *restrict dc, T *restrict da, T *restrict dan,      \
+                                   T *restrict dhp, T *restrict wk) {                    \
     ptrdiff_t j;                                                                         \
     if (cell == FASTRNN_CELL_RNN) {                                                      \
         if (nonlin == FASTRNN_NONLIN_TANH)                                               \

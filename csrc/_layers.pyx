@@ -2,7 +2,9 @@
 """Compiled recurrent time loops of one layer, for every cell (csrc/_cells.h).
 
 The layer stack driver (fastrnn, Python) does the whole-sequence products: the
-input projection XW = X W_xh + b_h before the loop, the weight gradients
+input projection XW = X W_xh + b_h before the loop (for token ids, layer_forward_ids
+adds the rows W_xh[id] + b_h into each step's pre-activations itself), the weight
+gradients
 dW_hh = H_prev^T dA_rec, dW_xh = X^T dA, the biases and the input gradient
 dX = dA W_xh^T after it. Only the recurrent product and the cell's elementwise
 step run here, in the serial time loop::
@@ -46,7 +48,7 @@ from _steps cimport (fastrnn_steps_t, fastrnn_steps_init, fastrnn_steps_claim,
                     fastrnn_steps_done, fastrnn_steps_next, fastrnn_steps_wait,
                     fastrnn_split_point)
 from _rowops cimport (_pack_width, _packed_size, _pack, _pgemm, _vecmat, _vecmatT,
-                     fastrnn_pgemm_level)
+                     fastrnn_pgemm_level, fastrnn_gather_f32, fastrnn_gather_f64)
 
 
 cdef extern from "_cells.h" nogil:
@@ -127,12 +129,29 @@ cdef inline void _cell_bwd(int cell, int nonlin, Py_ssize_t n, Py_ssize_t ld,
         fastrnn_cell_bwd_f64(cell, nonlin, n, ld, dh, h, hp, c, cp, g, dc, da, dan, dhp, wk)
 
 
+cdef inline void _xw_rows(const floating* XW, const int32_t* ids, const floating* W_x,
+                          const floating* b_x, Py_ssize_t i0, Py_ssize_t n, Py_ssize_t GH,
+                          floating* a) noexcept nogil:
+    """a (n, G*H) = rows i0.. of the input projection: XW's, or with token ids the
+    rows W_x[ids[i]] + b_x gathered here (what gather_rows would have stored in XW,
+    bit for bit: one add each)."""
+    if ids == NULL:
+        memcpy(a, XW + i0 * GH, n * GH * sizeof(floating))
+    elif floating is float:
+        fastrnn_gather_f32(W_x, ids + i0, b_x, a, n, GH)
+    else:
+        fastrnn_gather_f64(W_x, ids + i0, b_x, a, n, GH)
+
+
 # ---------------------------------------------------------------------------
 # forward time loop of one batch chunk
 
 cdef void _forward_chunk(
         int cell, int nonlin,
-        const floating* XW,        # IN  (T, B, G*H)
+        const floating* XW,        # IN  (T, B, G*H), or NULL with ids
+        const int32_t* ids,        # IN  (T, B) token ids: XW_t = W_x[ids_t] + b_x; or NULL
+        const floating* W_x,       # IN  (D, G*H) with ids, else NULL
+        const floating* b_x,       # IN  (G*H,) with ids, else NULL
         const floating* Wp,        # IN  W_hh (GRU: its r, z columns) packed by _pack
         const floating* Wpn,       # IN  GRU: W_hh's n columns packed, else NULL
         const floating* b_hn,      # IN  (H,) GRU, else NULL
@@ -168,7 +187,7 @@ cdef void _forward_chunk(
             cp = c0 + b0 * H
             if t > 0:
                 cp = Cs + ((t - 1) * B + b0) * H
-        memcpy(a, XW + (t * B + b0) * GH, nb * GH * sizeof(floating))
+        _xw_rows(XW, ids, W_x, b_x, t * B + b0, nb, GH, a)
         if cell == FASTRNN_CELL_GRU:
             # r, z: A += h W_hh[:, :2H];  hn = b_hn + h W_hh[:, 2H:] (kept apart)
             if Gs != NULL:
@@ -281,7 +300,10 @@ cdef inline void _rec_part(int cell, const floating* hp, const floating* W_hh, f
 
 cdef void _forward_part(
         int cell, int nonlin,
-        const floating* XW,        # IN  (T, G*H)
+        const floating* XW,        # IN  (T, G*H), or NULL with ids
+        const int32_t* ids,        # IN  (T,) token ids, or NULL (as _forward_chunk)
+        const floating* W_x,       # IN  (D, G*H) with ids
+        const floating* b_x,       # IN  (G*H,) with ids
         const floating* W_hh,      # IN  (H, G*H)
         const floating* b_hn,      # IN  (H,) GRU, else NULL
         const floating* h0,        # IN  (H,)
@@ -294,8 +316,9 @@ cdef void _forward_part(
         floating* wk,              # WORK (4H,) this thread's
         Py_ssize_t t, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1) noexcept nogil:
     """Hidden units [j0, j1) of step t of one sequence."""
-    cdef Py_ssize_t g, G = fastrnn_cell_gates(cell), GH = G * H, nj = j1 - j0
+    cdef Py_ssize_t g, i, G = fastrnn_cell_gates(cell), GH = G * H, nj = j1 - j0
     cdef Py_ssize_t CW = fastrnn_cell_cache_width(cell, H)
+    cdef const floating* w
     cdef const floating* hp = h0
     cdef const floating* cp = NULL
     cdef floating* gc = (Gs + t * CW) if Gs != NULL else NULL
@@ -309,7 +332,12 @@ cdef void _forward_part(
         if t > 0:
             cp = Cs + (t - 1) * H
     for g in range(G):
-        memcpy(wa + g * H + j0, XW + t * GH + g * H + j0, nj * sizeof(floating))
+        if ids == NULL:
+            memcpy(wa + g * H + j0, XW + t * GH + g * H + j0, nj * sizeof(floating))
+        else:                           # as gather_rows: one add
+            w = W_x + <Py_ssize_t>ids[t] * GH + g * H
+            for i in range(j0, j1):
+                wa[g * H + i] = w[i] + b_x[g * H + i]
     if cell == FASTRNN_CELL_GRU:
         hn = (gc + 3 * H) if gc != NULL else whn
         memcpy(hn + j0, b_hn + j0, nj * sizeof(floating))
@@ -321,7 +349,8 @@ cdef void _forward_part(
 
 
 cdef void _forward_split(
-        int cell, int nonlin, const floating* XW, const floating* W_hh,
+        int cell, int nonlin, const floating* XW, const int32_t* ids, const floating* W_x,
+        const floating* b_x, const floating* W_hh,
         const floating* b_hn, const floating* h0, const floating* c0, floating* Hs,
         floating* Cs, floating* Gs, floating* wa, floating* whn,
         floating* wk,              # WORK (4H,) this thread's
@@ -342,8 +371,8 @@ cdef void _forward_split(
         for i in range(2):
             k = me ^ i
             if fastrnn_steps_claim(steps, k, t):
-                _forward_part(cell, nonlin, XW, W_hh, b_hn, h0, c0, Hs, Cs, Gs, wa, whn, wk,
-                              t, H, cut if k else 0, H if k else cut)
+                _forward_part(cell, nonlin, XW, ids, W_x, b_x, W_hh, b_hn, h0, c0, Hs, Cs,
+                              Gs, wa, whn, wk, t, H, cut if k else 0, H if k else cut)
                 fastrnn_steps_done(steps, k, t)
         t += 1
     fastrnn_fp_restore(mode)
@@ -580,21 +609,58 @@ def layer_forward(int cell, int nonlin, XW, W_hh, b_hn, h0, c0, Hs, Cs, Gs,
                            may be None for GRU/LSTM when no backward follows
         num_threads        >= 1; the results do not depend on it
     """
+    return _layer_forward(cell, nonlin, XW, None, None, None, W_hh, b_hn, h0, c0, Hs, Cs,
+                          Gs, num_threads)
+
+
+def layer_forward_ids(int cell, int nonlin, ids, W_xh, b_h, W_hh, b_hn, h0, c0, Hs, Cs, Gs,
+                      int num_threads):
+    """layer_forward of a layer whose input is token ids: the input projection
+    XW_t = W_xh[ids_t] + b_h is gathered into each step's pre-activations inside the
+    time loop instead of being stored whole (T*B*G*H values written, then read once).
+    The results are bitwise those of gather_rows followed by layer_forward.
+
+        ids   (T, B) int32 in [0, D)   IN
+        W_xh  (D, G*H)                 IN
+        b_h   (G*H,)                   IN
+        (the rest as layer_forward)
+    """
+    return _layer_forward(cell, nonlin, None, ids, W_xh, b_h, W_hh, b_hn, h0, c0, Hs, Cs,
+                          Gs, num_threads)
+
+
+cdef object _layer_forward(int cell, int nonlin, XW, ids, W_xh, b_h, W_hh, b_hn, h0, c0,
+                           Hs, Cs, Gs, int num_threads):
     _check_cell(cell, nonlin)
     if num_threads < 1:
         raise ValueError(f"num_threads must be >= 1, got {num_threads}")
-    if not isinstance(XW, np.ndarray) or XW.ndim != 3:
-        raise ValueError("XW must be a (T, B, G*H) numpy.ndarray")
-    if XW.dtype != np.float32 and XW.dtype != np.float64:
-        raise ValueError(f"XW must be float32 or float64, got {XW.dtype}")
     if not isinstance(W_hh, np.ndarray) or W_hh.ndim != 2:
         raise ValueError("W_hh must be a (H, G*H) numpy.ndarray")
-    dt = XW.dtype
     cdef Py_ssize_t G = fastrnn_cell_gates(cell)
-    cdef Py_ssize_t T = XW.shape[0], B = XW.shape[1], H = W_hh.shape[0]
+    cdef Py_ssize_t T, B, D = 0, H = W_hh.shape[0]
+    if ids is None:
+        if not isinstance(XW, np.ndarray) or XW.ndim != 3:
+            raise ValueError("XW must be a (T, B, G*H) numpy.ndarray")
+        if XW.dtype != np.float32 and XW.dtype != np.float64:
+            raise ValueError(f"XW must be float32 or float64, got {XW.dtype}")
+        dt = XW.dtype
+        T, B = XW.shape[0], XW.shape[1]
+    else:
+        if not isinstance(ids, np.ndarray) or ids.ndim != 2:
+            raise ValueError("ids must be a (T, B) int32 numpy.ndarray")
+        if not isinstance(W_xh, np.ndarray) or W_xh.ndim != 2:
+            raise ValueError("W_xh must be a (D, G*H) numpy.ndarray")
+        dt = _float_dtype("W_xh", W_xh)
+        T, B, D = ids.shape[0], ids.shape[1], W_xh.shape[0]
     gru, lstm = cell == FASTRNN_CELL_GRU, cell == FASTRNN_CELL_LSTM
     seen = []
-    _arr("XW", XW, dt, (T, B, G * H), False, seen)
+    if ids is None:
+        _arr("XW", XW, dt, (T, B, G * H), False, seen)
+    else:
+        _arr("ids", ids, _I32, (T, B), False, seen)
+        _check_ids("ids", ids.reshape(T * B), T * B, D, [])
+        _arr("W_xh", W_xh, dt, (D, G * H), False, seen)
+        _arr("b_h", b_h, dt, (G * H,), False, seen)
     _arr("W_hh", W_hh, dt, (H, G * H), False, seen)
     _opt("b_hn", b_hn, gru, "with CELL_GRU", dt, (H,), False, seen)
     _arr("h0", h0, dt, (B, H), False, seen)
@@ -608,18 +674,21 @@ def layer_forward(int cell, int nonlin, XW, W_hh, b_hn, h0, c0, Hs, Cs, Gs,
     if T == 0 or B == 0 or H == 0:
         return
     if dt == np.float32:
-        _forward_run(cell, nonlin, <float*>_addr(XW), <float*>_addr(W_hh),
+        _forward_run(cell, nonlin, <float*>_addr(XW), <int32_t*>_addr(ids),
+                     <float*>_addr(W_xh), <float*>_addr(b_h), <float*>_addr(W_hh),
                      <float*>_addr(b_hn), <float*>_addr(h0), <float*>_addr(c0),
                      <float*>_addr(Hs), <float*>_addr(Cs), <float*>_addr(Gs),
                      T, B, H, num_threads)
     else:
-        _forward_run(cell, nonlin, <double*>_addr(XW), <double*>_addr(W_hh),
+        _forward_run(cell, nonlin, <double*>_addr(XW), <int32_t*>_addr(ids),
+                     <double*>_addr(W_xh), <double*>_addr(b_h), <double*>_addr(W_hh),
                      <double*>_addr(b_hn), <double*>_addr(h0), <double*>_addr(c0),
                      <double*>_addr(Hs), <double*>_addr(Cs), <double*>_addr(Gs),
                      T, B, H, num_threads)
 
 
-cdef int _forward_run(int cell, int nonlin, const floating* XW, const floating* W_hh,
+cdef int _forward_run(int cell, int nonlin, const floating* XW, const int32_t* ids,
+                      const floating* W_x, const floating* b_x, const floating* W_hh,
                       const floating* b_hn, const floating* h0, const floating* c0,
                       floating* Hs, floating* Cs, floating* Gs,
                       Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, int num_threads) except -1:
@@ -652,20 +721,20 @@ cdef int _forward_run(int cell, int nonlin, const floating* XW, const floating* 
                 fastrnn_steps_init(&steps)
                 with parallel(num_threads=2):
                     tid = fastrnn_omp_thread_id() & 1
-                    _forward_split(cell, nonlin, XW, W_hh, b_hn, h0, c0, Hs, Cs, Gs, wa, whn,
-                                   wk + tid * 4 * H, T, H, cut, tid, &steps)
+                    _forward_split(cell, nonlin, XW, ids, W_x, b_x, W_hh, b_hn, h0, c0, Hs, Cs,
+                                   Gs, wa, whn, wk + tid * 4 * H, T, H, cut, tid, &steps)
             elif one:
                 mode = fastrnn_ftz_on()
                 for c in range(T):
-                    _forward_part(cell, nonlin, XW, W_hh, b_hn, h0, c0, Hs, Cs, Gs, wa, whn,
-                                  wk, c, H, 0, H)
+                    _forward_part(cell, nonlin, XW, ids, W_x, b_x, W_hh, b_hn, h0, c0, Hs, Cs,
+                                  Gs, wa, whn, wk, c, H, 0, H)
                 fastrnn_fp_restore(mode)
             else:
                 _pack(W_hh, GH, 0, H, Gr * H, nr, Wp)
                 if cell == FASTRNN_CELL_GRU:
                     _pack(W_hh + 2 * H, GH, 0, H, H, nr, Wpn)
                 for c in prange(nc, num_threads=nc, schedule='static'):
-                    _forward_chunk(cell, nonlin, XW, Wp,
+                    _forward_chunk(cell, nonlin, XW, ids, W_x, b_x, Wp,
                                    Wpn if cell == FASTRNN_CELL_GRU else NULL, b_hn, h0, c0,
                                    Hs, Cs, Gs, wa, whn, wk + c * 4 * H, T, B, H,
                                    (B * c) // nc, (B * (c + 1)) // nc)
@@ -1237,8 +1306,7 @@ cdef int _gen_call(int cell, int nonlin, object addrs, object W_hq, object b_q, 
 # do not depend on the thread count.
 
 from _blas cimport gemm
-from _rowops cimport (_tngemm, fastrnn_gather_f32, fastrnn_gather_f64,
-                     fastrnn_bias_scatter_f32, fastrnn_bias_scatter_f64,
+from _rowops cimport (_tngemm, fastrnn_bias_scatter_f32, fastrnn_bias_scatter_f64,
                      fastrnn_softmax_xent_f32, fastrnn_softmax_xent_f64)
 
 # below about this many flops per thread a parallel region costs more than it saves
@@ -1256,6 +1324,21 @@ cdef inline Py_ssize_t _blk_width(Py_ssize_t n) noexcept nogil:
 
 cdef inline Py_ssize_t _blk_count(Py_ssize_t n) noexcept nogil:
     return (n + _blk_width(n) - 1) // _blk_width(n) if n > 0 else 0
+
+
+# The weight gradients' column blocks are at least 512 wide: each block re-packs the
+# whole H_prev (or X) operand, the column blocks of dA are packed once whatever the
+# width. Measured on one core (Intel Xeon AVX-512, layer_weight_grads alone):
+# lstm-medium 21.1 ms with blocks of 256, 19.7 with 512, 19.3 with one block of 1024;
+# lstm-charrnn's dense layer 91.5 / 86.1 / 83.7. 512 keeps two blocks (two threads'
+# work) for a 1024-column gradient.
+cdef inline Py_ssize_t _wblk_width(Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t w = ((n + 7) // 8 + 63) // 64 * 64
+    return w if w > 512 else 512
+
+
+cdef inline Py_ssize_t _wblk_count(Py_ssize_t n) noexcept nogil:
+    return (n + _wblk_width(n) - 1) // _wblk_width(n) if n > 0 else 0
 
 
 def set_seq_min_flops_per_thread(double flops):
@@ -1658,7 +1741,7 @@ cdef void _wgrad_run(int cell, const floating* h0, const floating* Hs, const flo
                      int num_threads) noexcept nogil:
     cdef Py_ssize_t GH = fastrnn_cell_gates(cell) * H, N = T * B
     cdef double flops = 2.0 * N * H * GH * (1 if ids != NULL else 2)
-    cdef int nc = _seq_threads(num_threads, flops, 2 * _blk_count(GH) + 1), c
+    cdef int nc = _seq_threads(num_threads, flops, 2 * _wblk_count(GH) + 1), c
     for c in prange(nc, num_threads=nc, schedule='static'):
         _wgrad_chunk(cell, h0, Hs, dA, dAn, ids, X, dW_xh, dW_hh, db_h, db_hn, T, B, H, D,
                      c, nc)
@@ -1676,9 +1759,9 @@ cdef void _wgrad_chunk(int cell, const floating* h0, const floating* Hs, const f
     # dAn) and, for a dense input, dW_xh = X^T dA: blocks of columns (_blk_width), by
     # one-thread BLAS (the caller holds BLAS at one thread): at lstm-medium's shapes
     # (4096 rows, 256 x 1024) 17.5 ms against _tngemm's 37 on one core
-    cdef Py_ssize_t w1 = _blk_width(Gr * H), n1 = _blk_count(Gr * H)
-    cdef Py_ssize_t wn = _blk_width(H), nn = _blk_count(H) if cell == FASTRNN_CELL_GRU else 0
-    cdef Py_ssize_t wd = _blk_width(GH), nd = _blk_count(GH) if ids == NULL else 0
+    cdef Py_ssize_t w1 = _wblk_width(Gr * H), n1 = _wblk_count(Gr * H)
+    cdef Py_ssize_t wn = _wblk_width(H), nn = _wblk_count(H) if cell == FASTRNN_CELL_GRU else 0
+    cdef Py_ssize_t wd = _wblk_width(GH), nd = _wblk_count(GH) if ids == NULL else 0
     blk = c
     while blk < n1 + nn + nd:
         if blk < n1:

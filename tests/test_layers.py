@@ -244,6 +244,73 @@ def test_layer_matches_oracle_and_thread_counts_agree(cell, nonlin, shape, dtype
                     np.testing.assert_array_equal(a, first[name], err_msg=f"{name} nt={nt}")
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B%dT%dH%d" % s)
+@pytest.mark.parametrize("cell,nonlin", CONFIGS)
+def test_forward_ids_equals_gather_then_forward(cell, nonlin, shape, dtype):
+    """layer_forward_ids gathers W_xh[id] + b_h inside the time loop: bitwise what
+    gather_rows then layer_forward give (and so the oracle), for 1, 2, 3 threads,
+    with and without the gate cache."""
+    rng = np.random.default_rng(zlib.crc32(repr(("ids", cell, nonlin, shape)).encode()))
+    B, T, H = shape
+    D = 5
+    p = make_layer(rng, cell, B, T, H, dtype)
+    GH = GATES[cell] * H
+    W_xh = rng.standard_normal((D, GH)).astype(dtype)
+    b_h = rng.standard_normal(GH).astype(dtype)
+    ids = rng.integers(0, D, (T, B)).astype(np.int32)
+    XW = np.empty((T, B, GH), dtype)
+    L.gather_rows(W_xh, b_h, ids.reshape(-1), XW.reshape(T * B, GH), 1)
+    np.testing.assert_array_equal(XW, W_xh[ids] + b_h)
+    p["XW"] = XW
+    for cache in (True, False):
+        want = run_forward(cell, nonlin, p, 1, with_cache=cache)
+        for nt in (1, 2, 3):
+            Hs = np.full((T, B, H), np.nan, dtype)
+            Cs = np.full((T, B, H), np.nan, dtype) if cell == "lstm" else None
+            Gs = (np.full((T, B, L.gate_cache_width(CELLS[cell], H)), np.nan, dtype)
+                  if cell != "rnn" and cache else None)
+            L.layer_forward_ids(CELLS[cell], NONLIN[nonlin], ids, W_xh, b_h, p["W_hh"],
+                                p["b_hn"], p["h0"], p["c0"], Hs, Cs, Gs, nt)
+            for name, a, b in zip(("Hs", "Cs", "Gs"), (Hs, Cs, Gs), want):
+                if b is not None:
+                    np.testing.assert_array_equal(a, b, err_msg=f"{name} nt={nt}")
+
+
+def test_forward_ids_rejects_bad_ids():
+    rng = np.random.default_rng(0)
+    T, B, H, D = 3, 2, 4, 5
+    p = make_layer(rng, "lstm", B, T, H, np.float32)
+    W_xh = np.zeros((D, 4 * H), np.float32)
+    b_h = np.zeros(4 * H, np.float32)
+    Hs = np.empty((T, B, H), np.float32)
+    Cs = np.empty((T, B, H), np.float32)
+    Gs = np.empty((T, B, 4 * H), np.float32)
+
+    def call(ids, W=W_xh, b=b_h):
+        L.layer_forward_ids(L.CELL_LSTM, L.NONLIN_TANH, ids, W, b, p["W_hh"], None, p["h0"],
+                            p["c0"], Hs, Cs, Gs, 1)
+    call(np.zeros((T, B), np.int32))
+    for bad in (D, -1):
+        ids = np.zeros((T, B), np.int32)
+        ids[2, 1] = bad
+        with pytest.raises(ValueError, match="ids must lie in"):
+            call(ids)
+    with pytest.raises(ValueError, match="ids must have dtype int32"):
+        call(np.zeros((T, B), np.int64))
+    with pytest.raises(ValueError, match="ids"):
+        call(np.zeros(T * B, np.int32))
+    with pytest.raises(ValueError, match="h0 must have shape"):   # B from ids
+        call(np.zeros((T, B + 1), np.int32))
+    with pytest.raises(ValueError, match="b_h must have shape"):
+        call(np.zeros((T, B), np.int32), b=np.zeros(H, np.float32))
+    with pytest.raises(ValueError, match="must have dtype float64"):  # dtype from W_xh
+        call(np.zeros((T, B), np.int32), W=np.zeros((D, 4 * H)))
+    with pytest.raises(ValueError, match="must not overlap"):
+        L.layer_forward_ids(L.CELL_LSTM, L.NONLIN_TANH, np.zeros((T, B), np.int32), W_xh,
+                            b_h, p["W_hh"], None, p["h0"], p["c0"], Hs, Hs, Gs, 1)
+
+
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 def test_gate_cache_holds_the_gates(cell):
     rng = np.random.default_rng(3)
@@ -728,9 +795,11 @@ SEQ_SHAPES = [(1, 1, 1, 1), (3, 5, 7, 4), (2, 9, 33, 11), (4, 3, 70, 29), (16, 3
 
 
 @pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
-@pytest.mark.parametrize("T,B,H,V", SEQ_SHAPES)
+@pytest.mark.parametrize("T,B,H,V", SEQ_SHAPES + [(2, 5, 300, 7)])
 @pytest.mark.parametrize("dense", [False, True])
 def test_layer_weight_grads(cell, T, B, H, V, dense):
+    """(2, 5, 300, 7): several column blocks of at least 512 (lstm's 1200 columns in
+    three, gru's r, z columns in two), taken by different threads."""
     rng = np.random.default_rng(T * 1000 + B * 100 + H)
     cid = {"rnn": L.CELL_RNN, "gru": L.CELL_GRU, "lstm": L.CELL_LSTM}[cell]
     G = L.gate_count(cid)
