@@ -42,6 +42,7 @@ from libc.stdlib cimport malloc, free
 from libc.stdint cimport int32_t, uint64_t, uintptr_t
 
 from _omp cimport FASTRNN_OMP_ENABLED
+from _split cimport _chunk, _threads_for
 from _fpmode cimport fastrnn_fpmode_t, fastrnn_ftz_on, fastrnn_fp_restore
 from _omp cimport fastrnn_omp_thread_id
 from _steps cimport (fastrnn_steps_t, fastrnn_steps_init, fastrnn_steps_claim,
@@ -1351,22 +1352,6 @@ def set_seq_min_flops_per_thread(double flops):
     return old
 
 
-cdef inline int _seq_threads(int num_threads, double flops, Py_ssize_t parts) noexcept nogil:
-    cdef double n = flops / SEQ_MIN_FLOPS_PER_THREAD
-    cdef int t = num_threads if FASTRNN_OMP_ENABLED else 1
-    if n < t:
-        t = <int>n
-    if t > parts:
-        t = <int>parts
-    return t if t >= 1 else 1
-
-
-cdef inline void _part(Py_ssize_t n, int parts, int c, Py_ssize_t* i0,
-                       Py_ssize_t* i1) noexcept nogil:
-    i0[0] = (n * c) // parts
-    i1[0] = (n * (c + 1)) // parts
-
-
 cdef object _float_dtype(str name, object a):
     if not isinstance(a, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
@@ -1428,7 +1413,8 @@ def gather_rows(W, b, ids, out, int num_threads):
 
 cdef void _gather_run(const floating* W, const floating* b, const int32_t* ids, floating* out,
                       Py_ssize_t M, Py_ssize_t N, int num_threads) noexcept nogil:
-    cdef int nc = _seq_threads(num_threads, 16.0 * M * N, M), c
+    cdef int nc = _threads_for(num_threads, 16.0 * M * N, SEQ_MIN_FLOPS_PER_THREAD,
+                                 M), c
     for c in prange(nc, num_threads=nc, schedule='static'):
         _gather_chunk(W, b, ids, out, M, N, c, nc)
 
@@ -1439,7 +1425,7 @@ cdef void _gather_chunk(const floating* W, const floating* b, const int32_t* ids
                         floating* out, Py_ssize_t M, Py_ssize_t N, int c,
                         int nc) noexcept nogil:
     cdef Py_ssize_t i0, i1
-    _part(M, nc, c, &i0, &i1)
+    _chunk(M, nc, c, &i0, &i1)
     if floating is float:
         fastrnn_gather_f32(W, ids + i0, b, out + i0 * N, i1 - i0, N)
     else:
@@ -1483,7 +1469,8 @@ def seq_matmul(A, W, b, out, bint trans_w, int num_threads):
 cdef int _matmul_run(const floating* A, const floating* W, const floating* b, floating* out,
                      Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, bint trans_w,
                      int num_threads) except -1:
-    cdef int nc = _seq_threads(num_threads, 2.0 * M * N * K, _blk_count(M)), c
+    cdef int nc = _threads_for(num_threads, 2.0 * M * N * K, SEQ_MIN_FLOPS_PER_THREAD,
+                                 _blk_count(M)), c
     with nogil:
         for c in prange(nc, num_threads=nc, schedule='static'):
             _matmul_chunk(A, W, b, out, M, N, K, trans_w, c, nc)
@@ -1562,7 +1549,8 @@ cdef int _head_run(const floating* Hh, const floating* W_hq, const floating* b_q
                    const int32_t* Y, floating* O, double* rowloss, Py_ssize_t N,
                    Py_ssize_t H, Py_ssize_t V, int num_threads) except -1:
     cdef Py_ssize_t nr = _pack_width(<floating>0)
-    cdef int nc = _seq_threads(num_threads, 2.0 * N * H * V + 30.0 * N * V, N), c
+    cdef int nc = _threads_for(num_threads, 2.0 * N * H * V + 30.0 * N * V,
+                                 SEQ_MIN_FLOPS_PER_THREAD, N), c
     cdef floating* Wp = _alloc(_packed_size(H, V, <floating>0), <floating>0)
     cdef floating scale = <floating>1.0 / <floating>N
     try:
@@ -1581,7 +1569,7 @@ cdef void _head_chunk(const floating* Hh, const floating* Wp, const floating* b_
                       int nc) noexcept nogil:
     cdef Py_ssize_t i0, i1, r
     cdef fastrnn_fpmode_t mode = fastrnn_ftz_on()
-    _part(N, nc, c, &i0, &i1)
+    _chunk(N, nc, c, &i0, &i1)
     if i1 > i0:
         _pgemm(i1 - i0, V, H, Hh + i0 * H, H, Wp, O + i0 * V, V, 0, b_q)
         if Y != NULL:
@@ -1631,7 +1619,8 @@ cdef int _head_back_run(const floating* Hh, const floating* dO, const floating* 
                         floating* dW_hq, floating* db_q, floating* dH, Py_ssize_t N,
                         Py_ssize_t H, Py_ssize_t V, int num_threads) except -1:
     cdef Py_ssize_t nr = _pack_width(<floating>0)
-    cdef int nc = _seq_threads(num_threads, 4.0 * N * H * V, max(N, H)), c
+    cdef int nc = _threads_for(num_threads, 4.0 * N * H * V, SEQ_MIN_FLOPS_PER_THREAD,
+                                 max(N, H)), c
     cdef floating* WpT = _alloc(_packed_size(V, H, <floating>0), <floating>0)
     try:
         with nogil:
@@ -1648,13 +1637,13 @@ cdef void _head_back_chunk(const floating* Hh, const floating* dO, const floatin
                            Py_ssize_t H, Py_ssize_t V, int c, int nc) noexcept nogil:
     cdef Py_ssize_t i0, i1
     cdef fastrnn_fpmode_t mode = fastrnn_ftz_on()
-    _part(N, nc, c, &i0, &i1)           # dH rows
+    _chunk(N, nc, c, &i0, &i1)           # dH rows
     if i1 > i0:
         _pgemm(i1 - i0, H, V, dO + i0 * V, V, WpT, dH + i0 * H, H, 0, NULL)
-    _part(H, nc, c, &i0, &i1)           # dW_hq rows
+    _chunk(H, nc, c, &i0, &i1)           # dW_hq rows
     if i1 > i0:
         _tngemm(i1 - i0, V, N, Hh + i0, H, dO, V, dW_hq + i0 * V, V, 0)
-    _part(V, nc, c, &i0, &i1)           # db_q columns
+    _chunk(V, nc, c, &i0, &i1)           # db_q columns
     if floating is float:
         fastrnn_bias_scatter_f32(dO, N, V, i0, i1, db_q, NULL, NULL, 0, 0)
     else:
@@ -1741,7 +1730,8 @@ cdef void _wgrad_run(int cell, const floating* h0, const floating* Hs, const flo
                      int num_threads) noexcept nogil:
     cdef Py_ssize_t GH = fastrnn_cell_gates(cell) * H, N = T * B
     cdef double flops = 2.0 * N * H * GH * (1 if ids != NULL else 2)
-    cdef int nc = _seq_threads(num_threads, flops, 2 * _wblk_count(GH) + 1), c
+    cdef int nc = _threads_for(num_threads, flops, SEQ_MIN_FLOPS_PER_THREAD,
+                                 2 * _wblk_count(GH) + 1), c
     for c in prange(nc, num_threads=nc, schedule='static'):
         _wgrad_chunk(cell, h0, Hs, dA, dAn, ids, X, dW_xh, dW_hh, db_h, db_hn, T, B, H, D,
                      c, nc)
@@ -1789,13 +1779,13 @@ cdef void _wgrad_chunk(int cell, const floating* h0, const floating* Hs, const f
                  dA + i0, <int>GH, <floating>0.0, dW_xh + i0, <int>GH)
         blk += nc
     # db_h columns [i0, i1), with the ids' scatter-add into dW_xh
-    _part(GH, nc, c, &i0, &i1)
+    _chunk(GH, nc, c, &i0, &i1)
     if floating is float:
         fastrnn_bias_scatter_f32(dA, N, GH, i0, i1, db_h, ids, dW_xh, D, 0)
     else:
         fastrnn_bias_scatter_f64(dA, N, GH, i0, i1, db_h, ids, dW_xh, D, 0)
     if cell == FASTRNN_CELL_GRU:
-        _part(H, nc, c, &i0, &i1)
+        _chunk(H, nc, c, &i0, &i1)
         if floating is float:
             fastrnn_bias_scatter_f32(dAn, N, H, i0, i1, db_hn, NULL, NULL, 0, 0)
         else:

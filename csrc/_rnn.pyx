@@ -39,6 +39,7 @@ from libc.stdint cimport int32_t, int64_t, uint64_t
 from _blas cimport gemm
 from _omp cimport (FASTRNN_OMP_ENABLED, fastrnn_omp_max_threads, fastrnn_omp_thread_id,
                   fastrnn_omp_num_threads)
+from _split cimport _chunk, _threads_for
 from _fpmode cimport (fastrnn_fpmode_t, fastrnn_ftz_on, fastrnn_fp_restore, fastrnn_fp_get,
                      FASTRNN_HAVE_FTZ)
 
@@ -92,13 +93,6 @@ cdef inline void _activate(floating* Z, floating* Hout, Py_ssize_t n,
     else:
         for i in range(n):
             Hout[i] = Z[i] if Z[i] > 0 else 0
-
-
-cdef inline void _chunk(Py_ssize_t n, int nchunks, int c,
-                        Py_ssize_t* lo, Py_ssize_t* hi) noexcept nogil:
-    """Rows [lo, hi) of chunk c when n rows are split into nchunks near-equal parts."""
-    lo[0] = (n * c) // nchunks
-    hi[0] = (n * (c + 1)) // nchunks
 
 
 # ---------------------------------------------------------------------------
@@ -522,17 +516,6 @@ def set_min_flops_per_thread(double flops):
     return old
 
 
-cdef inline int _threads_for(int num_threads, double flops, Py_ssize_t max_chunks) noexcept nogil:
-    """Threads worth using for a parallel operation of the given size."""
-    cdef double n = flops / MIN_FLOPS_PER_THREAD
-    cdef int t = num_threads
-    if n < t:
-        t = <int>n if n >= 1 else 1
-    if t > max_chunks:
-        t = <int>max_chunks
-    return t if t >= 1 else 1
-
-
 cdef inline int _nonlin_code(str nonlinearity) except -1:
     if nonlinearity == "tanh":
         return TANH
@@ -642,8 +625,8 @@ def forward(const floating[:, ::1] W_xh, const floating[:, ::1] W_hh,
     if num_threads < 1:
         raise ValueError("num_threads must be >= 1")
     # the time loop splits the batch; the output layer splits its T*B rows
-    nc = _threads_for(num_threads, 2.0 * N * H * (H + 1), B)
-    no = _threads_for(num_threads, 2.0 * N * H * V, N)
+    nc = _threads_for(num_threads, 2.0 * N * H * (H + 1), MIN_FLOPS_PER_THREAD, B)
+    no = _threads_for(num_threads, 2.0 * N * H * V, MIN_FLOPS_PER_THREAD, N)
     # Zs is (T*B, H), or (R*B, H) with R < T: a work area (forward reuses one step's
     # rows; backward() keeps dZ for R steps at a time)
     _check_work_rows(Zs.shape[0], T, B, "Zs")
@@ -746,9 +729,9 @@ def backward(const floating[:, ::1] W_xh, const floating[:, ::1] W_hh,
         raise ValueError("num_threads must be >= 1")
     _check_work_rows(dZs.shape[0], T, B, "dZs")
     R = dZs.shape[0] // B             # steps of dZ held at a time (T: all of them)
-    nc = _threads_for(num_threads, 2.0 * N * H * (H + 1), B)
-    no = _threads_for(num_threads, 2.0 * N * H * V, N)
-    nw = _threads_for(num_threads, 2.0 * N * H * (H + V + D), max(H, V))
+    nc = _threads_for(num_threads, 2.0 * N * H * (H + 1), MIN_FLOPS_PER_THREAD, B)
+    no = _threads_for(num_threads, 2.0 * N * H * V, MIN_FLOPS_PER_THREAD, N)
+    nw = _threads_for(num_threads, 2.0 * N * H * (H + V + D), MIN_FLOPS_PER_THREAD, max(H, V))
     cdef bint split = _split_one_sequence(num_threads, B, H) and R == T
     # packed W_hq^T for dO W_hq^T, and W_hh^T when some chunk of the time loop has
     # several rows
