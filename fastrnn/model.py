@@ -701,9 +701,9 @@ class CharLM:
         num_threads : int, optional
             OpenMP threads (default: all available cores). With two or more, each
             step's hidden units are split across two threads when a step reads
-            enough weights (G*H*H >= 15,625 for G gates: H >= 125 for the Elman
-            cell, 73 for GRU, 63 for LSTM); the text is the same for every thread
-            count.
+            enough weights (a one-layer Elman model from H = 125; G*H*H >= 32,768
+            for G gates otherwise: GRU from H = 105, LSTM from H = 91); the text is
+            the same for every thread count.
 
         Returns
         -------

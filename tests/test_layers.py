@@ -580,11 +580,10 @@ def test_generate_stack_pieces_equal_one_call(cell):
 
 @pytest.fixture
 def split_every_generation():
-    """generate_stack splits runs of at least GEN_SPLIT_MIN_STEPS sub-steps (and G*H*H
-    of at least the training threshold, 0 here): split every run."""
-    old = L.set_gen_split_min_steps(1)
+    """generate_stack splits long enough runs of large enough models: split every run."""
+    old = L.set_gen_split_thresholds(0, 1)
     yield
-    L.set_gen_split_min_steps(old)
+    L.set_gen_split_thresholds(*old)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
