@@ -891,8 +891,8 @@ cdef void _gen_part(
     of those units, W_xh's and W_hh's read in place (GRU: W_hh's n columns into hn).
     Products and transcendentals run gate by gate from the part's first unit, as in
     layer_forward's one sequence, so with j0 on a multiple of 64 each unit's value
-    is bitwise that of a step done whole. For the Elman cell this is _lm's
-    _step_part operation for operation (same sums, same tanh)."""
+    is bitwise that of a step done whole (and of layer_forward's one-sequence
+    step on the same inputs)."""
     cdef Py_ssize_t j, g, G = fastrnn_cell_gates(cell), GH = G * H, nj = j1 - j0
     cdef const floating* w
     if nj <= 0:
@@ -1084,8 +1084,9 @@ def generate_stack(int cell, int nonlin, layers, W_hq, b_q, feed, out, h, c, rng
 
     Each generated id is fed back before the next draw, except the last, so a
     continuation is ``generate_stack(..., feed=out[-1:], h=h, c=c, rng=rng)``
-    and pieces give the same ids as one call. With cell=CELL_RNN and one layer the
-    ids, the state and the sampler's state are those of fastrnn._lm.generate.
+    and pieces give the same ids as one call. It is the sampling loop of every
+    model (fastrnn 0.2.0's separate Elman loop, fastrnn._lm.generate, drew the same
+    ids).
     """
     _check_cell(cell, nonlin)
     if num_threads < 1:
@@ -1188,7 +1189,7 @@ cdef int _gen_call(int cell, int nonlin, object addrs, object W_hq, object b_q, 
                            and G * H * H >= GEN_SPLIT_MIN_WORK)
     # One buffer, allocated once per call, every piece on its own cache lines (threads
     # writing one line would pass it back and forth every step): W_hq and b_q
-    # zero-padded to Vp columns (as _lm.generate), the double-buffered states, the
+    # zero-padded to Vp columns (whole vectors for the head), the double-buffered states, the
     # logit shares, then each thread's work area (the doubles ex, srt; the floats a,
     # hn, wk, op, sel).
     cdef Py_ssize_t o_wq = 0

@@ -1,8 +1,7 @@
-# The generator's random numbers and sampler, as inline functions for the compiled
-# sampling loops: the one copy, cimported by fastrnn._lm.generate (the Elman cell's
-# loop, which passes top_p = 1 and no sort buffer) and fastrnn._layers.generate_stack
-# (every cell and depth), so the two give the same ids for the same seed
-# (tests/test_layers.py checks it). With top_p >= 1, _sample never touches srt.
+# The generator's random numbers and sampler, as inline functions: cimported by
+# fastrnn._layers.generate_stack (the sampling loop of every cell and depth) and by
+# fastrnn._lm (the generator's seeding and the test hooks rng_next / rng_uniform).
+# With top_p >= 1, _sample never touches srt.
 from cython cimport floating
 from libc.math cimport exp
 from libc.stdint cimport int32_t, uint64_t

@@ -542,14 +542,11 @@ class CharLM:
 
     # -- generation -------------------------------------------------------------------
     def _sampler(self, top_p) -> str:
-        """Which loop generates: ``"lm"`` (``fastrnn._lm.generate``, the Elman cell with
-        one layer, as in 0.1), ``"stack"`` (``fastrnn._layers.generate_stack``: any cell
-        and depth, nucleus sampling) or ``"steps"`` (one :func:`fastrnn.forward` call
-        per character, the compiled samplers' draws in NumPy; only when the compiled
-        layer loops are unavailable). All three give the same ids for the same seed."""
-        c = self._config
-        if c.cell == "rnn" and c.num_layers == 1 and top_p is None:
-            return "lm"
+        """Which loop generates: ``"stack"`` (``fastrnn._layers.generate_stack``, the
+        compiled loop of every cell and depth) or ``"steps"`` (one
+        :func:`fastrnn.forward` call per character, the compiled sampler's draws in
+        NumPy; only when the compiled layer loops are unavailable). Both give the same
+        ids for the same seed."""
         layers = getattr(_core, "_layers", None)
         return "stack" if hasattr(layers, "generate_stack") else "steps"
 
@@ -581,10 +578,7 @@ class CharLM:
         lm.rng_seed(np.uint64(_seed64(seed)), g.rng)
         g.kind = self._sampler(top_p)
         c = self._config
-        if g.kind == "lm":
-            g.h = np.zeros(self._H, self._dtype)
-            g.work = np.empty(self._H + 2 * self._V, self._dtype)
-        elif g.kind == "stack":
+        if g.kind == "stack":
             g.h = np.zeros((c.num_layers, self._H), self._dtype)
             g.c = np.zeros((c.num_layers, self._H), self._dtype) if c.cell == "lstm" else None
             lay = _core._layers
@@ -592,8 +586,7 @@ class CharLM:
             g.nonlin = {"tanh": lay.NONLIN_TANH, "relu": lay.NONLIN_RELU}[c.nonlinearity]
         if g.kind != "steps":
             with self._param_lock:
-                g.p = (_core.check_params(self.params) if g.kind == "lm" else
-                       _core.check_params(self.params, cell=c.cell))   # finite, contiguous
+                g.p = _core.check_params(self.params, cell=c.cell)   # finite, contiguous
         return g
 
     def _next_ids(self, g: "_GenState", n: int) -> np.ndarray:
@@ -602,12 +595,7 @@ class CharLM:
         if not n:
             return out
         p = getattr(g, "p", None)
-        if g.kind == "lm":
-            with blas_single_thread(), self._param_lock:
-                g.lm.generate(p["W_xh"], p["W_hh"], p["b_h"], p["W_hq"], p["b_q"], g.feed,
-                              out, g.h, g.work, g.rng, g.temperature, g.top_k, g.greedy,
-                              self._nonlinearity, g.nt)
-        elif g.kind == "stack":
+        if g.kind == "stack":
             sfx = ["" if k == 0 else f"_l{k}" for k in range(self._config.num_layers)]
             layers = [(p["W_xh" + s], p["W_hh" + s], p["b_h" + s], p.get("b_hn" + s))
                       for s in sfx]
@@ -701,9 +689,9 @@ class CharLM:
         num_threads : int, optional
             OpenMP threads (default: all available cores). With two or more, each
             step's hidden units are split across two threads when a step reads
-            enough weights (a one-layer Elman model from H = 125; G*H*H >= 32,768
-            for G gates otherwise: GRU from H = 105, LSTM from H = 91); the text is
-            the same for every thread count.
+            enough weights (G*H*H >= 32,768 for G gates: the Elman cell from
+            H = 182, GRU from H = 105, LSTM from H = 91); the text is the same for
+            every thread count.
 
         Returns
         -------

@@ -187,12 +187,14 @@ def _params(rng, V, H, dtype=np.float64, scale=1.0):
 
 
 def _gen(p, feed, n, h, rng_state, temp=1.0, top_k=0, greedy=False, nonlin="tanh", nt=1):
-    V, H = p["W_hq"].shape[1], p["W_hh"].shape[0]
+    """The Elman model's generation: fastrnn._layers.generate_stack with one layer
+    (the one sampling loop of every cell; fastrnn._lm keeps the sampler's seeding)."""
+    from fastrnn import _layers
+    nl = {"tanh": _layers.NONLIN_TANH, "relu": _layers.NONLIN_RELU}.get(nonlin, 99)
     out = np.empty(n, np.int32)
-    work = np.empty(H + 2 * V, p["W_hh"].dtype)
-    _lm.generate(p["W_xh"], p["W_hh"], p["b_h"], p["W_hq"], p["b_q"],
-                 np.asarray(feed, np.int32), out, h, work, rng_state, temp, top_k, greedy, nonlin,
-                 nt)
+    _layers.generate_stack(_layers.CELL_RNN, nl, [(p["W_xh"], p["W_hh"], p["b_h"], None)],
+                           p["W_hq"], p["b_q"], np.asarray(feed, np.int32), out,
+                           h.reshape(1, -1), None, rng_state, temp, top_k, 1.0, greedy, nt)
     return out
 
 
@@ -220,9 +222,9 @@ def test_generate_kernel_rejects_bad_buffers(rng):
         _gen(p, [], 3, np.zeros(3), st)
     with pytest.raises(ValueError, match="temperature"):
         _gen(p, [1], 3, np.zeros(3), st, temp=0.0)
-    with pytest.raises(ValueError, match="nonlinearity"):
+    with pytest.raises(ValueError, match="nonlin"):
         _gen(p, [1], 3, np.zeros(3), st, nonlin="sigmoid")
-    with pytest.raises(ValueError, match="work"):
+    with pytest.raises(ValueError, match="h"):
         _gen(p, [1], 3, np.zeros(4), st)
 
 
@@ -251,9 +253,10 @@ def _gen_nt(p, feed, n, nt, seed=7, **kw):
 
 @pytest.fixture
 def split_every_size():
-    old = _lm.set_split_thresholds(1, 1)
+    from fastrnn import _layers
+    old = _layers.set_gen_split_thresholds(0, 1)
     yield
-    _lm.set_split_thresholds(*old)
+    _layers.set_gen_split_thresholds(*old)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

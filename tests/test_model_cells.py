@@ -267,7 +267,7 @@ def test_load_refuses_inconsistent_files(tmp_path):
 
 # ---------------------------------------------------------------- generation
 def _force(monkeypatch, kind):
-    """Make every model generate with one loop: "lm", "stack" or "steps"."""
+    """Make every model generate with one loop: "stack" or "steps"."""
     monkeypatch.setattr(CharLM, "_sampler", lambda self, top_p: kind)
 
 
@@ -305,7 +305,7 @@ def test_compiled_stack_loop_equals_step_loop(monkeypatch, cell, L):
     lm.fit(TEXT, epochs=2, **FIT)
     cases = [dict(seed=3), dict(seed=4, temperature=0.6, top_k=5), dict(greedy=True),
              dict(seed=5, top_p=0.8), dict(seed=6, top_k=6, top_p=0.5, temperature=1.4)]
-    assert lm._sampler(None) == ("lm" if (cell, L) == ("rnn", 1) else "stack")
+    assert lm._sampler(None) == "stack"
     got = {}
     for kind in ("stack", "steps"):
         _force(monkeypatch, kind)
