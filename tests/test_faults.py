@@ -199,12 +199,18 @@ v = 0
 # pipe) when checkpoint.write starts writing the temporary file, "renaming v" just
 # before the os.replace that puts it in place, "saved v" after save() returned. A
 # SIGKILL whose last line is "writing v" provably landed before version v's rename.
+# Each line is ONE write: with PYTHONUNBUFFERED set (as on the CI machines) print()
+# writes its pieces with one system call each, and a kill between "saved" and its
+# number left a line the parent could not read (seen once on a loaded machine).
+def say(word):
+    sys.stdout.write(f"{word} {v}\\n")
+    sys.stdout.flush()
 real_savez, real_replace = np.savez, os.replace
 def savez(*a, **k):
-    print("writing", v, flush=True)
+    say("writing")
     return real_savez(*a, **k)
 def replace(*a, **k):
-    print("renaming", v, flush=True)
+    say("renaming")
     return real_replace(*a, **k)
 np.savez, os.replace = savez, replace
 while True:
@@ -212,7 +218,7 @@ while True:
     lm.params["b_q"][0] = v            # the version, in the arrays ...
     lm.info["version"] = v             # ... and in the metadata
     lm.save(path)
-    print("saved", v, flush=True)
+    say("saved")
 '''
 
 KILLS = 12
