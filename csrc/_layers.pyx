@@ -913,6 +913,11 @@ cdef void _gen_part(
               (c + j0) if c != NULL else NULL, NULL, wk + j0)
 
 
+cdef inline Py_ssize_t _up64(Py_ssize_t nbytes) noexcept nogil:
+    """nbytes rounded up to whole 64-byte cache lines."""
+    return (nbytes + 63) // 64 * 64
+
+
 cdef struct _gen_t:
     # what every thread of a generation reads (set once per call; pointers as
     # addresses so one struct serves float and double)
@@ -966,7 +971,7 @@ cdef void _gen_steps(const _gen_t* q, const int32_t* feed, Py_ssize_t P, int32_t
     cdef floating* logits = <floating*>q.logits
     cdef double* ex = <double*>tw
     cdef double* srt = ex + V
-    cdef floating* a = <floating*>(tw + (2 * V * sizeof(double) + 63) // 64 * 64)
+    cdef floating* a = <floating*>(tw + _up64(2 * V * sizeof(double)))
     cdef floating* hn = a + GH
     cdef floating* wk = hn + H
     cdef floating* op = wk + 4 * H
@@ -1167,11 +1172,6 @@ def generate_stack(int cell, int nonlin, layers, W_hq, b_q, feed, out, h, c, rng
                   <double*>_addr(W_hq), <double*>_addr(b_q), <double*>_addr(h),
                   <double*>_addr(c), <double*>_addr(logits), H, V, temperature, top_k,
                   top_p, greedy, num_threads)
-
-
-cdef inline Py_ssize_t _up64(Py_ssize_t nbytes) noexcept nogil:
-    """nbytes rounded up to whole 64-byte cache lines."""
-    return (nbytes + 63) // 64 * 64
 
 
 cdef int _gen_call(int cell, int nonlin, object addrs, object W_hq, object b_q, object feed,

@@ -1018,6 +1018,128 @@ def _scatter_rows(out, ids, src):
         s = e
 
 
+class _CompiledOps:
+    """The stack's whole-sequence pieces in the compiled kernels (fastrnn._layers):
+    every product runs on our OpenMP threads (BLAS at one thread each), work arrays
+    come from this thread's workspace."""
+
+    @staticmethod
+    def forward(cell, nonlin, k, W_xh, W_hh, b_h, b_hn, X_ids, X_dense, inp, h0, c0, T, B,
+                nt, train):
+        """Layer k's forward: (its input, kept for the weight gradients; Hs, Cs, Gs)."""
+        N = T * B
+        if k == 0 and X_ids.size:
+            # token ids: the kernel adds the rows W_xh[id] + b_h into each step's
+            # pre-activations (a (T, B, G*H) XW, written then read once, cost 2.7 ms
+            # of an 80 ms lstm-medium step)
+            return X_ids.reshape(N), _layer_forward(cell, nonlin, (W_xh, b_h), W_hh, b_hn,
+                                                    h0, c0, nt, train, k, X_ids)
+        # the input projection of every step, hoisted out of the time loop
+        XW = _ws("XW", (T, B, W_hh.shape[1]), W_hh.dtype)
+        x = X_dense.reshape(N, -1) if k == 0 else inp
+        _layers.seq_matmul(x, W_xh, b_h, XW.reshape(N, -1), False, nt)
+        return x, _layer_forward(cell, nonlin, XW, W_hh, b_hn, h0, c0, nt, train, k)
+
+    @staticmethod
+    def logits(inp, W_hq, b_q, T, B, nt):
+        O = _ws("O", (T * B, W_hq.shape[1]), W_hq.dtype)
+        _layers.head_xent(inp, W_hq, b_q, None, O, nt)
+        return O.reshape(T, B, -1).transpose(1, 0, 2).copy()
+
+    @staticmethod
+    def head_loss(inp, W_hq, b_q, Yt, g, T, B, nt):
+        """Softmax cross-entropy averaged over the T*B predictions, the head's
+        gradients into g, and dL/dH_t of the top layer (T, B, H)."""
+        N = T * B
+        O = _ws("O", (N, W_hq.shape[1]), W_hq.dtype)
+        loss = _layers.head_xent(inp, W_hq, b_q, Yt.reshape(N), O, nt) / N   # O: dL/dO
+        dInp = _ws("dH", (T, B, W_hq.shape[0]), W_hq.dtype)
+        _layers.head_backward(inp, O, W_hq, g["W_hq"], g["b_q"], dInp.reshape(N, -1), nt)
+        return loss, dInp
+
+    @staticmethod
+    def weight_grads(cell, x, h0, Hs, dA, dAn, dW_xh, dW_hh, db_h, db_hn, nt):
+        xi = x if x.ndim == 1 else None
+        _layers.layer_weight_grads(_layer_cell_id(cell), h0, Hs, dA, dAn, xi,
+                                   None if xi is not None else x, dW_xh, dW_hh, db_h, db_hn,
+                                   nt)
+
+    @staticmethod
+    def input_grad(dA, W_xh, T, B, nt):
+        """dL/d(input of the layer) = dA W_xh^T, (T, B, H)."""
+        dInp = _ws("dH", (T, B, W_xh.shape[0]), W_xh.dtype)
+        _layers.seq_matmul(dA.reshape(T * B, -1), W_xh, None, dInp.reshape(T * B, -1), True,
+                           nt)
+        return dInp
+
+
+class _NumpyOps:
+    """The same pieces without the compiled kernels (the NumPy fallback): numpy's
+    products (the layers' time loops are fastrnn.reference's, in _layer_forward)."""
+
+    @staticmethod
+    def forward(cell, nonlin, k, W_xh, W_hh, b_h, b_hn, X_ids, X_dense, inp, h0, c0, T, B,
+                nt, train):
+        if k == 0 and X_ids.size:             # (T, B, G*H): a row gather of the
+            x = X_ids
+            XW = np.take(W_xh + b_h, X_ids, axis=0)  # D rows of W_xh + b_h, one pass
+        else:
+            x = X_dense if k == 0 else inp
+            XW = (x @ W_xh).reshape(T, B, -1)
+            XW += b_h
+        return x, _layer_forward(cell, nonlin, XW, W_hh, b_hn, h0, c0, nt)
+
+    @staticmethod
+    def logits(inp, W_hq, b_q, T, B, nt):
+        O = inp @ W_hq
+        O += b_q
+        return O.reshape(T, B, -1).transpose(1, 0, 2).copy()
+
+    @staticmethod
+    def head_loss(inp, W_hq, b_q, Yt, g, T, B, nt):
+        N = T * B
+        O = inp @ W_hq
+        O += b_q                                  # logits, time-major (N, V)
+        O -= O.max(axis=1, keepdims=True)
+        np.exp(O, out=O)
+        O /= O.sum(axis=1, keepdims=True)         # softmax probabilities P
+        rows = np.arange(N)
+        Yi = Yt.reshape(N).astype(np.intp)
+        loss = -float(np.log(O[rows, Yi].astype(np.float64)).mean())
+        dO = O
+        dO[rows, Yi] -= 1                         # dL/dO = P - onehot ...
+        dO /= N                                   # ... averaged
+        np.matmul(inp.T, dO, out=g["W_hq"])
+        g["b_q"][...] = dO.sum(axis=0)
+        return loss, (dO @ W_hq.T).reshape(T, B, -1)
+
+    @staticmethod
+    def weight_grads(cell, x, h0, Hs, dA, dAn, dW_xh, dW_hh, db_h, db_hn, nt):
+        T, B, H = Hs.shape
+        N = T * B
+        dA2 = dA.reshape(N, -1)
+        # whole-sequence weight gradients: dW_hh = H_prev^T dA_rec
+        Hprev = np.empty((T, B, H), Hs.dtype)
+        Hprev[0] = h0
+        Hprev[1:] = Hs[:-1]
+        Hprev = Hprev.reshape(N, H)
+        if dAn is None:
+            np.matmul(Hprev.T, dA2, out=dW_hh)
+        else:                                     # GRU: the n block reads dL/dhn
+            dW_hh[:, :2 * H] = Hprev.T @ dA2[:, :2 * H]
+            dW_hh[:, 2 * H:] = Hprev.T @ dAn.reshape(N, H)
+            db_hn[...] = dAn.reshape(N, H).sum(axis=0)
+        db_h[...] = dA2.sum(axis=0)
+        if x.ndim == 2 and x.dtype == np.int32:   # token ids (T, B): scatter-add rows
+            _scatter_rows(dW_xh, x.reshape(N), dA2)
+        else:
+            np.matmul(x.T, dA2, out=dW_xh)
+
+    @staticmethod
+    def input_grad(dA, W_xh, T, B, nt):
+        return (dA.reshape(T * B, -1) @ W_xh.T).reshape(T, B, -1)
+
+
 def _stack(p, cell, L, nonlin, X_ids, X_dense, B, T, h, c, Yt, p_drop, seed, row_offset,
            nt, g):
     """Run the stack on checked input. h, c: (L, B, H) (c: LSTM, else None).
@@ -1026,49 +1148,35 @@ def _stack(p, cell, L, nonlin, X_ids, X_dense, B, T, h, c, Yt, p_drop, seed, row
     fills the gradient dict g (keys of params, "h0", "c0" in the state's form) and
     returns (loss, h_T, c_T). h_T, c_T are (L, B, H).
 
-    Every product runs in the compiled kernels (fastrnn._layers), whose OpenMP threads
-    are the only thread owner of the step: no BLAS call sits between two parallel
-    regions (its threads would spin against ours).
+    One driver for both backends: the compiled kernels (fastrnn._layers, _CompiledOps),
+    whose OpenMP threads are the only thread owner of the step (no BLAS call sits
+    between two parallel regions: its threads would spin against ours), or, when they
+    did not build, numpy (_NumpyOps).
     """
     if _layers is None:
-        return _stack_numpy(p, cell, L, nonlin, X_ids, X_dense, B, T, h, c, Yt, p_drop,
-                            seed, row_offset, nt, g)
+        return _stack_run(_NumpyOps, p, cell, L, nonlin, X_ids, X_dense, B, T, h, c, Yt,
+                          p_drop, seed, row_offset, nt, g)
     with blas_single_thread():      # layer_weight_grads calls BLAS from our threads
-        return _stack_compiled(p, cell, L, nonlin, X_ids, X_dense, B, T, h, c, Yt, p_drop,
-                               seed, row_offset, nt, g)
+        return _stack_run(_CompiledOps, p, cell, L, nonlin, X_ids, X_dense, B, T, h, c, Yt,
+                          p_drop, seed, row_offset, nt, g)
 
 
-def _stack_compiled(p, cell, L, nonlin, X_ids, X_dense, B, T, h, c, Yt, p_drop, seed,
-                    row_offset, nt, g):
+def _stack_run(ops, p, cell, L, nonlin, X_ids, X_dense, B, T, h, c, Yt, p_drop, seed,
+               row_offset, nt, g):
     dtype = p["W_hh"].dtype
     H = p["W_hh"].shape[0]
-    V = p["W_hq"].shape[1]
     N = T * B
-    ids = X_ids.reshape(N) if X_ids.size else None
     hT = np.empty((L, B, H), dtype)
     cT = np.empty((L, B, H), dtype) if c is not None else None
     inputs, caches, masks = [], [], []
     inp = None                                  # (N, H): the input of layer k >= 1
     for k in range(L):
         s = "" if k == 0 else f"_l{k}"
-        W_xh, W_hh, b_h = p["W_xh" + s], p["W_hh" + s], p["b_h" + s]
-        ck = c[k] if c is not None else None
-        if k == 0 and ids is not None:
-            # token ids: the kernel adds the rows W_xh[id] + b_h into each step's
-            # pre-activations (a (T, B, G*H) XW, written then read once, cost 2.7 ms
-            # of an 80 ms lstm-medium step)
-            inputs.append(ids)
-            Hs, Cs, Gs = _layer_forward(cell, nonlin, (W_xh, b_h), W_hh, p.get("b_hn" + s),
-                                        h[k], ck, nt, Yt is not None, k, X_ids)
-        else:
-            # the input projection of every step, hoisted out of the time loop
-            XW = _ws("XW", (T, B, W_hh.shape[1]), dtype)
-            x = X_dense.reshape(N, -1) if k == 0 else inp
-            _layers.seq_matmul(x, W_xh, b_h, XW.reshape(N, -1), False, nt)
-            inputs.append(x)
-            Hs, Cs, Gs = _layer_forward(cell, nonlin, XW, W_hh, p.get("b_hn" + s), h[k], ck,
-                                        nt, Yt is not None, k)
-            del XW
+        x, (Hs, Cs, Gs) = ops.forward(cell, nonlin, k, p["W_xh" + s], p["W_hh" + s],
+                                      p["b_h" + s], p.get("b_hn" + s), X_ids, X_dense, inp,
+                                      h[k], c[k] if c is not None else None, T, B, nt,
+                                      Yt is not None)
+        inputs.append(x)
         caches.append((Hs, Cs, Gs))
         hT[k] = Hs[T - 1]
         if cT is not None:
@@ -1078,139 +1186,29 @@ def _stack_compiled(p, cell, L, nonlin, X_ids, X_dense, B, T, h, c, Yt, p_drop, 
             masks.append(_params.dropout_mask(seed, k, T, row_offset, B, H, p_drop, dtype)
                          .reshape(N, H))
             inp = inp * masks[k]
-    O = _ws("O", (N, V), dtype)                 # logits, time-major
     if Yt is None:
-        _layers.head_xent(inp, p["W_hq"], p["b_q"], None, O, nt)
-        return O.reshape(T, B, V).transpose(1, 0, 2).copy(), hT, cT
-    # softmax cross-entropy, averaged over the N predictions: O becomes dL/dO
-    loss = _layers.head_xent(inp, p["W_hq"], p["b_q"], Yt.reshape(N), O, nt) / N
-    dInp = _ws("dH", (T, B, H), dtype)          # dL/dH_t of the top layer
-    _layers.head_backward(inp, O, p["W_hq"], g["W_hq"], g["b_q"], dInp.reshape(N, H), nt)
-    del O, inp
+        return ops.logits(inp, p["W_hq"], p["b_q"], T, B, nt), hT, cT
+    loss, dInp = ops.head_loss(inp, p["W_hq"], p["b_q"], Yt, g, T, B, nt)
+    del inp
     dh0 = np.empty((L, B, H), dtype)
     dc0 = np.empty((L, B, H), dtype) if c is not None else None
-    cid = _layer_cell_id(cell)
     for k in reversed(range(L)):
         s = "" if k == 0 else f"_l{k}"
-        W_xh, W_hh = p["W_xh" + s], p["W_hh" + s]
         Hs, Cs, Gs = caches[k]
-        ck = c[k] if c is not None else None
-        dA, dAn, dh0[k], dck = _layer_backward(cell, nonlin, dInp, Hs, Cs, Gs, h[k], ck,
-                                               W_hh, nt, True)
+        dA, dAn, dh0[k], dck = _layer_backward(cell, nonlin, dInp, Hs, Cs, Gs, h[k],
+                                               c[k] if c is not None else None,
+                                               p["W_hh" + s], nt, True)
         if dc0 is not None:
             dc0[k] = dck
-        x = inputs[k]
-        xi = x if x.ndim == 1 else None
-        _layers.layer_weight_grads(cid, h[k], Hs, dA, dAn, xi, None if xi is not None else x,
-                                   g["W_xh" + s], g["W_hh" + s], g["b_h" + s],
-                                   g.get("b_hn" + s), nt)
-        caches[k] = inputs[k] = x = xi = None
-        del Hs, Cs, Gs
-        if k > 0:                               # dL/d(input of layer k), (N, H)
-            dInp = _ws("dH", (T, B, H), dtype)
-            _layers.seq_matmul(dA.reshape(N, -1), W_xh, None, dInp.reshape(N, H), True, nt)
+        ops.weight_grads(cell, inputs[k], h[k], Hs, dA, dAn, g["W_xh" + s], g["W_hh" + s],
+                         g["b_h" + s], g.get("b_hn" + s), nt)
+        caches[k] = inputs[k] = None            # free the layer's activations before
+        del Hs, Cs, Gs                          # the input-gradient work below
+        if k > 0:                               # dL/d(input of layer k), (T, B, H)
+            dInp = ops.input_grad(dA, p["W_xh" + s], T, B, nt)
             if masks:
                 dInp *= masks[k - 1].reshape(T, B, H)   # through the dropout below
         del dA, dAn
-    if "h0" in g:
-        g["h0"][...] = dh0.reshape(g["h0"].shape)
-    if dc0 is not None:
-        g["c0"][...] = dc0.reshape(g["c0"].shape)
-    return loss, hT, cT
-
-
-def _stack_numpy(p, cell, L, nonlin, X_ids, X_dense, B, T, h, c, Yt, p_drop, seed, row_offset,
-           nt, g):
-    """_stack without the compiled kernels (the NumPy fallback): the same steps, with
-    the layers' time loops of fastrnn.reference and numpy's products."""
-    dtype = p["W_hh"].dtype
-    H = p["W_hh"].shape[0]
-    V = p["W_hq"].shape[1]
-    N = T * B
-    hT = np.empty((L, B, H), dtype)
-    cT = np.empty((L, B, H), dtype) if c is not None else None
-    inputs, caches, masks = [], [], []
-    inp = None                                  # (N, H): the input of layer k >= 1
-    for k in range(L):
-        s = "" if k == 0 else f"_l{k}"
-        W_xh, W_hh, b_h = p["W_xh" + s], p["W_hh" + s], p["b_h" + s]
-        # the input projection of every step, hoisted out of the time loop
-        if k == 0 and X_ids.size:             # (T, B, G*H): a row gather of the
-            XW = np.take(W_xh + b_h, X_ids, axis=0)  # D rows of W_xh + b_h, one pass
-        else:
-            x = X_dense if k == 0 else inp
-            XW = (x @ W_xh).reshape(T, B, -1)
-            XW += b_h
-        inputs.append(X_ids if (k == 0 and X_ids.size) else (X_dense if k == 0 else inp))
-        ck = c[k] if c is not None else None
-        Hs, Cs, Gs = _layer_forward(cell, nonlin, XW, W_hh, p.get("b_hn" + s), h[k], ck, nt)
-        del XW
-        caches.append((Hs, Cs, Gs))
-        hT[k] = Hs[T - 1]
-        if cT is not None:
-            cT[k] = Cs[T - 1]
-        inp = Hs.reshape(N, H)
-        if p_drop > 0 and k < L - 1:            # inverted dropout between layers
-            masks.append(_params.dropout_mask(seed, k, T, row_offset, B, H, p_drop, dtype)
-                         .reshape(N, H))
-            inp = inp * masks[k]
-    O = inp @ p["W_hq"]
-    O += p["b_q"]                               # logits, time-major (N, V)
-    if Yt is None:
-        return O.reshape(T, B, V).transpose(1, 0, 2).copy(), hT, cT
-    # softmax cross-entropy, averaged over the N predictions
-    O -= O.max(axis=1, keepdims=True)
-    np.exp(O, out=O)
-    O /= O.sum(axis=1, keepdims=True)           # softmax probabilities P
-    rows = np.arange(N)
-    Yi = Yt.astype(np.intp)
-    loss = -float(np.log(O[rows, Yi].astype(np.float64)).mean())
-    dO = O
-    dO[rows, Yi] -= 1                           # dL/dO = P - onehot ...
-    dO /= N                                     # ... averaged
-    np.matmul(inp.T, dO, out=g["W_hq"])
-    g["b_q"][...] = dO.sum(axis=0)
-    dInp = (dO @ p["W_hq"].T).reshape(T, B, H)  # dL/dH_t of the top layer
-    del dO, O, inp
-    dh0 = np.empty((L, B, H), dtype)
-    dc0 = np.empty((L, B, H), dtype) if c is not None else None
-    for k in reversed(range(L)):
-        s = "" if k == 0 else f"_l{k}"
-        W_xh, W_hh = p["W_xh" + s], p["W_hh" + s]
-        Hs, Cs, Gs = caches[k]
-        ck = c[k] if c is not None else None
-        dA, dAn, dh0[k], dck = _layer_backward(cell, nonlin, dInp, Hs, Cs, Gs, h[k], ck,
-                                               W_hh, nt)
-        if dc0 is not None:
-            dc0[k] = dck
-        GH = dA.shape[2]
-        dA2 = dA.reshape(N, GH)
-        # whole-sequence weight gradients: dW_hh = H_prev^T dA_rec
-        Hprev = np.empty((T, B, H), dtype)
-        Hprev[0] = h[k]
-        Hprev[1:] = Hs[:-1]
-        Hprev = Hprev.reshape(N, H)
-        if dAn is None:
-            np.matmul(Hprev.T, dA2, out=g["W_hh" + s])
-        else:                                   # GRU: the n block reads dL/dhn
-            g["W_hh" + s][:, :2 * H] = Hprev.T @ dA2[:, :2 * H]
-            g["W_hh" + s][:, 2 * H:] = Hprev.T @ dAn.reshape(N, H)
-            g["b_hn" + s][...] = dAn.reshape(N, H).sum(axis=0)
-        del Hprev
-        caches[k] = None                        # free the layer's activations before
-        del Hs, Cs, Gs                          # the input-gradient work below
-        g["b_h" + s][...] = dA2.sum(axis=0)
-        x = inputs[k]
-        if x.ndim == 2 and x.dtype == np.int32:  # token ids (T, B): scatter-add rows
-            _scatter_rows(g["W_xh" + s], x.reshape(N), dA2)
-        else:
-            np.matmul(x.T, dA2, out=g["W_xh" + s])
-        inputs[k] = x = None
-        if k > 0:
-            dInp = (dA2 @ W_xh.T)               # dL/d(input of layer k), (N, H)
-            if masks:
-                dInp *= masks[k - 1]            # through the dropout below
-            dInp = dInp.reshape(T, B, H)
     if "h0" in g:
         g["h0"][...] = dh0.reshape(g["h0"].shape)
     if dc0 is not None:
