@@ -110,7 +110,7 @@ FASTRNN_A512 static void fastrnn_tanh_f32_avx512(const float *restrict z, float 
 
 /* fastrnn_softmax_xent_f32 for AVX-512: rows of V logits become
  * (softmax(o) - onehot(y)) * scale; returns the summed log(sum exp(o - max)) -
- * (o_y - max). Rows go in blocks of 16, in passes over the block (so that the
+ * (o_y - max) (and, when rowloss is not NULL, stores each row's term there). Rows go in blocks of 16, in passes over the block (so that the
  * long dependency chains of different rows overlap): each row's max; exp(o - max)
  * in place; each row's sum; log of the 16 sums and scale / sum across the rows;
  * then each row scaled, the target's "- scale" applied in the vector holding it.
@@ -121,7 +121,8 @@ FASTRNN_A512 static void fastrnn_tanh_f32_avx512(const float *restrict z, float 
 FASTRNN_A512 static double fastrnn_softmax_xent_f32_avx512(float *restrict O,
                                                            const int32_t *restrict Y,
                                                            ptrdiff_t n, ptrdiff_t V,
-                                                           float scale) {
+                                                           float scale,
+                                                           double *restrict rowloss) {
     const __m512 ninf = _mm512_set1_ps(-INFINITY);
     const __m512 sc = _mm512_set1_ps(scale);
     const ptrdiff_t nfull = V / 16, tl = V - 16;
@@ -167,6 +168,11 @@ FASTRNN_A512 static double fastrnn_softmax_xent_f32_avx512(float *restrict O,
         __m512 s = _mm512_mask_loadu_ps(_mm512_set1_ps(1.0f), rk, sums);
         __m512 l = _mm512_maskz_sub_ps(rk, fastrnn_log512_pos(s),
                                        _mm512_maskz_loadu_ps(rk, lys));
+        if (rowloss) {   /* each row's loss as the n = 1 call would return it */
+            float ls[16];
+            _mm512_storeu_ps(ls, l);
+            for (int i = 0; i < nr; i++) rowloss[r0 + i] = (double)ls[i];
+        }
         tot = _mm512_add_pd(tot, _mm512_cvtps_pd(_mm512_castps512_ps256(l)));
         tot = _mm512_add_pd(tot, _mm512_cvtps_pd(
             _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(l), 1))));

@@ -127,13 +127,13 @@ static double fastrnn_exp_shift_f64(double *restrict o, double m, ptrdiff_t n) {
 
 /* Softmax cross-entropy over n rows of V logits, in place: each row becomes
  * (softmax(o) - onehot(y)) * scale, and the summed loss log(sum exp(o - max)) -
- * (o_y - max) is returned. One compiled loop over the rows (the max and the
+ * (o_y - max) is returned (each row's term also stored in rowloss unless it is NULL). One compiled loop over the rows (the max and the
  * normalisation vectorise; the max over 16 lanes, exact whatever the order; the
  * normalisation multiplies by scale / sum, rounded once). */
 #define FASTRNN_DEFINE_SOFTMAX_XENT(NAME, T, EXPSHIFT, ATTRS)                            \
 ATTRS                                                                                    \
 static double NAME(T *restrict O, const int32_t *restrict Y, ptrdiff_t n, ptrdiff_t V,   \
-                   T scale) {                                                            \
+                   T scale, double *restrict rowloss) {                                  \
     double total = 0.0;                                                                  \
     for (ptrdiff_t r = 0; r < n; r++) {                                                  \
         T *o = O + r * V;                                                                \
@@ -152,7 +152,9 @@ static double NAME(T *restrict O, const int32_t *restrict Y, ptrdiff_t n, ptrdif
         for (int l = 1; l < 8; l++) m = mx[l] > m ? mx[l] : m;                           \
         T ly = o[Y[r]] - m;                                                              \
         double s = EXPSHIFT(o, m, V);                                                    \
-        total += log(s) - (double)ly;                                                    \
+        double lr = log(s) - (double)ly;                                                 \
+        total += lr;                                                                     \
+        if (rowloss) rowloss[r] = lr;                                                    \
         T f = (T)((double)scale / s);                                                    \
         if (V > 16 && V % 16) {  /* the tail as the row's last 16, scaled before any  */ \
             T t[16];             /* store: overlapped values come out the same        */ \
@@ -378,12 +380,13 @@ static void fastrnn_tanh_f32(const float *restrict z, float *restrict h, ptrdiff
 }
 
 static double fastrnn_softmax_xent_f32(float *restrict O, const int32_t *restrict Y,
-                                       ptrdiff_t n, ptrdiff_t V, float scale) {
+                                       ptrdiff_t n, ptrdiff_t V, float scale,
+                                       double *restrict rowloss) {
 #ifdef FASTRNN_PG_X86
     if (fastrnn_pgemm_level() == 2)
-        return fastrnn_softmax_xent_f32_avx512(O, Y, n, V, scale);
+        return fastrnn_softmax_xent_f32_avx512(O, Y, n, V, scale, rowloss);
 #endif
-    return fastrnn_softmax_xent_f32_any(O, Y, n, V, scale);
+    return fastrnn_softmax_xent_f32_any(O, Y, n, V, scale, rowloss);
 }
 
 #endif

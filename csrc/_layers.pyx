@@ -1337,7 +1337,11 @@ cdef inline Py_ssize_t _blk_count(Py_ssize_t n) noexcept nogil:
 # width. Measured on one core (Intel Xeon AVX-512, layer_weight_grads alone):
 # lstm-medium 21.1 ms with blocks of 256, 19.7 with 512, 19.3 with one block of 1024;
 # lstm-charrnn's dense layer 91.5 / 86.1 / 83.7. 512 keeps two blocks (two threads'
-# work) for a 1024-column gradient.
+# work) for a 1024-column gradient. With fewer than 4 blocks in all, the sum over the
+# T*B rows is cut in pieces too (_wgrad_ksplit), so that two threads share the work:
+# before, an Elman gradient of H <= 512 (one block) ran on one thread, and GRU
+# H = 256's blocks of 512 and 256 columns split the work 2:1 (two threads, Xeon
+# AVX-512: Elman H = 256 4.26 -> 2.28 ms, GRU 8.8 -> 6.7 ms).
 cdef inline Py_ssize_t _wblk_width(Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t w = ((n + 7) // 8 + 63) // 64 * 64
     return w if w > 512 else 512
@@ -1572,17 +1576,16 @@ cdef void _head_chunk(const floating* Hh, const floating* Wp, const floating* b_
                       const int32_t* Y, floating* O, double* rowloss, Py_ssize_t N,
                       Py_ssize_t H, Py_ssize_t V, floating scale, int c,
                       int nc) noexcept nogil:
-    cdef Py_ssize_t i0, i1, r
+    cdef Py_ssize_t i0, i1
     cdef fastrnn_fpmode_t mode = fastrnn_ftz_on()
     _chunk(N, nc, c, &i0, &i1)
     if i1 > i0:
         _pgemm(i1 - i0, V, H, Hh + i0 * H, H, Wp, O + i0 * V, V, 0, b_q)
-        if Y != NULL:
-            for r in range(i0, i1):             # row by row: each row's loss apart
-                if floating is float:
-                    rowloss[r] = fastrnn_softmax_xent_f32(O + r * V, Y + r, 1, V, scale)
-                else:
-                    rowloss[r] = fastrnn_softmax_xent_f64(O + r * V, Y + r, 1, V, scale)
+        if Y != NULL:                           # each row's loss apart (summed in
+            if floating is float:               # order by the caller)
+                fastrnn_softmax_xent_f32(O + i0 * V, Y + i0, i1 - i0, V, scale, rowloss + i0)
+            else:
+                fastrnn_softmax_xent_f64(O + i0 * V, Y + i0, i1 - i0, V, scale, rowloss + i0)
     fastrnn_fp_restore(mode)
 
 
@@ -1728,62 +1731,124 @@ def layer_weight_grads(int cell, h0, Hs, dA, dAn, ids, X, dW_xh, dW_hh, db_h, db
                    <double*>_addr(db_hn), T, B, H, D, num_threads)
 
 
-cdef void _wgrad_run(int cell, const floating* h0, const floating* Hs, const floating* dA,
-                     const floating* dAn, const int32_t* ids, const floating* X,
-                     floating* dW_xh, floating* dW_hh, floating* db_h, floating* db_hn,
-                     Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, Py_ssize_t D,
-                     int num_threads) noexcept nogil:
-    cdef Py_ssize_t GH = fastrnn_cell_gates(cell) * H, N = T * B
-    cdef double flops = 2.0 * N * H * GH * (1 if ids != NULL else 2)
-    cdef int nc = _threads_for(num_threads, flops, SEQ_MIN_FLOPS_PER_THREAD,
-                                 2 * _wblk_count(GH) + 1), c
-    for c in prange(nc, num_threads=nc, schedule='static'):
-        _wgrad_chunk(cell, h0, Hs, dA, dAn, ids, X, dW_xh, dW_hh, db_h, db_hn, T, B, H, D,
-                     c, nc)
+cdef inline Py_ssize_t _wgrad_ksplit(Py_ssize_t ncol, Py_ssize_t T, Py_ssize_t B) noexcept nogil:
+    """How many pieces of the time axis the weight-gradient products' sum over T*B rows
+    is cut into, from the shapes alone: enough for at least 4 products in all, so that
+    two (or three) threads get near-equal work even when the gradient has one or two
+    column blocks (Elman H <= 512; GRU and LSTM H = 256), and pieces of at least 256
+    rows. Each piece's product goes to its own buffer; the pieces are added in order."""
+    cdef Py_ssize_t nk = 1 if ncol >= 4 else (4 + ncol - 1) // ncol
+    if nk > T:
+        nk = T
+    if nk > (T * B) // 256:
+        nk = (T * B) // 256
+    return nk if nk >= 1 else 1
 
 
-cdef void _wgrad_chunk(int cell, const floating* h0, const floating* Hs, const floating* dA,
-                       const floating* dAn, const int32_t* ids, const floating* X,
-                       floating* dW_xh, floating* dW_hh, floating* db_h, floating* db_hn,
-                       Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, Py_ssize_t D, int c,
-                       int nc) noexcept nogil:
+cdef int _wgrad_run(int cell, const floating* h0, const floating* Hs, const floating* dA,
+                    const floating* dAn, const int32_t* ids, const floating* X,
+                    floating* dW_xh, floating* dW_hh, floating* db_h, floating* db_hn,
+                    Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, Py_ssize_t D,
+                    int num_threads) except -1:
+    """The products are a list of items (column block, piece of the time axis), fixed
+    by the shapes: threads take them as they come free (each item's BLAS call and its
+    rounding are the same whichever thread runs it). Pieces after the first write to
+    scratch copies of dW_hh (and of a dense dW_xh); a second region adds them in order
+    and does the bias sums (and the ids' scatter-add into dW_xh) by columns."""
     cdef Py_ssize_t G = fastrnn_cell_gates(cell), GH = G * H, N = T * B
-    cdef Py_ssize_t Gr = 2 if cell == FASTRNN_CELL_GRU else G, i0, i1, blk
+    cdef Py_ssize_t Gr = 2 if cell == FASTRNN_CELL_GRU else G
+    cdef Py_ssize_t ncol = (_wblk_count(Gr * H) + (_wblk_count(H) if Gr != G else 0)
+                            + (_wblk_count(GH) if ids == NULL else 0))
+    cdef Py_ssize_t nk = _wgrad_ksplit(ncol, T, B), nitems = ncol * nk, item
+    cdef Py_ssize_t per = H * GH + (D * GH if ids == NULL else 0)
+    cdef double flops = 2.0 * N * H * GH * (1 if ids != NULL else 2)
+    cdef int nc = _threads_for(num_threads, flops, SEQ_MIN_FLOPS_PER_THREAD, nitems), c
+    cdef floating* scratch = _alloc((nk - 1) * per, <floating>0) if nk > 1 else NULL
+    try:
+        with nogil:
+            for item in prange(nitems, num_threads=nc, schedule='dynamic'):
+                _wgrad_item(cell, h0, Hs, dA, dAn, X, dW_xh, dW_hh, scratch, T, B, H, D,
+                            item // nk, item % nk, nk)
+            for c in prange(nc, num_threads=nc, schedule='static'):
+                _wgrad_sums(cell, dA, dAn, ids, dW_xh, dW_hh, db_h, db_hn, scratch, T, B,
+                            H, D, nk, c, nc)
+    finally:
+        free(scratch)
+    return 0
+
+
+cdef void _wgrad_item(int cell, const floating* h0, const floating* Hs, const floating* dA,
+                      const floating* dAn, const floating* X, floating* dW_xh,
+                      floating* dW_hh, floating* scratch, Py_ssize_t T, Py_ssize_t B,
+                      Py_ssize_t H, Py_ssize_t D, Py_ssize_t j, Py_ssize_t k,
+                      Py_ssize_t nk) noexcept nogil:
+    """Column block j, steps [t0, t1) of piece k: dW_hh (+)= H_prev^T dA_rec, GRU's n
+    block from dAn; or, for a dense input, dW_xh = X^T dA. One-thread BLAS (the caller
+    holds BLAS at one thread): at lstm-medium's shapes (4096 rows, 256 x 1024) 17.5 ms
+    against _tngemm's 37 on one core."""
+    cdef Py_ssize_t G = fastrnn_cell_gates(cell), GH = G * H
+    cdef Py_ssize_t Gr = 2 if cell == FASTRNN_CELL_GRU else G
+    cdef Py_ssize_t n1 = _wblk_count(Gr * H)
+    cdef Py_ssize_t nn = _wblk_count(H) if cell == FASTRNN_CELL_GRU else 0
+    cdef Py_ssize_t t0 = T * k // nk, t1 = T * (k + 1) // nk, i0, i1, ld, off
+    cdef const floating* src
+    cdef floating* out_hh = dW_hh if k == 0 else scratch + (k - 1) * (H * GH + (
+        D * GH if X != NULL else 0))
+    cdef floating* out_xh = out_hh + H * GH if k > 0 else dW_xh
     cdef fastrnn_fpmode_t mode = fastrnn_ftz_on()
-    # dW_hh = h0^T dA_0 + Hs[:T-1]^T dA[1:] (rows in time order; GRU's n block from
-    # dAn) and, for a dense input, dW_xh = X^T dA: blocks of columns (_blk_width), by
-    # one-thread BLAS (the caller holds BLAS at one thread): at lstm-medium's shapes
-    # (4096 rows, 256 x 1024) 17.5 ms against _tngemm's 37 on one core
-    cdef Py_ssize_t w1 = _wblk_width(Gr * H), n1 = _wblk_count(Gr * H)
-    cdef Py_ssize_t wn = _wblk_width(H), nn = _wblk_count(H) if cell == FASTRNN_CELL_GRU else 0
-    cdef Py_ssize_t wd = _wblk_width(GH), nd = _wblk_count(GH) if ids == NULL else 0
-    blk = c
-    while blk < n1 + nn + nd:
-        if blk < n1:
-            i0 = blk * w1
-            i1 = min(Gr * H, i0 + w1)
+    if j < n1 + nn:
+        if j < n1:                                  # r, z (GRU) or every gate: from dA
+            i0 = j * _wblk_width(Gr * H)
+            i1 = min(Gr * H, i0 + _wblk_width(Gr * H))
+            src, ld, off = dA + i0, GH, i0
+        else:                                       # GRU's n block: from dAn
+            i0 = (j - n1) * _wblk_width(H)
+            i1 = min(H, i0 + _wblk_width(H))
+            src, ld, off = dAn + i0, H, 2 * H + i0
+        if t0 == 0:                                 # H_{-1} = h0, then Hs[0:t1-1]
             gemm(c'T', c'N', <int>H, <int>(i1 - i0), <int>B, <floating>1.0, h0, <int>H,
-                 dA + i0, <int>GH, <floating>0.0, dW_hh + i0, <int>GH)
-            if T > 1:
-                gemm(c'T', c'N', <int>H, <int>(i1 - i0), <int>((T - 1) * B), <floating>1.0,
-                     Hs, <int>H, dA + B * GH + i0, <int>GH, <floating>1.0, dW_hh + i0,
-                     <int>GH)
-        elif blk < n1 + nn:
-            i0 = (blk - n1) * wn
-            i1 = min(H, i0 + wn)
-            gemm(c'T', c'N', <int>H, <int>(i1 - i0), <int>B, <floating>1.0, h0, <int>H,
-                 dAn + i0, <int>H, <floating>0.0, dW_hh + 2 * H + i0, <int>GH)
-            if T > 1:
-                gemm(c'T', c'N', <int>H, <int>(i1 - i0), <int>((T - 1) * B), <floating>1.0,
-                     Hs, <int>H, dAn + B * H + i0, <int>H, <floating>1.0,
-                     dW_hh + 2 * H + i0, <int>GH)
+                 src, <int>ld, <floating>0.0, out_hh + off, <int>GH)
+            if t1 > 1:
+                gemm(c'T', c'N', <int>H, <int>(i1 - i0), <int>((t1 - 1) * B), <floating>1.0,
+                     Hs, <int>H, src + B * ld, <int>ld, <floating>1.0, out_hh + off, <int>GH)
         else:
-            i0 = (blk - n1 - nn) * wd
-            i1 = min(GH, i0 + wd)
-            gemm(c'T', c'N', <int>D, <int>(i1 - i0), <int>N, <floating>1.0, X, <int>D,
-                 dA + i0, <int>GH, <floating>0.0, dW_xh + i0, <int>GH)
-        blk += nc
-    # db_h columns [i0, i1), with the ids' scatter-add into dW_xh
+            gemm(c'T', c'N', <int>H, <int>(i1 - i0), <int>((t1 - t0) * B), <floating>1.0,
+                 Hs + (t0 - 1) * B * H, <int>H, src + t0 * B * ld, <int>ld, <floating>0.0,
+                 out_hh + off, <int>GH)
+    else:                                           # dense input: dW_xh = X^T dA
+        i0 = (j - n1 - nn) * _wblk_width(GH)
+        i1 = min(GH, i0 + _wblk_width(GH))
+        gemm(c'T', c'N', <int>D, <int>(i1 - i0), <int>((t1 - t0) * B), <floating>1.0,
+             X + t0 * B * D, <int>D, dA + t0 * B * GH + i0, <int>GH, <floating>0.0,
+             out_xh + i0, <int>GH)
+    fastrnn_fp_restore(mode)
+
+
+cdef void _wgrad_sums(int cell, const floating* dA, const floating* dAn, const int32_t* ids,
+                      floating* dW_xh, floating* dW_hh, floating* db_h, floating* db_hn,
+                      const floating* scratch, Py_ssize_t T, Py_ssize_t B, Py_ssize_t H,
+                      Py_ssize_t D, Py_ssize_t nk, int c, int nc) noexcept nogil:
+    """Chunk c of: the pieces' sums (dW_hh, a dense dW_xh: rows, pieces added in
+    order), db_h columns (with the ids' scatter-add into dW_xh) and GRU's db_hn."""
+    cdef Py_ssize_t GH = fastrnn_cell_gates(cell) * H, N = T * B, i0, i1, k, e
+    cdef Py_ssize_t per = H * GH + (D * GH if ids == NULL else 0)
+    cdef const floating* s
+    cdef floating* d
+    cdef fastrnn_fpmode_t mode = fastrnn_ftz_on()
+    if nk > 1:
+        _chunk(H * GH, nc, c, &i0, &i1)
+        d = dW_hh
+        for k in range(1, nk):
+            s = scratch + (k - 1) * per
+            for e in range(i0, i1):
+                d[e] = d[e] + s[e]
+        if ids == NULL:
+            _chunk(D * GH, nc, c, &i0, &i1)
+            d = dW_xh
+            for k in range(1, nk):
+                s = scratch + (k - 1) * per + H * GH
+                for e in range(i0, i1):
+                    d[e] = d[e] + s[e]
     _chunk(GH, nc, c, &i0, &i1)
     if floating is float:
         fastrnn_bias_scatter_f32(dA, N, GH, i0, i1, db_h, ids, dW_xh, D, 0)

@@ -257,9 +257,9 @@ cdef double _output_rows(
              W_hq, <int>V, <floating>1.0, O, <int>V)
     if Y != NULL:
         if floating is float:
-            total = fastrnn_softmax_xent_f32(O, Y, n, V, scale)
+            total = fastrnn_softmax_xent_f32(O, Y, n, V, scale, NULL)
         else:
-            total = fastrnn_softmax_xent_f64(O, Y, n, V, scale)
+            total = fastrnn_softmax_xent_f64(O, Y, n, V, scale, NULL)
     fastrnn_fp_restore(mode)
     return total
 

@@ -11,9 +11,9 @@ cdef extern from "_elementwise.h" nogil:
     void fastrnn_dtanh_f64(double* dz, const double* dh, const double* h,
                            Py_ssize_t n) noexcept
     double fastrnn_softmax_xent_f32(float* O, const int32_t* Y, Py_ssize_t n, Py_ssize_t V,
-                                    float scale) noexcept
+                                    float scale, double* rowloss) noexcept
     double fastrnn_softmax_xent_f64(double* O, const int32_t* Y, Py_ssize_t n, Py_ssize_t V,
-                                    double scale) noexcept
+                                    double scale, double* rowloss) noexcept
     void fastrnn_bias_scatter_f32(const float* dZ, Py_ssize_t N, Py_ssize_t ld,
                                   Py_ssize_t j0, Py_ssize_t j1, float* db,
                                   const int32_t* ids, float* dW, Py_ssize_t D,

@@ -766,11 +766,15 @@ SEQ_SHAPES = [(1, 1, 1, 1), (3, 5, 7, 4), (2, 9, 33, 11), (4, 3, 70, 29), (16, 3
 
 
 @pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
-@pytest.mark.parametrize("T,B,H,V", SEQ_SHAPES + [(2, 5, 300, 7)])
+@pytest.mark.parametrize("T,B,H,V", SEQ_SHAPES + [(2, 5, 300, 7), (3, 300, 40, 9),
+                                                  (37, 29, 96, 13)])
 @pytest.mark.parametrize("dense", [False, True])
 def test_layer_weight_grads(cell, T, B, H, V, dense):
     """(2, 5, 300, 7): several column blocks of at least 512 (lstm's 1200 columns in
-    three, gru's r, z columns in two), taken by different threads."""
+    three, gru's r, z columns in two), taken by different threads. With fewer than 4
+    column blocks, the sum over T*B rows is cut into pieces of the time axis (at least
+    256 rows each) added in order: (16, 32, 128, 65) in 2, (3, 300, 40, 9) in 3 pieces
+    of one step each, (37, 29, 96, 13) in 4 (rnn) or 2 uneven ones."""
     rng = np.random.default_rng(T * 1000 + B * 100 + H)
     cid = {"rnn": L.CELL_RNN, "gru": L.CELL_GRU, "lstm": L.CELL_LSTM}[cell]
     G = L.gate_count(cid)
