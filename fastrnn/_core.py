@@ -306,7 +306,8 @@ def _check_elman_params(params, check_finite):
             raise ValueError(f"params[{k!r}] has shape {p[k].shape}, expected {expect[k]} "
                              f"(D={D}, H={H}, V={V} from W_xh {(D, H)} and W_hq "
                              f"{p['W_hq'].shape})")
-    for name, n in (("D (input size)", D), ("H (hidden size)", H), ("V (output size)", V)):
+    for name, n in (("D (input size, W_xh.shape[0])", D), ("H (hidden size, W_hh.shape[0])", H),
+                    ("V (output size, W_hq.shape[1])", V)):
         if n < 1:
             raise ValueError(f"{name} must be >= 1, got {n}")
     if check_finite:

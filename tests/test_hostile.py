@@ -388,6 +388,27 @@ def assert_names(excinfo, names):
         f"{type(excinfo.value).__name__}({msg!r}) does not name any of {names}")
 
 
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+@pytest.mark.parametrize("name,shape_fn", [
+    ("W_xh", lambda p: (0, p["W_xh"].shape[1])),
+    ("W_hq", lambda p: (p["W_hq"].shape[0], 0)),
+])
+def test_zero_size_parameter_is_named(cell, name, shape_fn):
+    """A parameter with a zero dimension (found by the property test above: an Elman
+    W_xh of shape (0, H) got "D (input size) must be >= 1", naming no parameter)."""
+    kw = {} if cell == "rnn" else {"cell": cell}
+    p = fastrnn.init_params(D, H, V, seed=0, **kw)
+    p[name] = np.zeros(shape_fn(p), p[name].dtype)
+    if name == "W_hq":
+        p["b_q"] = np.zeros(0, p["b_q"].dtype)
+    X = np.zeros((B, T), np.int64)
+    for call in (lambda: fastrnn.loss_and_grad(p, X, X, **kw),
+                 lambda: fastrnn.forward(p, X, **kw)):
+        with pytest.raises(ValueError) as excinfo:
+            call()
+        assert_names(excinfo, (name,))
+
+
 @SETTINGS
 @given(hostile_calls())
 def test_hostile_argument_raises_clean_error_naming_it(case):
