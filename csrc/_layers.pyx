@@ -48,7 +48,7 @@ from _omp cimport fastrnn_omp_thread_id
 from _steps cimport (fastrnn_steps_t, fastrnn_steps_init, fastrnn_steps_claim,
                     fastrnn_steps_done, fastrnn_steps_next, fastrnn_steps_wait,
                     fastrnn_split_point)
-from _rowops cimport (_pack_width, _packed_size, _pack, _pgemm, _vecmat, _vecmatT,
+from _rowops cimport (_pack_width, _packed_size, _pack, _pgemm, _tngemm, _vecmat, _vecmatT,
                      fastrnn_pgemm_level, fastrnn_gather_f32, fastrnn_gather_f64)
 
 
@@ -1777,15 +1777,45 @@ cdef int _wgrad_run(int cell, const floating* h0, const floating* Hs, const floa
     return 0
 
 
+# Weight-gradient products C = A^T B with at most this many rows of C (A's columns:
+# H, or D for a dense input) run on _tngemm, which reads A and B in place; above, on
+# BLAS, which packs A (a transposing copy of all K rows, for every column block: at
+# H = 32 OpenBLAS spent as long packing as multiplying). layer_weight_grads, BLAS vs
+# _tngemm, Xeon AVX-512 1 / 2 threads:
+# lstm H=32 B=1024 T=32 5.26 / 4.63 and 3.39 / 3.09 ms; gru H=32 4.63 / 3.82 and
+# 2.47 / 2.00; lstm H=64 B=512 7.12 / 7.28 and 3.63 / 2.89; lstm H=128 11.0 / 14.8;
+# lstm H=256 20.1 / 49.0. Only the shapes choose, so results stay the same for any
+# thread count.
+cdef Py_ssize_t WGRAD_TN_MAX_M = 64
+
+
+def _set_wgrad_tn_max_m(Py_ssize_t m):
+    """Test/bench hook: the WGRAD_TN_MAX_M above; returns the old value."""
+    global WGRAD_TN_MAX_M
+    old = WGRAD_TN_MAX_M
+    WGRAD_TN_MAX_M = m
+    return old
+
+
+cdef inline void _tn(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating* A,
+                     Py_ssize_t lda, const floating* B, Py_ssize_t ldb, bint acc,
+                     floating* C, Py_ssize_t ldc) noexcept nogil:
+    """C(M, N) (+)= A^T B, A (K, M), B (K, N) row-major."""
+    if _LEVEL >= 1 and M <= WGRAD_TN_MAX_M:
+        _tngemm(M, N, K, A, lda, B, ldb, C, ldc, acc)
+    else:
+        gemm(c'T', c'N', <int>M, <int>N, <int>K, <floating>1.0, A, <int>lda, B, <int>ldb,
+             <floating>(1.0 if acc else 0.0), C, <int>ldc)
+
+
 cdef void _wgrad_item(int cell, const floating* h0, const floating* Hs, const floating* dA,
                       const floating* dAn, const floating* X, floating* dW_xh,
                       floating* dW_hh, floating* scratch, Py_ssize_t T, Py_ssize_t B,
                       Py_ssize_t H, Py_ssize_t D, Py_ssize_t j, Py_ssize_t k,
                       Py_ssize_t nk) noexcept nogil:
     """Column block j, steps [t0, t1) of piece k: dW_hh (+)= H_prev^T dA_rec, GRU's n
-    block from dAn; or, for a dense input, dW_xh = X^T dA. One-thread BLAS (the caller
-    holds BLAS at one thread): at lstm-medium's shapes (4096 rows, 256 x 1024) 17.5 ms
-    against _tngemm's 37 on one core."""
+    block from dAn; or, for a dense input, dW_xh = X^T dA. Each product is _tn's: BLAS
+    (held at one thread by the caller) or, for at most WGRAD_TN_MAX_M rows, _tngemm."""
     cdef Py_ssize_t G = fastrnn_cell_gates(cell), GH = G * H
     cdef Py_ssize_t Gr = 2 if cell == FASTRNN_CELL_GRU else G
     cdef Py_ssize_t n1 = _wblk_count(Gr * H)
@@ -1806,21 +1836,17 @@ cdef void _wgrad_item(int cell, const floating* h0, const floating* Hs, const fl
             i1 = min(H, i0 + _wblk_width(H))
             src, ld, off = dAn + i0, H, 2 * H + i0
         if t0 == 0:                                 # H_{-1} = h0, then Hs[0:t1-1]
-            gemm(c'T', c'N', <int>H, <int>(i1 - i0), <int>B, <floating>1.0, h0, <int>H,
-                 src, <int>ld, <floating>0.0, out_hh + off, <int>GH)
+            _tn(H, i1 - i0, B, h0, H, src, ld, False, out_hh + off, GH)
             if t1 > 1:
-                gemm(c'T', c'N', <int>H, <int>(i1 - i0), <int>((t1 - 1) * B), <floating>1.0,
-                     Hs, <int>H, src + B * ld, <int>ld, <floating>1.0, out_hh + off, <int>GH)
+                _tn(H, i1 - i0, (t1 - 1) * B, Hs, H, src + B * ld, ld, True, out_hh + off, GH)
         else:
-            gemm(c'T', c'N', <int>H, <int>(i1 - i0), <int>((t1 - t0) * B), <floating>1.0,
-                 Hs + (t0 - 1) * B * H, <int>H, src + t0 * B * ld, <int>ld, <floating>0.0,
-                 out_hh + off, <int>GH)
+            _tn(H, i1 - i0, (t1 - t0) * B, Hs + (t0 - 1) * B * H, H, src + t0 * B * ld, ld,
+                False, out_hh + off, GH)
     else:                                           # dense input: dW_xh = X^T dA
         i0 = (j - n1 - nn) * _wblk_width(GH)
         i1 = min(GH, i0 + _wblk_width(GH))
-        gemm(c'T', c'N', <int>D, <int>(i1 - i0), <int>((t1 - t0) * B), <floating>1.0,
-             X + t0 * B * D, <int>D, dA + t0 * B * GH + i0, <int>GH, <floating>0.0,
-             out_xh + i0, <int>GH)
+        _tn(D, i1 - i0, (t1 - t0) * B, X + t0 * B * D, D, dA + t0 * B * GH + i0, GH, False,
+            out_xh + i0, GH)
     fastrnn_fp_restore(mode)
 
 
