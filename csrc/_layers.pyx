@@ -1591,7 +1591,8 @@ cdef void _head_chunk(const floating* Hh, const floating* Wp, const floating* b_
 
 def head_backward(Hh, dO, W_hq, dW_hq, db_q, dH, int num_threads):
     """Gradients through the output head: dW_hq = Hh^T dO, db_q = column sums of dO,
-    dH = dO W_hq^T.
+    dH = dO W_hq^T. For H > HEAD_TN_MAX_H (512) dW_hq calls BLAS from each thread: the
+    caller limits BLAS to one thread (fastrnn._core.blas_single_thread).
 
     Hh (N, H), dO (N, V), W_hq (H, V) in; dW_hq (H, V), db_q (V,), dH (N, H) out."""
     dt = _float_dtype("Hh", Hh)
@@ -1640,17 +1641,32 @@ cdef int _head_back_run(const floating* Hh, const floating* dO, const floating* 
     return 0
 
 
+# dW_hq = Hh^T dO runs on _tngemm up to this H (as fastrnn._rnn's TNGEMM_MAX_H), on
+# one-thread BLAS in blocks of 256 rows above it. head_backward alone, one thread,
+# Xeon AVX-512, two alternating runs each: 4096 rows, H 1024, V 96 (Elman large)
+# 23.2 / 27.6 ms -> 16.5 / 23.8 ms; V 65 (lstm-large) 21.3 / 22.6 -> 13.3 / 18.3.
+cdef Py_ssize_t HEAD_TN_MAX_H = 512
+
+
 cdef void _head_back_chunk(const floating* Hh, const floating* dO, const floating* WpT,
                            floating* dW_hq, floating* db_q, floating* dH, Py_ssize_t N,
                            Py_ssize_t H, Py_ssize_t V, int c, int nc) noexcept nogil:
-    cdef Py_ssize_t i0, i1
+    cdef Py_ssize_t i0, i1, b
     cdef fastrnn_fpmode_t mode = fastrnn_ftz_on()
     _chunk(N, nc, c, &i0, &i1)           # dH rows
     if i1 > i0:
         _pgemm(i1 - i0, H, V, dO + i0 * V, V, WpT, dH + i0 * H, H, 0, NULL)
-    _chunk(H, nc, c, &i0, &i1)           # dW_hq rows
-    if i1 > i0:
-        _tngemm(i1 - i0, V, N, Hh + i0, H, dO, V, dW_hq + i0 * V, V, 0)
+    if _LEVEL >= 1 and H <= HEAD_TN_MAX_H:
+        _chunk(H, nc, c, &i0, &i1)       # dW_hq rows: _tngemm, any split
+        if i1 > i0:
+            _tngemm(i1 - i0, V, N, Hh + i0, H, dO, V, dW_hq + i0 * V, V, 0)
+    else:                                # BLAS in row blocks fixed by the shapes
+        b = c
+        while b * 256 < H:
+            i0 = b * 256
+            i1 = min(H, i0 + 256)
+            _tn(i1 - i0, V, N, Hh + i0, H, dO, V, False, dW_hq + i0 * V, V, 0)
+            b += nc
     _chunk(V, nc, c, &i0, &i1)           # db_q columns
     if floating is float:
         fastrnn_bias_scatter_f32(dO, N, V, i0, i1, db_q, NULL, NULL, 0, 0)
@@ -1799,9 +1815,12 @@ def _set_wgrad_tn_max_m(Py_ssize_t m):
 
 cdef inline void _tn(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating* A,
                      Py_ssize_t lda, const floating* B, Py_ssize_t ldb, bint acc,
-                     floating* C, Py_ssize_t ldc) noexcept nogil:
-    """C(M, N) (+)= A^T B, A (K, M), B (K, N) row-major."""
-    if _LEVEL >= 1 and M <= WGRAD_TN_MAX_M:
+                     floating* C, Py_ssize_t ldc, Py_ssize_t max_m=-1) noexcept nogil:
+    """C(M, N) (+)= A^T B, A (K, M), B (K, N) row-major: _tngemm when M <= max_m
+    (default WGRAD_TN_MAX_M), else one-thread BLAS."""
+    if max_m < 0:
+        max_m = WGRAD_TN_MAX_M
+    if _LEVEL >= 1 and M <= max_m:
         _tngemm(M, N, K, A, lda, B, ldb, C, ldc, acc)
     else:
         gemm(c'T', c'N', <int>M, <int>N, <int>K, <floating>1.0, A, <int>lda, B, <int>ldb,

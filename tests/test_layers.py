@@ -813,9 +813,11 @@ def test_layer_weight_grads(cell, T, B, H, V, dense):
                 assert np.array_equal(a, b)
 
 
-@pytest.mark.parametrize("T,B,H,V", SEQ_SHAPES)
+@pytest.mark.parametrize("T,B,H,V", SEQ_SHAPES + [(2, 9, 600, 11)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_head_and_products(T, B, H, V, dtype):
+    """(2, 9, 600, 11): H > 512, where head_backward's dW_hq runs on BLAS in blocks of
+    256 rows (three, shared among the threads)."""
     rng = np.random.default_rng(V * 7 + H)
     N = T * B
     tol = 1e-5 if dtype == np.float32 else 1e-12
