@@ -209,8 +209,9 @@ ATTR static void NAME(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T *restrict A
  * weight gradients (K = T*B rows). The same micro-kernel walks k, broadcasting
  * A[k, i0..i0+MR) and loading B[k, j0..j0+NR). A panel that runs past N reads
  * the next row's values into lanes that are never stored (lanes are independent),
- * as long as the read stays inside B; the last rows, where it would not, are
- * copied through a small buffer. */
+ * as long as the read ends by B's last value B[K-1, N-1]; the last rows, where it
+ * would not, are copied through a small buffer. (B may be a column block of a
+ * wider matrix, ldb > N: the reads never pass its last row's N values.) */
 #define FASTRNN_DEFINE_TNGEMM(NAME, T, VT, VW, MR, ATTR, LOADN, STOREN)                 \
 ATTR static void NAME(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T *restrict A,       \
                       ptrdiff_t lda, const T *restrict B, ptrdiff_t ldb, T *restrict C,  \
@@ -221,8 +222,11 @@ ATTR static void NAME(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const T *restrict A
         int acc_in = accumulate || k0 > 0;                                               \
         for (ptrdiff_t j0 = 0; j0 < N; j0 += NR) {                                       \
             ptrdiff_t w = N - j0 < NR ? N - j0 : NR;                                     \
-            /* rows k (global) whose NR-wide read from B[k, j0] stays inside B */        \
-            ptrdiff_t kfull = (K * ldb - j0 - NR) >= 0 ? (K * ldb - j0 - NR) / ldb + 1 : 0; \
+            /* rows k (global) whose NR-wide read from B[k, j0] ends by B's last value,  \
+             * B[K-1, N-1] (B may be a column block of a wider matrix: past that value \
+             * there may be nothing)                                                    */ \
+            const ptrdiff_t kend_ = (K - 1) * ldb + N;                                   \
+            ptrdiff_t kfull = (kend_ - j0 - NR) >= 0 ? (kend_ - j0 - NR) / ldb + 1 : 0;   \
             ptrdiff_t kend = kfull - k0 < kc ? (kfull - k0 > 0 ? kfull - k0 : 0) : kc;   \
             const T *bp = B + k0 * ldb + j0;                                             \
             for (ptrdiff_t i0 = 0; i0 < M; i0 += (MR)) {                                 \
