@@ -122,10 +122,20 @@ EOF
         echo "$selfcheck" | tail -20
         exit 1
     fi
+    # log_path: the reports go to files as well as stderr. pytest captures a test's
+    # stderr and loses it when the process aborts, so a report from inside a test
+    # showed up only as "Fatal Python error: Aborted".
+    rm -f "$root"/asan-report.*
     run_tests "$root/asan" asan \
         LD_PRELOAD="$libasan" \
-        ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1:max_allocation_size_mb=8192:hard_rss_limit_mb=12288:halt_on_error=1:abort_on_error=1:detect_stack_use_after_return=1:strict_string_checks=1 \
-        UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+        ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1:max_allocation_size_mb=8192:hard_rss_limit_mb=12288:halt_on_error=1:abort_on_error=1:detect_stack_use_after_return=1:strict_string_checks=1:log_path="$root/asan-report" \
+        UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:log_path="$root/asan-report" \
         PYTHONFAULTHANDLER=1 PYTHONMALLOC=malloc || status=1
+    for f in "$root"/asan-report.*; do
+        [ -e "$f" ] || continue
+        echo "!! asan: sanitizer report in $f:"
+        head -30 "$f"
+        status=1
+    done
 fi
 exit $status
