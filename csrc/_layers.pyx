@@ -229,6 +229,8 @@ cdef void _backward_chunk(
         floating* dh0,             # OUT (B, H): the carried dL/dh_{t-1}, dL/dh0 at the end
         floating* dc0,             # OUT (B, H): LSTM's carried dL/dc_{t-1}, else NULL
         floating* wk,              # WORK (H,) this thread's
+        floating* wda,             # WORK (G*H,) this thread's, with inplace
+        bint inplace,              # LSTM: dA is Gs (each row's dA after its cache is read)
         Py_ssize_t T, Py_ssize_t B, Py_ssize_t H,
         Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
     """Steps T-1 down to 0 of BPTT for batch rows [b0, b1) (B >= 2; one sequence:
@@ -267,9 +269,12 @@ cdef void _backward_chunk(
                       (Cs + (t * B + b0 + r) * H) if Cs != NULL else NULL,
                       (cp + r * H) if cp != NULL else NULL,
                       (Gs + (t * B + b0 + r) * CW) if Gs != NULL else NULL,
-                      (dcc + r * H) if dcc != NULL else NULL, da + r * GH,
+                      (dcc + r * H) if dcc != NULL else NULL,
+                      wda if inplace else da + r * GH,
                       (dAn + (t * B + b0 + r) * H) if dAn != NULL else NULL,
                       dhc + r * H, wk)
+            if inplace:                     # the row's cache has been read: overwrite
+                memcpy(da + r * GH, wda, GH * sizeof(floating))
         # dL/dh_{t-1} = dA_rec_t W_hh^T (+ dh_t * z_t for GRU, left in dhc above)
         if cell == FASTRNN_CELL_GRU:
             _pgemm(nb, H, 2 * H, da, GH, WpT, dhc, H, 1, NULL)
@@ -391,12 +396,14 @@ cdef void _backward_part(
         floating* dc,              # OUT (H,) LSTM carried dL/dc_t; dL/dc0 at the end
         floating* wrec,            # WORK (2, G*H) GRU: dA_rec of the last two stages
         floating* wk,              # WORK (2H,) this thread's
+        floating* wda,             # WORK (G*H,) this thread's, with inplace
+        bint inplace,              # LSTM: dA is Gs
         Py_ssize_t s, Py_ssize_t T, Py_ssize_t H, Py_ssize_t i0,
         Py_ssize_t i1) noexcept nogil:
     """Units [i0, i1) of stage s of one sequence's BPTT: stage s takes t = T-1-s,
     forms dL/dh_t[i0:i1] (the recurrent part: W_hh[i0:i1] dA_rec_{t+1}, which needs
     every unit of stage s-1), then dA_t of those units. Stage T leaves dL/dh0."""
-    cdef Py_ssize_t i, G = fastrnn_cell_gates(cell), GH = G * H, ni = i1 - i0
+    cdef Py_ssize_t i, g, G = fastrnn_cell_gates(cell), GH = G * H, ni = i1 - i0
     cdef Py_ssize_t t = T - 1 - s, CW = fastrnn_cell_cache_width(cell, H)
     cdef const floating* hp
     cdef const floating* cp = NULL
@@ -429,8 +436,11 @@ cdef void _backward_part(
     _cell_bwd(cell, nonlin, ni, H, d + i0, Hs + t * H + i0, hp + i0,
               (Cs + t * H + i0) if Cs != NULL else NULL, (cp + i0) if cp != NULL else NULL,
               (Gs + t * CW + i0) if Gs != NULL else NULL, (dc + i0) if dc != NULL else NULL,
-              dA + t * GH + i0, (dAn + t * H + i0) if dAn != NULL else NULL, dh + i0,
-              wk + i0)
+              (wda + i0) if inplace else (dA + t * GH + i0),
+              (dAn + t * H + i0) if dAn != NULL else NULL, dh + i0, wk + i0)
+    if inplace:                          # this part's cache columns have been read
+        for g in range(G):
+            memcpy(dA + t * GH + g * H + i0, wda + g * H + i0, ni * sizeof(floating))
     if cell == FASTRNN_CELL_GRU:         # dA_rec_t = [dA_r, dA_z, dAn] for stage s+1
         x = wrec + (s % 2) * GH
         memcpy(x + i0, dA + t * GH + i0, ni * sizeof(floating))
@@ -443,6 +453,8 @@ cdef void _backward_split(
         const floating* Gs, const floating* h0, const floating* c0, const floating* W_hh,
         floating* dA, floating* dAn, floating* dh, floating* dc, floating* wrec,
         floating* wk,              # WORK (2H,) this thread's
+        floating* wda,             # WORK (G*H,) this thread's, with inplace
+        bint inplace,
         Py_ssize_t T, Py_ssize_t H, Py_ssize_t cut, int me,
         fastrnn_steps_t* steps) noexcept nogil:
     """One sequence's T + 1 stages on two threads, parts claimed as in forward."""
@@ -458,7 +470,8 @@ cdef void _backward_split(
             k = me ^ i
             if fastrnn_steps_claim(steps, k, s):
                 _backward_part(cell, nonlin, dHs, Hs, Cs, Gs, h0, c0, W_hh, dA, dAn, dh, dc,
-                               wrec, wk, s, T, H, cut if k else 0, H if k else cut)
+                               wrec, wk, wda, inplace, s, T, H, cut if k else 0,
+                               H if k else cut)
                 fastrnn_steps_done(steps, k, s)
         s += 1
     fastrnn_fp_restore(mode)
@@ -757,7 +770,10 @@ def layer_backward(int cell, int nonlin, dHs, Hs, Cs, Gs, h0, c0, W_hh, dA, dAn_
         Gs       (T, B, gate_cache_width(cell, H))  IN  GRU/LSTM, else None
         h0, c0   (B, H)       IN   (c0 LSTM only, else None)
         W_hh     (H, G*H)     IN
-        dA       (T, B, G*H)  OUT  dL/d(pre-activation) of every gate = dL/dXW
+        dA       (T, B, G*H)  OUT  dL/d(pre-activation) of every gate = dL/dXW; for
+                                   LSTM it may be Gs itself (the same array): each
+                                   row's dA is written over its gate cache once that
+                                   is read (saves a (T, B, 4H) array)
         dAn_rec  (T, B, H)    OUT  GRU only: dL/dhn (= dA_n * r), else None
         dh0      (B, H)       OUT
         dc0      (B, H)       OUT  LSTM only, else None
@@ -777,6 +793,7 @@ def layer_backward(int cell, int nonlin, dHs, Hs, Cs, Gs, h0, c0, W_hh, dA, dAn_
     cdef Py_ssize_t G = fastrnn_cell_gates(cell)
     cdef Py_ssize_t T = dHs.shape[0], B = dHs.shape[1], H = dHs.shape[2]
     gru, lstm = cell == FASTRNN_CELL_GRU, cell == FASTRNN_CELL_LSTM
+    cdef bint inplace = lstm and dA is not None and dA is Gs
     seen = []
     _arr("dHs", dHs, dt, (T, B, H), True, seen)
     _arr("Hs", Hs, dt, (T, B, H), False, seen)
@@ -786,7 +803,10 @@ def layer_backward(int cell, int nonlin, dHs, Hs, Cs, Gs, h0, c0, W_hh, dA, dAn_
     _arr("h0", h0, dt, (B, H), False, seen)
     _opt("c0", c0, lstm, "with CELL_LSTM", dt, (B, H), False, seen)
     _arr("W_hh", W_hh, dt, (H, G * H), False, seen)
-    _arr("dA", dA, dt, (T, B, G * H), True, seen)
+    if inplace:                         # Gs (checked above, in seen) must be writeable too
+        _arr("dA", dA, dt, (T, B, G * H), True, [])
+    else:
+        _arr("dA", dA, dt, (T, B, G * H), True, seen)
     _opt("dAn_rec", dAn_rec, gru, "with CELL_GRU", dt, (T, B, H), True, seen)
     _arr("dh0", dh0, dt, (B, H), True, seen)
     _opt("dc0", dc0, lstm, "with CELL_LSTM", dt, (B, H), True, seen)
@@ -802,20 +822,20 @@ def layer_backward(int cell, int nonlin, dHs, Hs, Cs, Gs, h0, c0, W_hh, dA, dAn_
         _backward_run(cell, nonlin, <float*>_addr(dHs), <float*>_addr(Hs), <float*>_addr(Cs),
                       <float*>_addr(Gs), <float*>_addr(h0), <float*>_addr(c0),
                       <float*>_addr(W_hh), <float*>_addr(dA), <float*>_addr(dAn_rec),
-                      <float*>_addr(dh0), <float*>_addr(dc0), T, B, H, num_threads)
+                      <float*>_addr(dh0), <float*>_addr(dc0), T, B, H, num_threads, inplace)
     else:
         _backward_run(cell, nonlin, <double*>_addr(dHs), <double*>_addr(Hs),
                       <double*>_addr(Cs), <double*>_addr(Gs), <double*>_addr(h0),
                       <double*>_addr(c0), <double*>_addr(W_hh), <double*>_addr(dA),
                       <double*>_addr(dAn_rec), <double*>_addr(dh0), <double*>_addr(dc0),
-                      T, B, H, num_threads)
+                      T, B, H, num_threads, inplace)
 
 
 cdef int _backward_run(int cell, int nonlin, floating* dHs, const floating* Hs,
                        const floating* Cs, const floating* Gs, const floating* h0,
                        const floating* c0, const floating* W_hh, floating* dA, floating* dAn,
                        floating* dh0, floating* dc0, Py_ssize_t T, Py_ssize_t B,
-                       Py_ssize_t H, int num_threads) except -1:
+                       Py_ssize_t H, int num_threads, bint inplace) except -1:
     cdef Py_ssize_t G = fastrnn_cell_gates(cell), GH = G * H
     cdef Py_ssize_t nr = _pack_width(<floating>0)
     cdef Py_ssize_t Gr = 2 if cell == FASTRNN_CELL_GRU else G
@@ -830,12 +850,15 @@ cdef int _backward_run(int cell, int nonlin, floating* dHs, const floating* Hs,
     if one:
         n1 = n2 = 0
         nc = 2                          # two threads' work rows
-    # packed W_hh^T, each thread's 2H work row, GRU's two dA_rec rows (one sequence)
-    cdef floating* buf = _alloc(n1 + n2 + nc * 2 * H + 2 * GH, <floating>0)
+    # packed W_hh^T, each thread's 2H work row, GRU's two dA_rec rows (one sequence),
+    # each thread's dA row (inplace)
+    cdef Py_ssize_t nw = GH if inplace else 0
+    cdef floating* buf = _alloc(n1 + n2 + nc * 2 * H + 2 * GH + nc * nw, <floating>0)
     cdef floating* WpT = buf
     cdef floating* WpTn = buf + n1
     cdef floating* wk = buf + n1 + n2
     cdef floating* wrec = wk + nc * 2 * H
+    cdef floating* wda = wrec + 2 * GH
     try:
         with nogil:
             if split:
@@ -843,12 +866,13 @@ cdef int _backward_run(int cell, int nonlin, floating* dHs, const floating* Hs,
                 with parallel(num_threads=2):
                     tid = fastrnn_omp_thread_id() & 1
                     _backward_split(cell, nonlin, dHs, Hs, Cs, Gs, h0, c0, W_hh, dA, dAn, dh0,
-                                    dc0, wrec, wk + tid * 2 * H, T, H, cut, tid, &steps)
+                                    dc0, wrec, wk + tid * 2 * H, wda + tid * nw, inplace, T, H,
+                                    cut, tid, &steps)
             elif one:
                 mode = fastrnn_ftz_on()
                 for c in range(T + 1):
                     _backward_part(cell, nonlin, dHs, Hs, Cs, Gs, h0, c0, W_hh, dA, dAn, dh0,
-                                   dc0, wrec, wk, c, T, H, 0, H)
+                                   dc0, wrec, wk, wda, inplace, c, T, H, 0, H)
                 fastrnn_fp_restore(mode)
             else:
                 # W_hh^T (the first Gr gates' columns as rows), GRU: then the n columns'
@@ -858,8 +882,8 @@ cdef int _backward_run(int cell, int nonlin, floating* dHs, const floating* Hs,
                 for c in prange(nc, num_threads=nc, schedule='static'):
                     _backward_chunk(cell, nonlin, dHs, Hs, Cs, Gs, h0, c0, WpT,
                                     WpTn if cell == FASTRNN_CELL_GRU else NULL, dA, dAn, dh0,
-                                    dc0, wk + c * 2 * H, T, B, H, (B * c) // nc,
-                                    (B * (c + 1)) // nc)
+                                    dc0, wk + c * 2 * H, wda + c * nw, inplace, T, B, H,
+                                    (B * c) // nc, (B * (c + 1)) // nc)
     finally:
         free(buf)
     return 0

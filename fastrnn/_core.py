@@ -978,8 +978,9 @@ def _layer_forward(cell, nonlin, XW, W_hh, b_hn, h0, c0, nt, cache=True, ws=None
 
 def _layer_backward(cell, nonlin, dHs, Hs, Cs, Gs, h0, c0, W_hh, nt, ws=False):
     """One layer's BPTT: (dA (T, B, G*H), dAn_rec (T, B, H): GRU's dL/dhn else None,
-    dh0, dc0 or None). dHs may be overwritten. ws: dA and dAn_rec from this thread's
-    workspace (the caller must not return them)."""
+    dh0, dc0 or None). dHs may be overwritten, and for LSTM Gs too (dA is written over
+    it). ws: dA and dAn_rec from this thread's workspace (the caller must not return
+    them)."""
     H = W_hh.shape[0]
     if _layers is None:
         dA, dA_rec, dh0, dc0 = reference.layer_backward(cell, dHs, Hs, Cs, Gs, h0, c0, W_hh,
@@ -987,7 +988,10 @@ def _layer_backward(cell, nonlin, dHs, Hs, Cs, Gs, h0, c0, W_hh, nt, ws=False):
         return dA, (dA_rec[:, :, 2 * H:] if cell == "gru" else None), dh0, dc0
     T, B, _ = dHs.shape
     new = np.empty if not ws else (lambda shape, dt, n=None: _ws(n, shape, dt))
-    dA = new((T, B, W_hh.shape[1]), dHs.dtype, "dA")
+    # LSTM: dA is written over the gate cache (the kernel reads each row's cache before
+    # writing its dA there): one (T, B, 4H) array less at the step's peak (lstm-large:
+    # 64 MiB of 240)
+    dA = Gs if cell == "lstm" else new((T, B, W_hh.shape[1]), dHs.dtype, "dA")
     dAn = new((T, B, H), dHs.dtype, "dAn") if cell == "gru" else None
     dh0 = np.empty((B, H), dHs.dtype)
     dc0 = np.empty((B, H), dHs.dtype) if cell == "lstm" else None

@@ -431,6 +431,33 @@ def test_forward_rejects_read_only_and_overlapping_outputs():
         _call_fwd(a)
 
 
+@pytest.mark.parametrize("B,T,H", [(1, 5, 130), (1, 4, 7), (2, 3, 5), (7, 4, 70), (13, 3, 9)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_lstm_backward_writes_da_over_the_gate_cache(B, T, H, dtype):
+    """dA may be the gate cache Gs itself (LSTM): the same dA, dh0, dc0 bitwise as into a
+    separate array, for 1, 2, 3 threads, one sequence (split in two parts at H = 130,
+    whole at H = 7) and batches. Another array overlapping Gs is still refused."""
+    p = make_layer(np.random.default_rng(B * 100 + H), "lstm", B, T, H, dtype)
+    Hs, Cs, Gs = run_forward("lstm", "tanh", p, 1)
+    want = run_backward("lstm", "tanh", p, Hs, Cs, Gs, 1)
+    old = L.set_split_min_work(1)
+    try:
+        for nt in (1, 2, 3):
+            G2 = Gs.copy()
+            dh0, dc0 = np.full((B, H), np.nan, dtype), np.full((B, H), np.nan, dtype)
+            L.layer_backward(CELLS["lstm"], NONLIN["tanh"], p["dHs"].copy(), Hs, Cs, G2,
+                             p["h0"], p["c0"], p["W_hh"], G2, None, dh0, dc0, nt)
+            for a, b in zip((G2, dh0, dc0), (want[0], want[2], want[3])):
+                assert np.array_equal(a, b)
+    finally:
+        L.set_split_min_work(old)
+    G2 = Gs.copy()
+    with pytest.raises(ValueError):
+        L.layer_backward(CELLS["lstm"], NONLIN["tanh"], p["dHs"].copy(), Hs, Cs, G2,
+                         p["h0"], p["c0"], p["W_hh"], G2[:], None, np.zeros((B, H), dtype),
+                         np.zeros((B, H), dtype), 1)
+
+
 def test_backward_rejects_bad_arguments():
     cell = "gru"
     p = make_layer(np.random.default_rng(9), cell, 3, 4, 5)
