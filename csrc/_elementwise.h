@@ -174,7 +174,7 @@ FASTRNN_DEFINE_SOFTMAX_XENT(fastrnn_softmax_xent_f64, double, fastrnn_exp_shift_
 
 /* The bias gradient and the one-hot input gradient of columns [j0, j1), in one
  * pass over dZ (N x ld): db[j] = sum_r dZ[r, j], and, when ids is given,
- * dW[ids[r], j] += dZ[r, j] over rows r in order, after zeroing dW's D rows in
+ * dW[ids[r], j] += dZ[r, j] (dW's rows ldw apart) over rows r in order, after zeroing dW's D rows in
  * those columns. With accumulate, the sum is added to db and dW is not zeroed
  * (blocks of rows in turn). The column sums run in two interleaved sets of
  * partial sums (even and odd rows, added at the end), so the adds of successive
@@ -203,8 +203,8 @@ FASTRNN_DEFINE_SOFTMAX_XENT(fastrnn_softmax_xent_f64, double, fastrnn_exp_shift_
         ptrdiff_t r = 0;                                                                 \
         for (; r + 2 <= N; r += 2) {                                                     \
             const T *s0 = dZ + r * ld + jb, *s1 = s0 + ld;                               \
-            T *d0 = ids ? dW + (ptrdiff_t)ids[r] * ld + jb : NULL;                       \
-            T *d1 = ids ? dW + (ptrdiff_t)ids[r + 1] * ld + jb : NULL;                   \
+            T *d0 = ids ? dW + (ptrdiff_t)ids[r] * ldw + jb : NULL;                       \
+            T *d1 = ids ? dW + (ptrdiff_t)ids[r + 1] * ldw + jb : NULL;                   \
             for (int q = 0; q < NV; q++) {                                               \
                 memcpy(&v0, s0 + q * L, sizeof v0);                                      \
                 memcpy(&v1, s1 + q * L, sizeof v1);                                      \
@@ -220,7 +220,7 @@ FASTRNN_DEFINE_SOFTMAX_XENT(fastrnn_softmax_xent_f64, double, fastrnn_exp_shift_
         }                                                                                \
         if (r < N) {                                                                     \
             const T *s0 = dZ + r * ld + jb;                                              \
-            T *d0 = ids ? dW + (ptrdiff_t)ids[r] * ld + jb : NULL;                       \
+            T *d0 = ids ? dW + (ptrdiff_t)ids[r] * ldw + jb : NULL;                       \
             for (int q = 0; q < NV; q++) {                                               \
                 memcpy(&v0, s0 + q * L, sizeof v0);                                      \
                 a0[q] += v0;                                                             \
@@ -247,13 +247,13 @@ FASTRNN_DEFINE_SOFTMAX_XENT(fastrnn_softmax_xent_f64, double, fastrnn_exp_shift_
             a0 += dZ[r * ld + jb];                                                       \
             a1 += dZ[(r + 1) * ld + jb];                                                 \
             if (ids) {                                                                   \
-                dW[(ptrdiff_t)ids[r] * ld + jb] += dZ[r * ld + jb];                      \
-                dW[(ptrdiff_t)ids[r + 1] * ld + jb] += dZ[(r + 1) * ld + jb];            \
+                dW[(ptrdiff_t)ids[r] * ldw + jb] += dZ[r * ld + jb];                      \
+                dW[(ptrdiff_t)ids[r + 1] * ldw + jb] += dZ[(r + 1) * ld + jb];            \
             }                                                                            \
         }                                                                                \
         if (r < N) {                                                                     \
             a0 += dZ[r * ld + jb];                                                       \
-            if (ids) dW[(ptrdiff_t)ids[r] * ld + jb] += dZ[r * ld + jb];                 \
+            if (ids) dW[(ptrdiff_t)ids[r] * ldw + jb] += dZ[r * ld + jb];                 \
         }                                                                                \
         db[jb] = accumulate ? db[jb] + (a0 + a1) : a0 + a1;                              \
     }
@@ -277,10 +277,10 @@ FASTRNN_DEFINE_SOFTMAX_XENT(fastrnn_softmax_xent_f64, double, fastrnn_exp_shift_
 FASTRNN_CLONES                                                                           \
 static void NAME(const T *restrict dZ, ptrdiff_t N, ptrdiff_t ld, ptrdiff_t j0,          \
                  ptrdiff_t j1, T *restrict db, const int32_t *restrict ids,              \
-                 T *restrict dW, ptrdiff_t D, int accumulate) {                          \
+                 T *restrict dW, ptrdiff_t ldw, ptrdiff_t D, int accumulate) {           \
     if (ids && !accumulate)                                                              \
         for (ptrdiff_t d = 0; d < D; d++)                                                \
-            for (ptrdiff_t j = j0; j < j1; j++) dW[d * ld + j] = (T)0;                   \
+            for (ptrdiff_t j = j0; j < j1; j++) dW[d * ldw + j] = (T)0;                  \
     ptrdiff_t jb = j0;                                                                   \
     FASTRNN_BS_VECTORS(VT, VT32, VT16, T)                                                \
     FASTRNN_BS_SCALAR(T)                                                                 \

@@ -229,14 +229,16 @@ cdef void _backward_chunk(
         floating* dh0,             # OUT (B, H): the carried dL/dh_{t-1}, dL/dh0 at the end
         floating* dc0,             # OUT (B, H): LSTM's carried dL/dc_{t-1}, else NULL
         floating* wk,              # WORK (H,) this thread's
-        floating* wda,             # WORK (G*H,) this thread's, with inplace
-        bint inplace,              # LSTM: dA is Gs (each row's dA after its cache is read)
+        floating* wda,             # WORK (4H,) this thread's, with inplace
+        bint inplace,              # dA is Gs: each row's [dA | GRU's dAn] goes over its
+                                   # cache row once that is read (dAn is then unused)
         Py_ssize_t T, Py_ssize_t B, Py_ssize_t H,
         Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
     """Steps T-1 down to 0 of BPTT for batch rows [b0, b1) (B >= 2; one sequence:
     _backward_part)."""
     cdef Py_ssize_t t, r, i, nb = b1 - b0, G = fastrnn_cell_gates(cell), GH = G * H
     cdef Py_ssize_t CW = fastrnn_cell_cache_width(cell, H)
+    cdef Py_ssize_t lda = CW if inplace else GH, ldn = CW if inplace else H
     cdef floating* dhc = dh0 + b0 * H
     cdef floating* dcc = (dc0 + b0 * H) if dc0 != NULL else NULL
     cdef floating* dh
@@ -253,7 +255,7 @@ cdef void _backward_chunk(
     t = T - 1
     while t >= 0:
         dh = dHs + (t * B + b0) * H
-        da = dA + (t * B + b0) * GH
+        da = dA + (t * B + b0) * lda
         for i in range(nb * H):             # all of dL/dh_t
             dh[i] = dh[i] + dhc[i]
         hp = h0 + b0 * H
@@ -271,16 +273,18 @@ cdef void _backward_chunk(
                       (Gs + (t * B + b0 + r) * CW) if Gs != NULL else NULL,
                       (dcc + r * H) if dcc != NULL else NULL,
                       wda if inplace else da + r * GH,
+                      (wda + GH) if inplace and cell == FASTRNN_CELL_GRU else
                       (dAn + (t * B + b0 + r) * H) if dAn != NULL else NULL,
                       dhc + r * H, wk)
             if inplace:                     # the row's cache has been read: overwrite
-                memcpy(da + r * GH, wda, GH * sizeof(floating))
+                memcpy(da + r * lda, wda, CW * sizeof(floating))
         # dL/dh_{t-1} = dA_rec_t W_hh^T (+ dh_t * z_t for GRU, left in dhc above)
         if cell == FASTRNN_CELL_GRU:
-            _pgemm(nb, H, 2 * H, da, GH, WpT, dhc, H, 1, NULL)
-            _pgemm(nb, H, H, dAn + (t * B + b0) * H, H, WpTn, dhc, H, 1, NULL)
+            _pgemm(nb, H, 2 * H, da, lda, WpT, dhc, H, 1, NULL)
+            _pgemm(nb, H, H, (da + 3 * H) if inplace else dAn + (t * B + b0) * H, ldn, WpTn,
+                   dhc, H, 1, NULL)
         else:
-            _pgemm(nb, H, GH, da, GH, WpT, dhc, H, 0, NULL)
+            _pgemm(nb, H, GH, da, lda, WpT, dhc, H, 0, NULL)
         t -= 1
     fastrnn_fp_restore(mode)
 
@@ -396,8 +400,8 @@ cdef void _backward_part(
         floating* dc,              # OUT (H,) LSTM carried dL/dc_t; dL/dc0 at the end
         floating* wrec,            # WORK (2, G*H) GRU: dA_rec of the last two stages
         floating* wk,              # WORK (2H,) this thread's
-        floating* wda,             # WORK (G*H,) this thread's, with inplace
-        bint inplace,              # LSTM: dA is Gs
+        floating* wda,             # WORK (4H,) this thread's, with inplace
+        bint inplace,              # dA is Gs ([dA | GRU's dAn] rows; dAn unused)
         Py_ssize_t s, Py_ssize_t T, Py_ssize_t H, Py_ssize_t i0,
         Py_ssize_t i1) noexcept nogil:
     """Units [i0, i1) of stage s of one sequence's BPTT: stage s takes t = T-1-s,
@@ -405,6 +409,8 @@ cdef void _backward_part(
     every unit of stage s-1), then dA_t of those units. Stage T leaves dL/dh0."""
     cdef Py_ssize_t i, g, G = fastrnn_cell_gates(cell), GH = G * H, ni = i1 - i0
     cdef Py_ssize_t t = T - 1 - s, CW = fastrnn_cell_cache_width(cell, H)
+    cdef Py_ssize_t lda = CW if inplace else GH
+    cdef floating* dan_t = NULL         # GRU: row t of dL/dhn
     cdef const floating* hp
     cdef const floating* cp = NULL
     cdef floating* d
@@ -420,9 +426,11 @@ cdef void _backward_part(
         for i in range(i0, i1):
             dh[i] = dh[i] + wk[H + i]
     else:
-        _vecmatT(dA + (t + 1) * GH, W_hh + i0 * GH, dh + i0, ni, GH)
+        _vecmatT(dA + (t + 1) * lda, W_hh + i0 * GH, dh + i0, ni, GH)
     if s == T:
         return
+    if cell == FASTRNN_CELL_GRU:
+        dan_t = (dA + t * lda + 3 * H) if inplace else (dAn + t * H)
     d = dHs + t * H
     for i in range(i0, i1):
         d[i] = d[i] + dh[i]
@@ -437,15 +445,16 @@ cdef void _backward_part(
               (Cs + t * H + i0) if Cs != NULL else NULL, (cp + i0) if cp != NULL else NULL,
               (Gs + t * CW + i0) if Gs != NULL else NULL, (dc + i0) if dc != NULL else NULL,
               (wda + i0) if inplace else (dA + t * GH + i0),
-              (dAn + t * H + i0) if dAn != NULL else NULL, dh + i0, wk + i0)
+              ((wda + GH + i0) if inplace else (dan_t + i0)) if cell == FASTRNN_CELL_GRU
+              else NULL, dh + i0, wk + i0)
     if inplace:                          # this part's cache columns have been read
-        for g in range(G):
-            memcpy(dA + t * GH + g * H + i0, wda + g * H + i0, ni * sizeof(floating))
+        for g in range(CW // H):
+            memcpy(dA + t * lda + g * H + i0, wda + g * H + i0, ni * sizeof(floating))
     if cell == FASTRNN_CELL_GRU:         # dA_rec_t = [dA_r, dA_z, dAn] for stage s+1
         x = wrec + (s % 2) * GH
-        memcpy(x + i0, dA + t * GH + i0, ni * sizeof(floating))
-        memcpy(x + H + i0, dA + t * GH + H + i0, ni * sizeof(floating))
-        memcpy(x + 2 * H + i0, dAn + t * H + i0, ni * sizeof(floating))
+        memcpy(x + i0, dA + t * lda + i0, ni * sizeof(floating))
+        memcpy(x + H + i0, dA + t * lda + H + i0, ni * sizeof(floating))
+        memcpy(x + 2 * H + i0, dan_t + i0, ni * sizeof(floating))
 
 
 cdef void _backward_split(
@@ -770,10 +779,11 @@ def layer_backward(int cell, int nonlin, dHs, Hs, Cs, Gs, h0, c0, W_hh, dA, dAn_
         Gs       (T, B, gate_cache_width(cell, H))  IN  GRU/LSTM, else None
         h0, c0   (B, H)       IN   (c0 LSTM only, else None)
         W_hh     (H, G*H)     IN
-        dA       (T, B, G*H)  OUT  dL/d(pre-activation) of every gate = dL/dXW; for
-                                   LSTM it may be Gs itself (the same array): each
-                                   row's dA is written over its gate cache once that
-                                   is read (saves a (T, B, 4H) array)
+        dA       (T, B, G*H)  OUT  dL/d(pre-activation) of every gate = dL/dXW. It may
+                                   be Gs itself (the same array; GRU: dAn_rec too):
+                                   each row's dA (GRU: [dA | dAn_rec]) is written over
+                                   its gate cache row once that is read (saves a
+                                   (T, B, 4H) array)
         dAn_rec  (T, B, H)    OUT  GRU only: dL/dhn (= dA_n * r), else None
         dh0      (B, H)       OUT
         dc0      (B, H)       OUT  LSTM only, else None
@@ -793,7 +803,9 @@ def layer_backward(int cell, int nonlin, dHs, Hs, Cs, Gs, h0, c0, W_hh, dA, dAn_
     cdef Py_ssize_t G = fastrnn_cell_gates(cell)
     cdef Py_ssize_t T = dHs.shape[0], B = dHs.shape[1], H = dHs.shape[2]
     gru, lstm = cell == FASTRNN_CELL_GRU, cell == FASTRNN_CELL_LSTM
-    cdef bint inplace = lstm and dA is not None and dA is Gs
+    # dA may be Gs itself (LSTM; GRU with dAn_rec Gs too): [dA | dAn] rows over the cache
+    cdef bint inplace = (lstm or gru) and dA is not None and dA is Gs and (
+        not gru or dAn_rec is Gs)
     seen = []
     _arr("dHs", dHs, dt, (T, B, H), True, seen)
     _arr("Hs", Hs, dt, (T, B, H), False, seen)
@@ -804,10 +816,10 @@ def layer_backward(int cell, int nonlin, dHs, Hs, Cs, Gs, h0, c0, W_hh, dA, dAn_
     _opt("c0", c0, lstm, "with CELL_LSTM", dt, (B, H), False, seen)
     _arr("W_hh", W_hh, dt, (H, G * H), False, seen)
     if inplace:                         # Gs (checked above, in seen) must be writeable too
-        _arr("dA", dA, dt, (T, B, G * H), True, [])
+        _arr("dA", dA, dt, (T, B, fastrnn_cell_cache_width(cell, H)), True, [])
     else:
         _arr("dA", dA, dt, (T, B, G * H), True, seen)
-    _opt("dAn_rec", dAn_rec, gru, "with CELL_GRU", dt, (T, B, H), True, seen)
+        _opt("dAn_rec", dAn_rec, gru, "with CELL_GRU", dt, (T, B, H), True, seen)
     _arr("dh0", dh0, dt, (B, H), True, seen)
     _opt("dc0", dc0, lstm, "with CELL_LSTM", dt, (B, H), True, seen)
     _no_overlap(seen)
@@ -821,14 +833,15 @@ def layer_backward(int cell, int nonlin, dHs, Hs, Cs, Gs, h0, c0, W_hh, dA, dAn_
     if dt == np.float32:
         _backward_run(cell, nonlin, <float*>_addr(dHs), <float*>_addr(Hs), <float*>_addr(Cs),
                       <float*>_addr(Gs), <float*>_addr(h0), <float*>_addr(c0),
-                      <float*>_addr(W_hh), <float*>_addr(dA), <float*>_addr(dAn_rec),
+                      <float*>_addr(W_hh), <float*>_addr(dA),
+                      NULL if inplace else <float*>_addr(dAn_rec),
                       <float*>_addr(dh0), <float*>_addr(dc0), T, B, H, num_threads, inplace)
     else:
         _backward_run(cell, nonlin, <double*>_addr(dHs), <double*>_addr(Hs),
                       <double*>_addr(Cs), <double*>_addr(Gs), <double*>_addr(h0),
                       <double*>_addr(c0), <double*>_addr(W_hh), <double*>_addr(dA),
-                      <double*>_addr(dAn_rec), <double*>_addr(dh0), <double*>_addr(dc0),
-                      T, B, H, num_threads, inplace)
+                      NULL if inplace else <double*>_addr(dAn_rec), <double*>_addr(dh0),
+                      <double*>_addr(dc0), T, B, H, num_threads, inplace)
 
 
 cdef int _backward_run(int cell, int nonlin, floating* dHs, const floating* Hs,
@@ -852,7 +865,7 @@ cdef int _backward_run(int cell, int nonlin, floating* dHs, const floating* Hs,
         nc = 2                          # two threads' work rows
     # packed W_hh^T, each thread's 2H work row, GRU's two dA_rec rows (one sequence),
     # each thread's dA row (inplace)
-    cdef Py_ssize_t nw = GH if inplace else 0
+    cdef Py_ssize_t nw = fastrnn_cell_cache_width(cell, H) if inplace else 0
     cdef floating* buf = _alloc(n1 + n2 + nc * 2 * H + 2 * GH + nc * nw, <floating>0)
     cdef floating* WpT = buf
     cdef floating* WpTn = buf + n1
@@ -1465,20 +1478,24 @@ cdef void _gather_chunk(const floating* W, const floating* b, const int32_t* ids
         fastrnn_gather_f64(W, ids + i0, b, out + i0 * N, i1 - i0, N)
 
 
-def seq_matmul(A, W, b, out, bint trans_w, int num_threads):
+def seq_matmul(A, W, b, out, bint trans_w, int num_threads, Py_ssize_t k=-1):
     """out = A @ W (+ b), or A @ W.T with trans_w, over row blocks in parallel, each by
     one-thread BLAS (the caller limits BLAS to one thread when num_threads > 1).
 
-    A (M, K), W (K, N) (trans_w: (N, K)), b (N,) or None, out (M, N)."""
+    A (M, K), W (K, N) (trans_w: (N, K)), b (N,) or None, out (M, N). With k >= 0, A
+    is (M, lda) with lda >= k and only its first K = k columns are used (GRU's dA
+    inside the gate cache)."""
     dt = _float_dtype("A", A)
     if A.ndim != 2 or not isinstance(W, np.ndarray) or W.ndim != 2:
         raise ValueError("A and W must be 2-D numpy.ndarrays")
     if num_threads < 1:
         raise ValueError(f"num_threads must be >= 1, got {num_threads}")
-    cdef Py_ssize_t M = A.shape[0], K = A.shape[1]
+    cdef Py_ssize_t M = A.shape[0], lda = A.shape[1], K = A.shape[1] if k < 0 else k
     cdef Py_ssize_t N = W.shape[0] if trans_w else W.shape[1]
+    if K > lda:
+        raise ValueError(f"k = {k} is more than A's {lda} columns")
     seen = []
-    _arr("A", A, dt, (M, K), False, seen)
+    _arr("A", A, dt, (M, lda), False, seen)
     _arr("W", W, dt, (N, K) if trans_w else (K, N), False, seen)
     if b is not None:
         _arr("b", b, dt, (N,), False, seen)
@@ -1493,26 +1510,26 @@ def seq_matmul(A, W, b, out, bint trans_w, int num_threads):
         return
     if dt == np.float32:
         _matmul_run(<float*>_addr(A), <float*>_addr(W), <float*>_addr(b), <float*>_addr(out),
-                    M, N, K, trans_w, num_threads)
+                    M, N, K, lda, trans_w, num_threads)
     else:
         _matmul_run(<double*>_addr(A), <double*>_addr(W), <double*>_addr(b),
-                    <double*>_addr(out), M, N, K, trans_w, num_threads)
+                    <double*>_addr(out), M, N, K, lda, trans_w, num_threads)
 
 
 cdef int _matmul_run(const floating* A, const floating* W, const floating* b, floating* out,
-                     Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, bint trans_w,
-                     int num_threads) except -1:
+                     Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, Py_ssize_t lda,
+                     bint trans_w, int num_threads) except -1:
     cdef int nc = _threads_for(num_threads, 2.0 * M * N * K, SEQ_MIN_FLOPS_PER_THREAD,
                                  _blk_count(M)), c
     with nogil:
         for c in prange(nc, num_threads=nc, schedule='static'):
-            _matmul_chunk(A, W, b, out, M, N, K, trans_w, c, nc)
+            _matmul_chunk(A, W, b, out, M, N, K, lda, trans_w, c, nc)
     return 0
 
 
 cdef void _matmul_chunk(const floating* A, const floating* W, const floating* b,
                         floating* out, Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
-                        bint trans_w, int c, int nc) noexcept nogil:
+                        Py_ssize_t lda, bint trans_w, int c, int nc) noexcept nogil:
     """Thread c's blocks of rows of out (_blk_width), each by one one-thread BLAS
     call: these products have thousands of rows, where BLAS's cache blocking beats
     the packed kernel made for a step's few rows (lstm-charrnn's layer-1 products:
@@ -1531,7 +1548,8 @@ cdef void _matmul_chunk(const floating* A, const floating* W, const floating* b,
                 memcpy(out + r * N, b, N * sizeof(floating))
             beta = 1.0
         gemm(c'N', c'T' if trans_w else c'N', <int>(i1 - i0), <int>N, <int>K, <floating>1.0,
-             A + i0 * K, <int>K, W, <int>(K if trans_w else N), beta, out + i0 * N, <int>N)
+             A + i0 * lda, <int>lda, W, <int>(K if trans_w else N), beta, out + i0 * N,
+             <int>N)
         blk += nc
     fastrnn_fp_restore(mode)
 
@@ -1693,9 +1711,9 @@ cdef void _head_back_chunk(const floating* Hh, const floating* dO, const floatin
             b += nc
     _chunk(V, nc, c, &i0, &i1)           # db_q columns
     if floating is float:
-        fastrnn_bias_scatter_f32(dO, N, V, i0, i1, db_q, NULL, NULL, 0, 0)
+        fastrnn_bias_scatter_f32(dO, N, V, i0, i1, db_q, NULL, NULL, 0, 0, 0)
     else:
-        fastrnn_bias_scatter_f64(dO, N, V, i0, i1, db_q, NULL, NULL, 0, 0)
+        fastrnn_bias_scatter_f64(dO, N, V, i0, i1, db_q, NULL, NULL, 0, 0, 0)
     fastrnn_fp_restore(mode)
 
 
@@ -1709,7 +1727,10 @@ def layer_weight_grads(int cell, h0, Hs, dA, dAn, ids, X, dW_xh, dW_hh, db_h, db
         h0       (B, H)       IN   the initial state (H_{-1})
         Hs       (T, B, H)    IN   h_t
         dA       (T, B, G*H)  IN
-        dAn      (T, B, H)    IN   GRU only (dL/dhn), else None
+        dAn      (T, B, H)    IN   GRU only (dL/dhn), else None. GRU: both may be the
+                                   gate cache Gs (T, B, 4H) that layer_backward wrote
+                                   them into (dA, dAn given as the same array): rows
+                                   [dA | dAn]
         ids      (T*B,) int32 IN   token ids of the input (layer 0 with ids), or None
         X        (T*B, D)     IN   dense input, or None (exactly one of ids, X)
         dW_xh    (D, G*H)     OUT  X^T dA, or the rows of dA added at their ids
@@ -1739,8 +1760,13 @@ def layer_weight_grads(int cell, h0, Hs, dA, dAn, ids, X, dW_xh, dW_hh, db_h, db
     seen = []
     _arr("h0", h0, dt, (B, H), False, seen)
     _arr("Hs", Hs, dt, (T, B, H), False, seen)
-    _arr("dA", dA, dt, (T, B, G * H), False, seen)
-    _opt("dAn", dAn, gru, "with CELL_GRU", dt, (T, B, H), False, seen)
+    cdef bint packed = gru and dAn is not None and dAn is dA
+    cdef Py_ssize_t lda = 4 * H if packed else G * H, ldn = 4 * H if packed else H
+    if packed:
+        _arr("dA", dA, dt, (T, B, 4 * H), False, seen)
+    else:
+        _arr("dA", dA, dt, (T, B, G * H), False, seen)
+        _opt("dAn", dAn, gru, "with CELL_GRU", dt, (T, B, H), False, seen)
     if ids is not None:
         _check_ids("ids", ids, T * B, D, seen)
     else:
@@ -1761,14 +1787,16 @@ def layer_weight_grads(int cell, h0, Hs, dA, dAn, ids, X, dW_xh, dW_hh, db_h, db
         return
     if dt == np.float32:
         _wgrad_run(cell, <float*>_addr(h0), <float*>_addr(Hs), <float*>_addr(dA),
-                   <float*>_addr(dAn), <int32_t*>_addr(ids), <float*>_addr(X),
+                   (<float*>_addr(dA) + 3 * H) if packed else <float*>_addr(dAn),
+                   <int32_t*>_addr(ids), <float*>_addr(X),
                    <float*>_addr(dW_xh), <float*>_addr(dW_hh), <float*>_addr(db_h),
-                   <float*>_addr(db_hn), T, B, H, D, num_threads)
+                   <float*>_addr(db_hn), T, B, H, D, lda, ldn, num_threads)
     else:
         _wgrad_run(cell, <double*>_addr(h0), <double*>_addr(Hs), <double*>_addr(dA),
-                   <double*>_addr(dAn), <int32_t*>_addr(ids), <double*>_addr(X),
+                   (<double*>_addr(dA) + 3 * H) if packed else <double*>_addr(dAn),
+                   <int32_t*>_addr(ids), <double*>_addr(X),
                    <double*>_addr(dW_xh), <double*>_addr(dW_hh), <double*>_addr(db_h),
-                   <double*>_addr(db_hn), T, B, H, D, num_threads)
+                   <double*>_addr(db_hn), T, B, H, D, lda, ldn, num_threads)
 
 
 cdef inline Py_ssize_t _wgrad_ksplit(Py_ssize_t ncol, Py_ssize_t T, Py_ssize_t B) noexcept nogil:
@@ -1789,7 +1817,7 @@ cdef int _wgrad_run(int cell, const floating* h0, const floating* Hs, const floa
                     const floating* dAn, const int32_t* ids, const floating* X,
                     floating* dW_xh, floating* dW_hh, floating* db_h, floating* db_hn,
                     Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, Py_ssize_t D,
-                    int num_threads) except -1:
+                    Py_ssize_t lda, Py_ssize_t ldn, int num_threads) except -1:
     """The products are a list of items (column block, piece of the time axis), fixed
     by the shapes: threads take them as they come free (each item's BLAS call and its
     rounding are the same whichever thread runs it). Pieces after the first write to
@@ -1808,10 +1836,10 @@ cdef int _wgrad_run(int cell, const floating* h0, const floating* Hs, const floa
         with nogil:
             for item in prange(nitems, num_threads=nc, schedule='dynamic'):
                 _wgrad_item(cell, h0, Hs, dA, dAn, X, dW_xh, dW_hh, scratch, T, B, H, D,
-                            item // nk, item % nk, nk)
+                            lda, ldn, item // nk, item % nk, nk)
             for c in prange(nc, num_threads=nc, schedule='static'):
                 _wgrad_sums(cell, dA, dAn, ids, dW_xh, dW_hh, db_h, db_hn, scratch, T, B,
-                            H, D, nk, c, nc)
+                            H, D, lda, ldn, nk, c, nc)
     finally:
         free(scratch)
     return 0
@@ -1854,8 +1882,8 @@ cdef inline void _tn(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating* A
 cdef void _wgrad_item(int cell, const floating* h0, const floating* Hs, const floating* dA,
                       const floating* dAn, const floating* X, floating* dW_xh,
                       floating* dW_hh, floating* scratch, Py_ssize_t T, Py_ssize_t B,
-                      Py_ssize_t H, Py_ssize_t D, Py_ssize_t j, Py_ssize_t k,
-                      Py_ssize_t nk) noexcept nogil:
+                      Py_ssize_t H, Py_ssize_t D, Py_ssize_t lda, Py_ssize_t ldn,
+                      Py_ssize_t j, Py_ssize_t k, Py_ssize_t nk) noexcept nogil:
     """Column block j, steps [t0, t1) of piece k: dW_hh (+)= H_prev^T dA_rec, GRU's n
     block from dAn; or, for a dense input, dW_xh = X^T dA. Each product is _tn's: BLAS
     (held at one thread by the caller) or, for at most WGRAD_TN_MAX_M rows, _tngemm."""
@@ -1873,11 +1901,11 @@ cdef void _wgrad_item(int cell, const floating* h0, const floating* Hs, const fl
         if j < n1:                                  # r, z (GRU) or every gate: from dA
             i0 = j * _wblk_width(Gr * H)
             i1 = min(Gr * H, i0 + _wblk_width(Gr * H))
-            src, ld, off = dA + i0, GH, i0
+            src, ld, off = dA + i0, lda, i0
         else:                                       # GRU's n block: from dAn
             i0 = (j - n1) * _wblk_width(H)
             i1 = min(H, i0 + _wblk_width(H))
-            src, ld, off = dAn + i0, H, 2 * H + i0
+            src, ld, off = dAn + i0, ldn, 2 * H + i0
         if t0 == 0:                                 # H_{-1} = h0, then Hs[0:t1-1]
             _tn(H, i1 - i0, B, h0, H, src, ld, False, out_hh + off, GH)
             if t1 > 1:
@@ -1888,7 +1916,7 @@ cdef void _wgrad_item(int cell, const floating* h0, const floating* Hs, const fl
     else:                                           # dense input: dW_xh = X^T dA
         i0 = (j - n1 - nn) * _wblk_width(GH)
         i1 = min(GH, i0 + _wblk_width(GH))
-        _tn(D, i1 - i0, (t1 - t0) * B, X + t0 * B * D, D, dA + t0 * B * GH + i0, GH, False,
+        _tn(D, i1 - i0, (t1 - t0) * B, X + t0 * B * D, D, dA + t0 * B * lda + i0, lda, False,
             out_xh + i0, GH)
     fastrnn_fp_restore(mode)
 
@@ -1896,7 +1924,8 @@ cdef void _wgrad_item(int cell, const floating* h0, const floating* Hs, const fl
 cdef void _wgrad_sums(int cell, const floating* dA, const floating* dAn, const int32_t* ids,
                       floating* dW_xh, floating* dW_hh, floating* db_h, floating* db_hn,
                       const floating* scratch, Py_ssize_t T, Py_ssize_t B, Py_ssize_t H,
-                      Py_ssize_t D, Py_ssize_t nk, int c, int nc) noexcept nogil:
+                      Py_ssize_t D, Py_ssize_t lda, Py_ssize_t ldn, Py_ssize_t nk, int c,
+                      int nc) noexcept nogil:
     """Chunk c of: the pieces' sums (dW_hh, a dense dW_xh: rows, pieces added in
     order), db_h columns (with the ids' scatter-add into dW_xh) and GRU's db_hn."""
     cdef Py_ssize_t GH = fastrnn_cell_gates(cell) * H, N = T * B, i0, i1, k, e
@@ -1920,13 +1949,13 @@ cdef void _wgrad_sums(int cell, const floating* dA, const floating* dAn, const i
                     d[e] = d[e] + s[e]
     _chunk(GH, nc, c, &i0, &i1)
     if floating is float:
-        fastrnn_bias_scatter_f32(dA, N, GH, i0, i1, db_h, ids, dW_xh, D, 0)
+        fastrnn_bias_scatter_f32(dA, N, lda, i0, i1, db_h, ids, dW_xh, GH, D, 0)
     else:
-        fastrnn_bias_scatter_f64(dA, N, GH, i0, i1, db_h, ids, dW_xh, D, 0)
+        fastrnn_bias_scatter_f64(dA, N, lda, i0, i1, db_h, ids, dW_xh, GH, D, 0)
     if cell == FASTRNN_CELL_GRU:
         _chunk(H, nc, c, &i0, &i1)
         if floating is float:
-            fastrnn_bias_scatter_f32(dAn, N, H, i0, i1, db_hn, NULL, NULL, 0, 0)
+            fastrnn_bias_scatter_f32(dAn, N, ldn, i0, i1, db_hn, NULL, NULL, 0, 0, 0)
         else:
-            fastrnn_bias_scatter_f64(dAn, N, H, i0, i1, db_hn, NULL, NULL, 0, 0)
+            fastrnn_bias_scatter_f64(dAn, N, ldn, i0, i1, db_hn, NULL, NULL, 0, 0, 0)
     fastrnn_fp_restore(mode)

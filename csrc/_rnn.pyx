@@ -454,15 +454,15 @@ cdef void _weight_grads_chunk(
     # biases: column sums; dW_xh for token ids: scatter-add of dZ rows (one pass)
     _chunk(H, nchunks, c, &j0, &j1)
     if floating is float:
-        fastrnn_bias_scatter_f32(dZ, Nz, H, j0, j1, db_h, X_ids, dW_xh, D, accumulate)
+        fastrnn_bias_scatter_f32(dZ, Nz, H, j0, j1, db_h, X_ids, dW_xh, H, D, accumulate)
     else:
-        fastrnn_bias_scatter_f64(dZ, Nz, H, j0, j1, db_h, X_ids, dW_xh, D, accumulate)
+        fastrnn_bias_scatter_f64(dZ, Nz, H, j0, j1, db_h, X_ids, dW_xh, H, D, accumulate)
     if do_hq:
         _chunk(V, nchunks, c, &v0, &v1)
         if floating is float:
-            fastrnn_bias_scatter_f32(dO, N, V, v0, v1, db_q, NULL, NULL, 0, 0)
+            fastrnn_bias_scatter_f32(dO, N, V, v0, v1, db_q, NULL, NULL, 0, 0, 0)
         else:
-            fastrnn_bias_scatter_f64(dO, N, V, v0, v1, db_q, NULL, NULL, 0, 0)
+            fastrnn_bias_scatter_f64(dO, N, V, v0, v1, db_q, NULL, NULL, 0, 0, 0)
     if X_ids == NULL:
         _chunk(D, nchunks, c, &d0, &d1)
         if d1 > d0:

@@ -16,11 +16,11 @@ cdef extern from "_elementwise.h" nogil:
                                     double scale, double* rowloss) noexcept
     void fastrnn_bias_scatter_f32(const float* dZ, Py_ssize_t N, Py_ssize_t ld,
                                   Py_ssize_t j0, Py_ssize_t j1, float* db,
-                                  const int32_t* ids, float* dW, Py_ssize_t D,
+                                  const int32_t* ids, float* dW, Py_ssize_t ldw, Py_ssize_t D,
                                   int accumulate) noexcept
     void fastrnn_bias_scatter_f64(const double* dZ, Py_ssize_t N, Py_ssize_t ld,
                                   Py_ssize_t j0, Py_ssize_t j1, double* db,
-                                  const int32_t* ids, double* dW, Py_ssize_t D,
+                                  const int32_t* ids, double* dW, Py_ssize_t ldw, Py_ssize_t D,
                                   int accumulate) noexcept
     void fastrnn_gather_f32(const float* W, const int32_t* ids, const float* bias, float* z,
                             Py_ssize_t n, Py_ssize_t H) noexcept

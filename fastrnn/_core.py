@@ -978,9 +978,11 @@ def _layer_forward(cell, nonlin, XW, W_hh, b_hn, h0, c0, nt, cache=True, ws=None
 
 def _layer_backward(cell, nonlin, dHs, Hs, Cs, Gs, h0, c0, W_hh, nt, ws=False):
     """One layer's BPTT: (dA (T, B, G*H), dAn_rec (T, B, H): GRU's dL/dhn else None,
-    dh0, dc0 or None). dHs may be overwritten, and for LSTM Gs too (dA is written over
-    it). ws: dA and dAn_rec from this thread's workspace (the caller must not return
-    them)."""
+    dh0, dc0 or None). dHs may be overwritten. With the compiled kernels, GRU and LSTM
+    write dA over their gate cache Gs and return Gs itself: GRU's as (Gs, Gs), rows
+    [dA | dAn_rec] (T, B, 4H), which layer_weight_grads and seq_matmul (k=3H) read in
+    place. ws: an Elman dA from this thread's workspace (the caller must not return
+    it)."""
     H = W_hh.shape[0]
     if _layers is None:
         dA, dA_rec, dh0, dc0 = reference.layer_backward(cell, dHs, Hs, Cs, Gs, h0, c0, W_hh,
@@ -988,16 +990,21 @@ def _layer_backward(cell, nonlin, dHs, Hs, Cs, Gs, h0, c0, W_hh, nt, ws=False):
         return dA, (dA_rec[:, :, 2 * H:] if cell == "gru" else None), dh0, dc0
     T, B, _ = dHs.shape
     new = np.empty if not ws else (lambda shape, dt, n=None: _ws(n, shape, dt))
-    # LSTM: dA is written over the gate cache (the kernel reads each row's cache before
-    # writing its dA there): one (T, B, 4H) array less at the step's peak (lstm-large:
-    # 64 MiB of 240)
-    dA = Gs if cell == "lstm" else new((T, B, W_hh.shape[1]), dHs.dtype, "dA")
-    dAn = new((T, B, H), dHs.dtype, "dAn") if cell == "gru" else None
     dh0 = np.empty((B, H), dHs.dtype)
     dc0 = np.empty((B, H), dHs.dtype) if cell == "lstm" else None
+    if Gs is not None:
+        # GRU, LSTM: dA (GRU: rows [dA | dAn_rec]) is written over the gate cache (the
+        # kernel reads each row's cache before writing there): one (T, B, 4H) array
+        # less at the step's peak (lstm-large: 64 MiB of 240). The consumers
+        # (_CompiledOps.weight_grads, .input_grad) read GRU's pair from the cache.
+        _layers.layer_backward(_layer_cell_id(cell), _layer_nonlin_id(nonlin), dHs, Hs, Cs,
+                               Gs, h0, c0, W_hh, Gs, Gs if cell == "gru" else None, dh0,
+                               dc0, nt)
+        return Gs, (Gs if cell == "gru" else None), dh0, dc0
+    dA = new((T, B, W_hh.shape[1]), dHs.dtype, "dA")
     _layers.layer_backward(_layer_cell_id(cell), _layer_nonlin_id(nonlin), dHs, Hs, Cs, Gs,
-                           h0, c0, W_hh, dA, dAn, dh0, dc0, nt)
-    return dA, dAn, dh0, dc0
+                           h0, c0, W_hh, dA, None, dh0, dc0, nt)
+    return dA, None, dh0, dc0
 
 
 def _layer_cell_id(cell):
@@ -1074,7 +1081,7 @@ class _CompiledOps:
         """dL/d(input of the layer) = dA W_xh^T, (T, B, H)."""
         dInp = _ws("dH", (T, B, W_xh.shape[0]), W_xh.dtype)
         _layers.seq_matmul(dA.reshape(T * B, -1), W_xh, None, dInp.reshape(T * B, -1), True,
-                           nt)
+                           nt, W_xh.shape[1])      # GRU: dA's 3H columns of the cache's 4H
         return dInp
 
 

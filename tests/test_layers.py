@@ -431,31 +431,65 @@ def test_forward_rejects_read_only_and_overlapping_outputs():
         _call_fwd(a)
 
 
-@pytest.mark.parametrize("B,T,H", [(1, 5, 130), (1, 4, 7), (2, 3, 5), (7, 4, 70), (13, 3, 9)])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("B,T,H", [(1, 5, 130), (1, 4, 7), (2, 3, 5), (7, 4, 70), (13, 3, 9),
+                                   (64, 9, 33)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_lstm_backward_writes_da_over_the_gate_cache(B, T, H, dtype):
-    """dA may be the gate cache Gs itself (LSTM): the same dA, dh0, dc0 bitwise as into a
-    separate array, for 1, 2, 3 threads, one sequence (split in two parts at H = 130,
-    whole at H = 7) and batches. Another array overlapping Gs is still refused."""
-    p = make_layer(np.random.default_rng(B * 100 + H), "lstm", B, T, H, dtype)
-    Hs, Cs, Gs = run_forward("lstm", "tanh", p, 1)
-    want = run_backward("lstm", "tanh", p, Hs, Cs, Gs, 1)
+def test_backward_writes_da_over_the_gate_cache(cell, B, T, H, dtype):
+    """dA may be the gate cache Gs itself (GRU: dAn_rec too, rows [dA | dAn_rec]): the
+    same values bitwise as into separate arrays, for 1, 2, 3 threads, one sequence
+    (split in two parts at H = 130, whole at H = 7) and batches; and the weight
+    gradients and the input gradient read GRU's pair from the cache bitwise as from
+    separate arrays. Another array overlapping Gs is still refused."""
+    p = make_layer(np.random.default_rng(B * 100 + H), cell, B, T, H, dtype)
+    Hs, Cs, Gs = run_forward(cell, "tanh", p, 1)
+    want = run_backward(cell, "tanh", p, Hs, Cs, Gs, 1)
+    G = GATES[cell]
+    cid = CELLS[cell]
     old = L.set_split_min_work(1)
     try:
         for nt in (1, 2, 3):
             G2 = Gs.copy()
-            dh0, dc0 = np.full((B, H), np.nan, dtype), np.full((B, H), np.nan, dtype)
-            L.layer_backward(CELLS["lstm"], NONLIN["tanh"], p["dHs"].copy(), Hs, Cs, G2,
-                             p["h0"], p["c0"], p["W_hh"], G2, None, dh0, dc0, nt)
-            for a, b in zip((G2, dh0, dc0), (want[0], want[2], want[3])):
-                assert np.array_equal(a, b)
+            dh0 = np.full((B, H), np.nan, dtype)
+            dc0 = np.full((B, H), np.nan, dtype) if cell == "lstm" else None
+            L.layer_backward(cid, NONLIN["tanh"], p["dHs"].copy(), Hs, Cs, G2, p["h0"],
+                             p["c0"], p["W_hh"], G2, G2 if cell == "gru" else None, dh0, dc0,
+                             nt)
+            assert np.array_equal(G2[:, :, :G * H], want[0])
+            if cell == "gru":
+                assert np.array_equal(G2[:, :, 3 * H:], want[1])
+            assert np.array_equal(dh0, want[2])
+            if cell == "lstm":
+                assert np.array_equal(dc0, want[3])
+            # the consumers: weight gradients (ids and dense) and the input gradient
+            V, N = 11, T * B
+            rng = np.random.default_rng(nt)
+            ids = rng.integers(0, V, N).astype(np.int32)
+            X = rng.standard_normal((N, V)).astype(dtype)
+            for xi, xd in ((ids, None), (None, X)):
+                outs = []
+                for dA, dAn in ((want[0], want[1]), (G2, G2 if cell == "gru" else None)):
+                    o = [np.full((V, G * H), np.nan, dtype), np.full((H, G * H), np.nan, dtype),
+                         np.full(G * H, np.nan, dtype),
+                         np.full(H, np.nan, dtype) if cell == "gru" else None]
+                    L.layer_weight_grads(cid, p["h0"], Hs, dA, dAn, xi, xd, *o, nt)
+                    outs.append(o)
+                for x, y in zip(*outs):
+                    if x is not None:
+                        assert np.array_equal(x, y)
+            W_xh = rng.standard_normal((V, G * H)).astype(dtype)
+            d1, d2 = np.empty((N, V), dtype), np.empty((N, V), dtype)
+            L.seq_matmul(want[0].reshape(N, G * H), W_xh, None, d1, True, nt)
+            L.seq_matmul(G2.reshape(N, -1), W_xh, None, d2, True, nt, G * H)
+            assert np.array_equal(d1, d2)
     finally:
         L.set_split_min_work(old)
     G2 = Gs.copy()
     with pytest.raises(ValueError):
-        L.layer_backward(CELLS["lstm"], NONLIN["tanh"], p["dHs"].copy(), Hs, Cs, G2,
-                         p["h0"], p["c0"], p["W_hh"], G2[:], None, np.zeros((B, H), dtype),
-                         np.zeros((B, H), dtype), 1)
+        L.layer_backward(cid, NONLIN["tanh"], p["dHs"].copy(), Hs, Cs, G2, p["h0"], p["c0"],
+                         p["W_hh"], G2[:], G2[:] if cell == "gru" else None,
+                         np.zeros((B, H), dtype),
+                         np.zeros((B, H), dtype) if cell == "lstm" else None, 1)
 
 
 def test_backward_rejects_bad_arguments():
