@@ -131,11 +131,17 @@ EOF
         ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1:max_allocation_size_mb=8192:hard_rss_limit_mb=12288:halt_on_error=1:abort_on_error=1:detect_stack_use_after_return=1:strict_string_checks=1:log_path="$root/asan-report" \
         UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:log_path="$root/asan-report" \
         PYTHONFAULTHANDLER=1 PYTHONMALLOC=malloc || status=1
+    # Only reports with fastrnn's code on the stack count: test children that crash
+    # on purpose (a ctypes read of a bad address) or ask for impossible allocations
+    # (warnings under allocator_may_return_null) write files here too.
     for f in "$root"/asan-report.*; do
         [ -e "$f" ] || continue
-        echo "!! asan: sanitizer report in $f:"
-        head -30 "$f"
-        status=1
+        if grep -qE "ERROR: AddressSanitizer|runtime error:" "$f" \
+                && grep -qE "csrc/|fastrnn" "$f"; then
+            echo "!! asan: sanitizer report in $f:"
+            head -30 "$f"
+            status=1
+        fi
     done
 fi
 exit $status
