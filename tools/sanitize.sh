@@ -40,7 +40,10 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-PY=${PYTHON:-python}
+# resolved once, here: the builds and runs below cd into the copy, where a relative
+# PATH entry (PATH=.venv/bin:$PATH) would find another Python
+PY=$(command -v "${PYTHON:-python}") || { echo "no ${PYTHON:-python} on PATH" >&2; exit 2; }
+PY=$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")   # absolute; a venv's link kept
 root=${FASTRNN_SAN_DIR:-/tmp/fastrnn-san}
 tests=(tests/test_kernels.py tests/test_validation.py tests/test_properties.py
        tests/test_hostile.py tests/test_lm_kernels.py tests/test_generate.py

@@ -41,7 +41,8 @@ while [ $# -gt 0 ]; do
 done
 command -v valgrind >/dev/null || { echo "valgrind not found (apt-get install valgrind)" >&2; exit 1; }
 
-PY=${PYTHON:-python}
+PY=$(command -v "${PYTHON:-python}") || { echo "no ${PYTHON:-python} on PATH" >&2; exit 2; }
+PY=$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")   # absolute (the runs cd away)
 # the interpreter itself, not a wrapper script (pyenv shims exec it, and valgrind
 # would trace the shell instead)
 PYEXE=$("$PY" -c 'import sys; print(sys.executable)')
