@@ -110,8 +110,9 @@ FASTRNN_A512 static void fastrnn_tanh_f32_avx512(const float *restrict z, float 
 
 /* fastrnn_softmax_xent_f32 for AVX-512: rows of V logits become
  * (softmax(o) - onehot(y)) * scale; returns the summed log(sum exp(o - max)) -
- * (o_y - max) (and, when rowloss is not NULL, stores each row's term there). Rows go in blocks of 16, in passes over the block (so that the
- * long dependency chains of different rows overlap): each row's max; exp(o - max)
+ * (o_y - max), and stores each row's term in rowloss unless it is NULL. Rows go in
+ * blocks of 16, in passes over the block (so that the long dependency chains of
+ * different rows overlap): each row's max; exp(o - max)
  * in place; each row's sum; log of the 16 sums and scale / sum across the rows;
  * then each row scaled, the target's "- scale" applied in the vector holding it.
  * A row's tail (V % 16 columns, V > 16) is done as the row's last 16 values,

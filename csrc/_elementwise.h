@@ -127,8 +127,8 @@ static double fastrnn_exp_shift_f64(double *restrict o, double m, ptrdiff_t n) {
 
 /* Softmax cross-entropy over n rows of V logits, in place: each row becomes
  * (softmax(o) - onehot(y)) * scale, and the summed loss log(sum exp(o - max)) -
- * (o_y - max) is returned (each row's term also stored in rowloss unless it is NULL). One compiled loop over the rows (the max and the
- * normalisation vectorise; the max over 16 lanes, exact whatever the order; the
+ * (o_y - max) is returned (each row's term also stored in rowloss unless it is
+ * NULL). One compiled loop over the rows (the max and the normalisation vectorise; the max over 16 lanes, exact whatever the order; the
  * normalisation multiplies by scale / sum, rounded once). */
 #define FASTRNN_DEFINE_SOFTMAX_XENT(NAME, T, EXPSHIFT, ATTRS)                            \
 ATTRS                                                                                    \
@@ -174,8 +174,8 @@ FASTRNN_DEFINE_SOFTMAX_XENT(fastrnn_softmax_xent_f64, double, fastrnn_exp_shift_
 
 /* The bias gradient and the one-hot input gradient of columns [j0, j1), in one
  * pass over dZ (N x ld): db[j] = sum_r dZ[r, j], and, when ids is given,
- * dW[ids[r], j] += dZ[r, j] (dW's rows ldw apart) over rows r in order, after zeroing dW's D rows in
- * those columns. With accumulate, the sum is added to db and dW is not zeroed
+ * dW[ids[r], j] += dZ[r, j] (dW's rows ldw apart) over rows r in order, after
+ * zeroing dW's D rows in those columns. With accumulate, the sum is added to db and dW is not zeroed
  * (blocks of rows in turn). The column sums run in two interleaved sets of
  * partial sums (even and odd rows, added at the end), so the adds of successive
  * rows overlap; the order is fixed, so results do not depend on the CPU or the
@@ -203,8 +203,8 @@ FASTRNN_DEFINE_SOFTMAX_XENT(fastrnn_softmax_xent_f64, double, fastrnn_exp_shift_
         ptrdiff_t r = 0;                                                                 \
         for (; r + 2 <= N; r += 2) {                                                     \
             const T *s0 = dZ + r * ld + jb, *s1 = s0 + ld;                               \
-            T *d0 = ids ? dW + (ptrdiff_t)ids[r] * ldw + jb : NULL;                       \
-            T *d1 = ids ? dW + (ptrdiff_t)ids[r + 1] * ldw + jb : NULL;                   \
+            T *d0 = ids ? dW + (ptrdiff_t)ids[r] * ldw + jb : NULL;                      \
+            T *d1 = ids ? dW + (ptrdiff_t)ids[r + 1] * ldw + jb : NULL;                  \
             for (int q = 0; q < NV; q++) {                                               \
                 memcpy(&v0, s0 + q * L, sizeof v0);                                      \
                 memcpy(&v1, s1 + q * L, sizeof v1);                                      \
@@ -220,7 +220,7 @@ FASTRNN_DEFINE_SOFTMAX_XENT(fastrnn_softmax_xent_f64, double, fastrnn_exp_shift_
         }                                                                                \
         if (r < N) {                                                                     \
             const T *s0 = dZ + r * ld + jb;                                              \
-            T *d0 = ids ? dW + (ptrdiff_t)ids[r] * ldw + jb : NULL;                       \
+            T *d0 = ids ? dW + (ptrdiff_t)ids[r] * ldw + jb : NULL;                      \
             for (int q = 0; q < NV; q++) {                                               \
                 memcpy(&v0, s0 + q * L, sizeof v0);                                      \
                 a0[q] += v0;                                                             \
@@ -247,13 +247,13 @@ FASTRNN_DEFINE_SOFTMAX_XENT(fastrnn_softmax_xent_f64, double, fastrnn_exp_shift_
             a0 += dZ[r * ld + jb];                                                       \
             a1 += dZ[(r + 1) * ld + jb];                                                 \
             if (ids) {                                                                   \
-                dW[(ptrdiff_t)ids[r] * ldw + jb] += dZ[r * ld + jb];                      \
-                dW[(ptrdiff_t)ids[r + 1] * ldw + jb] += dZ[(r + 1) * ld + jb];            \
+                dW[(ptrdiff_t)ids[r] * ldw + jb] += dZ[r * ld + jb];                     \
+                dW[(ptrdiff_t)ids[r + 1] * ldw + jb] += dZ[(r + 1) * ld + jb];           \
             }                                                                            \
         }                                                                                \
         if (r < N) {                                                                     \
             a0 += dZ[r * ld + jb];                                                       \
-            if (ids) dW[(ptrdiff_t)ids[r] * ldw + jb] += dZ[r * ld + jb];                 \
+            if (ids) dW[(ptrdiff_t)ids[r] * ldw + jb] += dZ[r * ld + jb];                \
         }                                                                                \
         db[jb] = accumulate ? db[jb] + (a0 + a1) : a0 + a1;                              \
     }

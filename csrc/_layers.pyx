@@ -1828,18 +1828,18 @@ cdef int _wgrad_run(int cell, const floating* h0, const floating* Hs, const floa
     cdef Py_ssize_t ncol = (_wblk_count(Gr * H) + (_wblk_count(H) if Gr != G else 0)
                             + (_wblk_count(GH) if ids == NULL else 0))
     cdef Py_ssize_t nk = _wgrad_ksplit(ncol, T, B), nitems = ncol * nk, item
-    cdef Py_ssize_t per = H * GH + (D * GH if ids == NULL else 0)
+    cdef Py_ssize_t per = H * GH + (D * GH if ids == NULL else 0)   # one piece's scratch
     cdef double flops = 2.0 * N * H * GH * (1 if ids != NULL else 2)
     cdef int nc = _threads_for(num_threads, flops, SEQ_MIN_FLOPS_PER_THREAD, nitems), c
     cdef floating* scratch = _alloc((nk - 1) * per, <floating>0) if nk > 1 else NULL
     try:
         with nogil:
             for item in prange(nitems, num_threads=nc, schedule='dynamic'):
-                _wgrad_item(cell, h0, Hs, dA, dAn, X, dW_xh, dW_hh, scratch, T, B, H, D,
-                            lda, ldn, item // nk, item % nk, nk)
+                _wgrad_item(cell, h0, Hs, dA, dAn, X, dW_xh, dW_hh, scratch, per, T, B, H,
+                            D, lda, ldn, item // nk, item % nk, nk)
             for c in prange(nc, num_threads=nc, schedule='static'):
-                _wgrad_sums(cell, dA, dAn, ids, dW_xh, dW_hh, db_h, db_hn, scratch, T, B,
-                            H, D, lda, ldn, nk, c, nc)
+                _wgrad_sums(cell, dA, dAn, ids, dW_xh, dW_hh, db_h, db_hn, scratch, per, T,
+                            B, H, D, lda, ldn, nk, c, nc)
     finally:
         free(scratch)
     return 0
@@ -1881,9 +1881,10 @@ cdef inline void _tn(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating* A
 
 cdef void _wgrad_item(int cell, const floating* h0, const floating* Hs, const floating* dA,
                       const floating* dAn, const floating* X, floating* dW_xh,
-                      floating* dW_hh, floating* scratch, Py_ssize_t T, Py_ssize_t B,
-                      Py_ssize_t H, Py_ssize_t D, Py_ssize_t lda, Py_ssize_t ldn,
-                      Py_ssize_t j, Py_ssize_t k, Py_ssize_t nk) noexcept nogil:
+                      floating* dW_hh, floating* scratch, Py_ssize_t per, Py_ssize_t T,
+                      Py_ssize_t B, Py_ssize_t H, Py_ssize_t D, Py_ssize_t lda,
+                      Py_ssize_t ldn, Py_ssize_t j, Py_ssize_t k,
+                      Py_ssize_t nk) noexcept nogil:
     """Column block j, steps [t0, t1) of piece k: dW_hh (+)= H_prev^T dA_rec, GRU's n
     block from dAn; or, for a dense input, dW_xh = X^T dA. Each product is _tn's: BLAS
     (held at one thread by the caller) or, for at most WGRAD_TN_MAX_M rows, _tngemm."""
@@ -1893,8 +1894,7 @@ cdef void _wgrad_item(int cell, const floating* h0, const floating* Hs, const fl
     cdef Py_ssize_t nn = _wblk_count(H) if cell == FASTRNN_CELL_GRU else 0
     cdef Py_ssize_t t0 = T * k // nk, t1 = T * (k + 1) // nk, i0, i1, ld, off
     cdef const floating* src
-    cdef floating* out_hh = dW_hh if k == 0 else scratch + (k - 1) * (H * GH + (
-        D * GH if X != NULL else 0))
+    cdef floating* out_hh = dW_hh if k == 0 else scratch + (k - 1) * per
     cdef floating* out_xh = out_hh + H * GH if k > 0 else dW_xh
     cdef fastrnn_fpmode_t mode = fastrnn_ftz_on()
     if j < n1 + nn:
@@ -1921,32 +1921,32 @@ cdef void _wgrad_item(int cell, const floating* h0, const floating* Hs, const fl
     fastrnn_fp_restore(mode)
 
 
+cdef inline void _add_pieces(floating* d, const floating* s, Py_ssize_t per, Py_ssize_t nk,
+                             Py_ssize_t i0, Py_ssize_t i1) noexcept nogil:
+    """d[i0:i1] += the same values of pieces 1 .. nk-1 (s, s + per, ...), in order."""
+    cdef Py_ssize_t k, e
+    cdef const floating* p
+    for k in range(1, nk):
+        p = s + (k - 1) * per
+        for e in range(i0, i1):
+            d[e] = d[e] + p[e]
+
+
 cdef void _wgrad_sums(int cell, const floating* dA, const floating* dAn, const int32_t* ids,
                       floating* dW_xh, floating* dW_hh, floating* db_h, floating* db_hn,
-                      const floating* scratch, Py_ssize_t T, Py_ssize_t B, Py_ssize_t H,
-                      Py_ssize_t D, Py_ssize_t lda, Py_ssize_t ldn, Py_ssize_t nk, int c,
-                      int nc) noexcept nogil:
+                      const floating* scratch, Py_ssize_t per, Py_ssize_t T, Py_ssize_t B,
+                      Py_ssize_t H, Py_ssize_t D, Py_ssize_t lda, Py_ssize_t ldn,
+                      Py_ssize_t nk, int c, int nc) noexcept nogil:
     """Chunk c of: the pieces' sums (dW_hh, a dense dW_xh: rows, pieces added in
     order), db_h columns (with the ids' scatter-add into dW_xh) and GRU's db_hn."""
-    cdef Py_ssize_t GH = fastrnn_cell_gates(cell) * H, N = T * B, i0, i1, k, e
-    cdef Py_ssize_t per = H * GH + (D * GH if ids == NULL else 0)
-    cdef const floating* s
-    cdef floating* d
+    cdef Py_ssize_t GH = fastrnn_cell_gates(cell) * H, N = T * B, i0, i1
     cdef fastrnn_fpmode_t mode = fastrnn_ftz_on()
     if nk > 1:
         _chunk(H * GH, nc, c, &i0, &i1)
-        d = dW_hh
-        for k in range(1, nk):
-            s = scratch + (k - 1) * per
-            for e in range(i0, i1):
-                d[e] = d[e] + s[e]
+        _add_pieces(dW_hh, scratch, per, nk, i0, i1)
         if ids == NULL:
             _chunk(D * GH, nc, c, &i0, &i1)
-            d = dW_xh
-            for k in range(1, nk):
-                s = scratch + (k - 1) * per + H * GH
-                for e in range(i0, i1):
-                    d[e] = d[e] + s[e]
+            _add_pieces(dW_xh, scratch + H * GH, per, nk, i0, i1)
     _chunk(GH, nc, c, &i0, &i1)
     if floating is float:
         fastrnn_bias_scatter_f32(dA, N, lda, i0, i1, db_h, ids, dW_xh, GH, D, 0)
